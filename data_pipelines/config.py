@@ -1,0 +1,117 @@
+"""Configuration of a data mixture (referenced by the training configs)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+from data_pipelines import normalize, schema
+from data_pipelines.sources import SOURCE_KINDS
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetConfig:
+    """One dataset of the mixture.
+
+    name: unique name (stats, `dataset_index` order, un-normalisation key).
+    source: dataset family, one of SOURCE_KINDS.
+    path: TFDS version directory, e.g. /data/bridge_orig/1.0.0 (TFRecord or ArrayRecord shards).
+    weight: sampling weight (relative; times the number of transitions if balance_weights).
+    cameras: standard camera -> dataset image key (None = absent); None uses the source default.
+    norm_mode: overrides DataConfig.norm_mode for this dataset.
+    """
+
+    name: str
+    source: str
+    path: str
+    weight: float = 1.0
+    split: str = "train"
+    cameras: Mapping[str, str | None] | None = None
+    norm_mode: str | None = None
+
+    def __post_init__(self):
+        if self.source not in SOURCE_KINDS:
+            raise ValueError(f"dataset {self.name!r}: unknown source {self.source!r}; "
+                             f"expected one of {SOURCE_KINDS}")
+        if self.weight < 0:
+            raise ValueError(f"dataset {self.name!r}: negative weight {self.weight}")
+        if self.cameras is not None:
+            bad = set(self.cameras) - set(schema.CAMERAS)
+            if bad:
+                raise ValueError(f"dataset {self.name!r}: unknown cameras {sorted(bad)}; "
+                                 f"expected names from {schema.CAMERAS}")
+        if self.norm_mode is not None and self.norm_mode not in normalize.NORM_MODES:
+            raise ValueError(f"dataset {self.name!r}: unknown norm_mode {self.norm_mode!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """A data mixture and how to turn it into training batches.
+
+    batch_size is global; each of process_count hosts yields batch_size // process_count.
+    history_offsets/target_offsets: frame offsets (steps) of the generation expert's history and
+    predicted frames, taken from `gen_camera`. chunk_size: action chunk length.
+    """
+
+    datasets: tuple[DatasetConfig, ...]
+    tokenizer_path: str
+    batch_size: int = 32
+    chunk_size: int = 50
+    history_offsets: tuple[int, ...] = (-9, -6, -3, 0)
+    target_offsets: tuple[int, ...] = (3,)
+    gen_camera: str = "primary"
+    norm_mode: str = "mean_std"
+    max_token_len: int = 48
+    und_image_size: int = 224
+    gen_resize: int = 288
+    gen_crop: int = 256
+    color_augment: bool = True
+    brightness: tuple[float, float] = (0.8, 1.2)
+    contrast: tuple[float, float] = (0.8, 1.2)
+    saturation: tuple[float, float] = (0.5, 1.5)
+    balance_weights: bool = False
+    shuffle: bool = True
+    num_epochs: int | None = None  # None = repeat forever (training)
+    train: bool = True  # False: centred crop, no colour augmentation
+    num_workers: int = 0
+    read_threads: int = 2
+    prefetch_buffer_size: int = 64
+    stats_dir: str | None = None
+    episode_cache_size: int = 8
+
+    def __post_init__(self):
+        if not self.datasets:
+            raise ValueError("DataConfig needs at least one dataset")
+        names = [d.name for d in self.datasets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"dataset names must be unique, got {names}")
+        if self.norm_mode not in normalize.NORM_MODES:
+            raise ValueError(
+                f"unknown norm_mode {self.norm_mode!r}; expected {normalize.NORM_MODES}")
+        if self.gen_camera not in schema.CAMERAS:
+            raise ValueError(f"gen_camera {self.gen_camera!r} not in {schema.CAMERAS}")
+        if self.chunk_size < 1 or self.batch_size < 1:
+            raise ValueError("chunk_size and batch_size must be >= 1")
+        if self.gen_crop > self.gen_resize:
+            raise ValueError(f"gen_crop {self.gen_crop} larger than gen_resize {self.gen_resize}")
+
+    @property
+    def frame_offsets(self) -> tuple[int, ...]:
+        return tuple(self.history_offsets) + tuple(self.target_offsets)
+
+    @classmethod
+    def from_mapping(cls, cfg: Mapping[str, Any]) -> "DataConfig":
+        """A DataConfig from a plain dict or ml_collections.ConfigDict (datasets as dicts)."""
+        cfg = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
+        unknown = set(cfg) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown DataConfig fields {sorted(unknown)}")
+        datasets = []
+        for d in cfg.pop("datasets"):
+            d = dict(d.to_dict() if hasattr(d, "to_dict") else d)
+            datasets.append(d if isinstance(d, DatasetConfig) else DatasetConfig(**d))
+        tuple_fields = ("history_offsets", "target_offsets", "brightness", "contrast", "saturation")
+        for k in tuple_fields:
+            if k in cfg:
+                cfg[k] = tuple(cfg[k])
+        return cls(datasets=tuple(datasets), **cfg)

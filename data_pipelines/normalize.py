@@ -1,0 +1,113 @@
+"""Per-dataset normalisation statistics of state and action, and (un)normalisation.
+
+Stats are computed once over every step of a dataset after standardisation and cached as JSON,
+keyed by a fingerprint of the dataset files and the transform version, so a changed transform
+or dataset never reuses stale statistics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+NORM_MODES = ("mean_std", "quantile")
+EPS = 1e-8
+_FIELDS = ("mean", "std", "q01", "q99", "min", "max")
+
+
+def array_stats(x: np.ndarray) -> dict[str, Any]:
+    """mean, std, q01, q99, min, max per dim (lists) and count of the rows of x [N, D]."""
+    x = np.asarray(x, np.float64)
+    if x.ndim != 2 or len(x) == 0:
+        raise ValueError(f"stats need a non-empty [N, D] array, got shape {x.shape}")
+    return {
+        "mean": x.mean(0).tolist(),
+        "std": x.std(0).tolist(),
+        "q01": np.quantile(x, 0.01, axis=0).tolist(),
+        "q99": np.quantile(x, 0.99, axis=0).tolist(),
+        "min": x.min(0).tolist(),
+        "max": x.max(0).tolist(),
+        "count": int(len(x)),
+    }
+
+
+def normalize(x: np.ndarray, stats: Mapping[str, Any], mode: str = "mean_std") -> np.ndarray:
+    """Normalises x [..., D] with per-dim stats of D dims.
+
+    mean_std: (x - mean) / (std + 1e-8); quantile: (x - q01) / (q99 - q01 + 1e-8) * 2 - 1.
+    """
+    x = np.asarray(x, np.float32)
+    if mode == "mean_std":
+        mean, std = np.asarray(stats["mean"], np.float32), np.asarray(stats["std"], np.float32)
+        return ((x - mean) / (std + EPS)).astype(np.float32)
+    if mode == "quantile":
+        lo, hi = np.asarray(stats["q01"], np.float32), np.asarray(stats["q99"], np.float32)
+        return ((x - lo) / (hi - lo + EPS) * 2.0 - 1.0).astype(np.float32)
+    raise ValueError(f"unknown norm mode {mode!r}; expected one of {NORM_MODES}")
+
+
+def unnormalize(y: np.ndarray, stats: Mapping[str, Any], mode: str = "mean_std") -> np.ndarray:
+    """Inverse of `normalize` for y [..., D'] with D' >= D: extra (padded) dims are dropped."""
+    d = len(stats["mean"])
+    y = np.asarray(y, np.float32)[..., :d]
+    if mode == "mean_std":
+        mean, std = np.asarray(stats["mean"], np.float32), np.asarray(stats["std"], np.float32)
+        return (y * (std + EPS) + mean).astype(np.float32)
+    if mode == "quantile":
+        lo, hi = np.asarray(stats["q01"], np.float32), np.asarray(stats["q99"], np.float32)
+        return ((y + 1.0) / 2.0 * (hi - lo + EPS) + lo).astype(np.float32)
+    raise ValueError(f"unknown norm mode {mode!r}; expected one of {NORM_MODES}")
+
+
+def fingerprint(dataset_dir: str, split: str, source_kind: str, transform_version: str) -> str:
+    """sha256 (16 hex) of the dataset metadata, shard names/sizes and the transform version."""
+    h = hashlib.sha256()
+    h.update(f"{source_kind}|{transform_version}|{split}".encode())
+    for name in ("dataset_info.json", "features.json"):
+        path = os.path.join(dataset_dir, name)
+        if os.path.exists(path):
+            with open(path, "rb") as f:
+                h.update(f.read())
+    for name in sorted(os.listdir(dataset_dir)):
+        path = os.path.join(dataset_dir, name)
+        if os.path.isfile(path) and ("tfrecord" in name or "array_record" in name):
+            h.update(f"{name}:{os.path.getsize(path)}".encode())
+    return h.hexdigest()[:16]
+
+
+def cache_path(dataset_dir: str, key: str, stats_dir: str | None = None) -> str:
+    """Where the summary JSON lives: stats_dir if given, else next to the data when writable,
+    else ~/.cache/f1_jax."""
+    name = f"f1_dataset_summary_{key}.json"
+    if stats_dir:
+        return os.path.join(stats_dir, name)
+    if os.access(dataset_dir, os.W_OK):
+        return os.path.join(dataset_dir, name)
+    return os.path.join(os.path.expanduser("~/.cache/f1_jax"), name)
+
+
+def load_json(path: str) -> dict[str, Any] | None:
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def save_json(path: str, obj: Mapping[str, Any]) -> None:
+    """Atomic write (tmp + rename) so concurrent hosts never read a half-written file."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+    os.replace(tmp, path)
+
+
+def combine_rows(chunks: Iterable[np.ndarray]) -> np.ndarray:
+    chunks = list(chunks)
+    if not chunks:
+        raise ValueError("no valid episodes to compute statistics from")
+    return np.concatenate(chunks, axis=0)

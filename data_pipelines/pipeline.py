@@ -1,0 +1,174 @@
+"""The public entry point: a data mixture config -> deterministic, resumable batch iterator.
+
+Order of operations (all grain MapDataset ops are index arithmetic, nothing is read early):
+  per dataset: frame index (record, t) -> global shuffle (seeded) -> repeat
+  -> mix by weight -> random_map(build example; rng from (seed, global index))
+  -> host slice [process_index::process_count] -> batch -> iterator (threads / worker processes)
+Because the example at global position i depends only on (seed, i), the batches a host sees do
+not depend on the number of worker processes, and `get_state()/set_state()` (a few integers)
+resumes exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import numpy as np
+
+from data_pipelines import normalize
+from data_pipelines.config import DataConfig
+from data_pipelines.reader import EpisodeReader
+from data_pipelines.sample import SampleBuilder
+from data_pipelines.summary import DatasetSummary, load_or_compute
+
+# Keys, shapes and dtypes of one host batch (B = batch_size // process_count, N = 3 cameras
+# (primary, secondary, wrist), F = len(history_offsets) + len(target_offsets), H = chunk_size).
+BATCH_SPEC: dict[str, tuple[str, str]] = {
+    "images": ("[B, 3, und_image_size, und_image_size, 3]", "uint8"),
+    "image_mask": ("[B, 3]", "bool"),
+    "gen_frames": ("[B, F, gen_crop, gen_crop, 3]", "uint8"),
+    "gen_frames_is_pad": ("[B, F]", "bool"),
+    "state": ("[B, 32]", "float32"),
+    "state_mask": ("[B, 32]", "bool"),
+    "actions": ("[B, H, 32]", "float32"),
+    "action_mask": ("[B, 32]", "bool"),
+    "action_is_pad": ("[B, H]", "bool"),
+    "tokens": ("[B, max_token_len]", "int32"),
+    "token_mask": ("[B, max_token_len]", "bool"),
+    "dataset_index": ("[B]", "int32"),
+    "episode_index": ("[B]", "int32"),
+    "step_index": ("[B]", "int32"),
+}
+
+
+class FrameSource:
+    """Random-access grain source of (dataset index, record, t) int64 [3] for one dataset."""
+
+    def __init__(self, dataset_index: int, summary: DatasetSummary):
+        lo, hi = summary.sample_ranges[:, 0], summary.sample_ranges[:, 1]
+        counts = hi - lo
+        # int32 halves the index that is pickled into every worker process.
+        self._record = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
+        starts = np.repeat(lo - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
+        self._t = (np.arange(len(self._record), dtype=np.int64) + starts).astype(np.int32)
+        self._d = dataset_index
+
+    def __len__(self) -> int:
+        return len(self._record)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return np.array([self._d, self._record[i], self._t[i]], np.int64)
+
+
+def _sub_seed(seed: int, *path: int) -> int:
+    return int(np.random.SeedSequence([seed, *path]).generate_state(1)[0])
+
+
+def load_summaries(config: DataConfig, progress: bool = True
+                   ) -> tuple[list[EpisodeReader], list[DatasetSummary]]:
+    """Opens every dataset and loads (or computes and caches) its summary and statistics."""
+    readers, summaries = [], []
+    for ds in config.datasets:
+        reader = EpisodeReader(ds.path, ds.split)
+        readers.append(reader)
+        summaries.append(load_or_compute(reader, ds, config.stats_dir, progress))
+    return readers, summaries
+
+
+def dataset_statistics(config: DataConfig) -> dict[str, dict[str, Any]]:
+    """{dataset name: {"state": stats, "action": stats, "norm_mode": mode, "num_transitions",
+    "num_corrupt"}} for checkpointing with the model and un-normalising its actions."""
+    _, summaries = load_summaries(config, progress=False)
+    return {s.name: {"state": s.state_stats, "action": s.action_stats,
+                     "norm_mode": ds.norm_mode or config.norm_mode,
+                     "num_transitions": s.num_transitions, "num_corrupt": len(s.corrupt)}
+            for ds, s in zip(config.datasets, summaries)}
+
+
+def unnormalize_actions(actions: np.ndarray, dataset_stats: dict[str, Any]) -> np.ndarray:
+    """Model actions [..., 32] (normalised, padded) -> robot units [..., Da] for one dataset,
+    given its entry of `dataset_statistics`."""
+    return normalize.unnormalize(actions, dataset_stats["action"], dataset_stats["norm_mode"])
+
+
+def mixture_weights(config: DataConfig, summaries: Sequence[DatasetSummary]) -> np.ndarray:
+    """Normalised sampling weights (times the number of transitions if balance_weights)."""
+    w = np.array([d.weight for d in config.datasets], np.float64)
+    if config.balance_weights:
+        w = w * np.array([s.num_transitions for s in summaries], np.float64)
+    if w.sum() <= 0:
+        raise ValueError("all dataset weights are zero")
+    return w / w.sum()
+
+
+def make_example_dataset(config: DataConfig, seed: int, readers: Sequence[EpisodeReader],
+                         summaries: Sequence[DatasetSummary]) -> "grain.MapDataset":
+    """The global (all hosts), unbatched grain MapDataset of examples.
+
+    grain's `mix` interleaves the datasets deterministically in the exact weight proportions
+    (every window of the sequence holds each dataset in proportion), not by random draws.
+    """
+    import grain
+    weights = mixture_weights(config, summaries)
+    parts, part_weights = [], []
+    for d, summary in enumerate(summaries):
+        if weights[d] == 0:
+            continue
+        if summary.num_transitions == 0:
+            raise ValueError(f"dataset {summary.name!r} has no usable steps")
+        ds = grain.MapDataset.source(FrameSource(d, summary))
+        if config.shuffle:
+            ds = ds.shuffle(seed=_sub_seed(seed, 1, d))
+        ds = ds.repeat(config.num_epochs)
+        parts.append(ds)
+        part_weights.append(float(weights[d]))
+    if len(parts) == 1:
+        mixed = parts[0]
+    elif config.num_epochs is None:
+        mixed = grain.MapDataset.mix(parts, part_weights)
+    else:
+        # A finite pass (evaluation, dataset export) must visit every frame once; mixing by weight
+        # would stop at the first exhausted dataset, so datasets are concatenated instead.
+        mixed = grain.MapDataset.concatenate(parts)
+    return mixed.random_map(SampleBuilder(config, readers, summaries), seed=_sub_seed(seed, 2))
+
+
+def _ensure_absl_flags_parsed() -> None:
+    # grain 0.2.18 worker processes read absl flags (google/grain#1355); outside absl.app they are
+    # unparsed and mp_prefetch fails, so mark them parsed with their defaults.
+    from absl import flags
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def make_train_iterator(config: DataConfig, seed: int, process_index: int = 0,
+                        process_count: int = 1) -> "grain.DatasetIterator":
+    """Iterator of host-local numpy batch dicts (keys/shapes in BATCH_SPEC).
+
+    Host `process_index` of `process_count` reads the disjoint slice [process_index::process_count]
+    of the global example sequence and yields batches of config.batch_size // process_count.
+    The returned grain DatasetIterator supports get_state()/set_state() (exact resume) and close()
+    (call it when config.num_workers > 0).
+    """
+    import grain
+    if config.batch_size % process_count:
+        raise ValueError(f"batch_size {config.batch_size} not divisible by process_count "
+                         f"{process_count}")
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} outside [0, {process_count})")
+    readers, summaries = load_summaries(config, progress=process_index == 0)
+    ds = make_example_dataset(config, seed, readers, summaries)
+    ds = ds[process_index::process_count]
+    ds = ds.batch(config.batch_size // process_count, drop_remainder=config.num_epochs is None)
+    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.read_threads,
+                                                 prefetch_buffer_size=config.prefetch_buffer_size))
+    if config.num_workers > 0:
+        _ensure_absl_flags_parsed()
+        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.num_workers))
+    return iter(it_ds)
+
+
+def eval_config(config: DataConfig) -> DataConfig:
+    """The same mixture read once, in order, centred crops and no augmentation."""
+    return dataclasses.replace(config, train=False, shuffle=False, num_epochs=1, num_workers=0)

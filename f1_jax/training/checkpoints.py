@@ -1,0 +1,84 @@
+"""Orbax checkpoints of the whole run: train state, data-iterator state and a JSON record
+(normalisation statistics and the config), saved asynchronously and atomically.
+
+A killed run restarts from the latest complete checkpoint and continues with the batch it would
+have seen next.
+"""
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+def with_shardings(abstract: Any, shardings: Any) -> Any:
+  """Abstract arrays that carry their target shardings: restored values land in their shards."""
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract, shardings)
+
+
+class RunCheckpoints:
+  """Keeps the last `keep` checkpoints plus every multiple of `keep_period` steps."""
+
+  def __init__(self, directory: str, save_every: int, keep: int = 3, keep_period: int | None = None,
+               async_save: bool = True):
+    self.save_every = save_every
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, keep_period=keep_period, create=True,
+        enable_async_checkpointing=async_save)
+    self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def should_save(self, step: int) -> bool:
+    return step % self.save_every == 0 or self.manager.reached_preemption(step)
+
+  def save(self, step: int, state: Any, data_iterator: Any = None,
+           record: dict | None = None, force: bool = False) -> bool:
+    items = {"state": ocp.args.StandardSave(state)}
+    if data_iterator is not None:
+      import grain  # the data iterator is a grain DatasetIterator
+      items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+    if record is not None:
+      items["record"] = ocp.args.JsonSave(record)
+    return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+  def restore(self, step: int, abstract_state: Any, data_iterator: Any = None
+              ) -> tuple[Any, dict | None]:
+    """Restores the state into `abstract_state`'s shardings (and the iterator in place)."""
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    if data_iterator is not None:
+      import grain
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    names = self.manager.item_metadata(step)
+    if "record" in names and names["record"] is not None:
+      items["record"] = ocp.args.JsonRestore()
+    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    return restored["state"], restored.get("record") if "record" in items else None
+
+  def restore_state(self, step: int, abstract_state: Any = None) -> Any:
+    """Only the train state (no data iterator), e.g. to serve or inspect the parameters."""
+    return self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state)))["state"]
+
+  def restore_record(self, step: int) -> dict:
+    return self.manager.restore(step, args=ocp.args.Composite(
+        record=ocp.args.JsonRestore()))["record"]
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def load_params(path: str, abstract_params: Any) -> Any:
+  """Parameters written by `python -m conversion import` ({'params': ...}) into their shards."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"No parameter checkpoint at {path}.")
+  restored = ocp.StandardCheckpointer().restore(os.path.abspath(path),
+                                               {"params": abstract_params})
+  return restored["params"]
