@@ -69,7 +69,9 @@ def base_config() -> ml_collections.ConfigDict:
       "keep_period": 10_000,             # also keep every multiple of this step (0: none)
       "async_checkpoints": True,
   })
-  c.init = ml_collections.ConfigDict({"params_path": ""})  # `python -m conversion import` output
+  # Starting weights: a `python -m conversion import` output, and optionally a VQ-VAE of its own
+  # ({'params': ...} of f1_jax.models.vqvae.VQVAE, e.g. trained by the debug recipe).
+  c.init = ml_collections.ConfigDict({"params_path": "", "vqvae_path": ""})
   c.sim = ml_collections.ConfigDict({"enabled": False})    # the built-in task (debug recipe)
   return c
 

@@ -63,7 +63,7 @@ def _parse_value(text: str, current):
     value = tuple(value)
   if current is not None and not isinstance(value, type(current)):
     if not (isinstance(current, (list, tuple)) and isinstance(value, (list, tuple))):
-      raise ConfigError(f"Expected a {type(current).__name__}, got {text!r}.")
+      raise ConfigError(f"Expected type {type(current).__name__}, got {text!r}.")
   return value
 
 

@@ -152,9 +152,7 @@ def iter_video_frames(mp4_path: str) -> Iterator[np.ndarray]:
         except ImportError:
             av = None
         if av is not None:
-            with av.open(mp4_path) as container:
-                for fr in container.decode(video=0):
-                    yield fr.to_ndarray(format="rgb24")
+            yield from _av_frames(av, mp4_path)
             return
         if shutil.which("ffmpeg") and shutil.which("ffprobe"):
             yield from _ffmpeg_frames(mp4_path)
@@ -170,11 +168,34 @@ def iter_video_frames(mp4_path: str) -> Iterator[np.ndarray]:
             yield np.asarray(im.convert("RGB"))
 
 
+def _av_frames(av, path: str) -> Iterator[np.ndarray]:
+    """PyAV decoding; a corrupt/truncated file raises RuntimeError naming it (PyAV's own errors
+    are not all OSError/ValueError, and a file whose moov atom is cut off opens with no video
+    stream at all, which `decode(video=0)` reports as a bare IndexError)."""
+    try:
+        container = av.open(path)
+    except av.error.FFmpegError as e:
+        raise RuntimeError(f"cannot decode {path} (corrupt or truncated mp4?): {e}") from e
+    with container:
+        if not container.streams.video:
+            raise RuntimeError(f"cannot decode {path}: no video stream (corrupt or truncated "
+                               "mp4?)")
+        try:
+            for fr in container.decode(container.streams.video[0]):
+                yield fr.to_ndarray(format="rgb24")
+        except av.error.FFmpegError as e:
+            raise RuntimeError(f"cannot decode {path} (corrupt or truncated mp4?): {e}") from e
+
+
 def _ffmpeg_frames(path: str) -> Iterator[np.ndarray]:
-    probe = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
-                            "stream=width,height", "-of", "csv=p=0", path],
-                           check=True, capture_output=True, text=True).stdout.strip()
-    w, h = (int(v) for v in probe.split(",")[:2])
+    try:
+        probe = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0",
+                                "-show_entries", "stream=width,height", "-of", "csv=p=0", path],
+                               check=True, capture_output=True, text=True).stdout.strip()
+        w, h = (int(v) for v in probe.split(",")[:2])
+    except (subprocess.CalledProcessError, ValueError) as e:
+        raise RuntimeError(f"cannot decode {path} (corrupt or truncated mp4?): "
+                           f"{getattr(e, 'stderr', None) or e}") from e
     proc = subprocess.Popen(["ffmpeg", "-v", "error", "-i", path, "-f", "rawvideo", "-pix_fmt",
                              "rgb24", "-"], stdout=subprocess.PIPE)
     n = w * h * 3

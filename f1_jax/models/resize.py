@@ -126,6 +126,13 @@ def _check_input(x: jax.Array, size: tuple[int, int]) -> tuple[int, int]:
     return out_h, out_w
 
 
+def _resize(x: jax.Array, size: tuple[int, int], matrix) -> jax.Array:
+    """Applies the per-axis resize matrices `matrix(in, out)` to the H and W axes."""
+    out_h, out_w = _check_input(x, size)
+    in_h, in_w = x.shape[-3], x.shape[-2]
+    return _apply_separable(x, matrix(in_h, out_h), matrix(in_w, out_w))
+
+
 def resize_area(x: jax.Array, size: tuple[int, int]) -> jax.Array:
     """PyTorch ``F.interpolate(mode='area')`` for NHWC arrays.
 
@@ -135,9 +142,7 @@ def resize_area(x: jax.Array, size: tuple[int, int]) -> jax.Array:
     Returns:
       ``[..., h, w, C]`` in ``x.dtype``.
     """
-    out_h, out_w = _check_input(x, size)
-    in_h, in_w = x.shape[-3], x.shape[-2]
-    return _apply_separable(x, area_matrix(in_h, out_h), area_matrix(in_w, out_w))
+    return _resize(x, size, area_matrix)
 
 
 def resize_bicubic(x: jax.Array, size: tuple[int, int]) -> jax.Array:
@@ -149,6 +154,4 @@ def resize_bicubic(x: jax.Array, size: tuple[int, int]) -> jax.Array:
     Returns:
       ``[..., h, w, C]`` in ``x.dtype``.
     """
-    out_h, out_w = _check_input(x, size)
-    in_h, in_w = x.shape[-3], x.shape[-2]
-    return _apply_separable(x, bicubic_matrix(in_h, out_h), bicubic_matrix(in_w, out_w))
+    return _resize(x, size, bicubic_matrix)

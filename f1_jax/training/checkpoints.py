@@ -82,3 +82,51 @@ def load_params(path: str, abstract_params: Any) -> Any:
   restored = ocp.StandardCheckpointer().restore(os.path.abspath(path),
                                                {"params": abstract_params})
   return restored["params"]
+
+
+def checkpoint_directory(path: str) -> str:
+  """The `checkpoints/` directory of a run, given the run's workdir or that directory itself."""
+  path = os.path.abspath(path)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"No checkpoint directory at {path}.")
+  nested = os.path.join(path, "checkpoints")
+  return nested if os.path.isdir(nested) else path
+
+
+def read_only_checkpoints(path: str) -> RunCheckpoints:
+  """A RunCheckpoints over an existing run (workdir or checkpoints/), never creating directories.
+
+  Raises FileNotFoundError when the directory does not exist or holds no complete checkpoint.
+  """
+  directory = checkpoint_directory(path)
+  run = RunCheckpoints(directory, save_every=1, async_save=False)
+  if run.latest_step() is None:
+    raise FileNotFoundError(f"No complete checkpoint in {directory}.")
+  return run
+
+
+def restore_params(directory: str, step: int, abstract_params: Any, use_ema: bool = False) -> Any:
+  """Only the (EMA) parameters of a saved train state, into `abstract_params`' shardings.
+
+  Partial restore: the optimizer state is never read, so serving needs no room for Adam moments.
+  `directory` is a run's `checkpoints/` dir; abstract_params may carry shardings (e.g. one device).
+  """
+  key = "ema_params" if use_ema else "params"
+  path = os.path.join(os.path.abspath(directory), str(step), "state")
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"No train state for step {step} at {path}.")
+  metadata = ocp.PyTreeCheckpointer().metadata(path)
+  tree = getattr(metadata, "item_metadata", None)
+  tree = getattr(tree, "tree", tree)
+  if tree is not None and hasattr(tree, "keys") and tree.get(key) is None:
+    raise KeyError(f"Checkpoint {path} has no {key!r} (saved without EMA?); "
+                   f"use_ema={use_ema}.")
+  restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_params)
+  try:
+    restored = ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(
+        item={key: abstract_params}, restore_args={key: restore_args}, partial_restore=True))
+  except ValueError as e:
+    raise ValueError(f"The parameters in {path} do not fit the model built from its recorded "
+                     "config (did the model code or configs/models.py change since it was "
+                     f"trained?): {e}") from e
+  return restored[key]

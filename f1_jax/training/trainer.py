@@ -224,6 +224,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
       state = _state_from_params(init_fn, params)
     else:
       state = init_fn(jax.random.key(config.train.seed))
+    if config.init.vqvae_path:
+      vqvae = ckpt.load_params(config.init.vqvae_path,
+                               ckpt.with_shardings(abstract_state.params["vqvae"],
+                                                   state_sh.params["vqvae"]))
+      params = {**state.params, "vqvae": vqvae}
+      state = state.replace(params=params,
+                            ema_params=params if state.ema_params is not None else None)
     if jax.process_index() == 0:
       with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=2))
@@ -278,3 +285,46 @@ def _state_from_params(init_fn, params):
   """A fresh train state whose parameters come from a converted checkpoint."""
   state = init_fn(jax.random.key(0))
   return state.replace(params=params, ema_params=params if state.ema_params is not None else None)
+
+
+def abstract_batch(model_config: F1Config, batch_size: int, max_token_len: int = 48,
+                   num_cameras: int = 3, mesh=None) -> dict[str, jax.ShapeDtypeStruct]:
+  """Shapes of one data-pipeline batch (see data_pipelines.pipeline.BATCH_SPEC)."""
+  side, frame = model_config.siglip.image_size, model_config.vqvae.image_size
+  frames = model_config.foresight.history_frames + 1
+  chunk = model_config.action.chunk_size
+  spec = {
+      "images": ((batch_size, num_cameras, side, side, 3), np.uint8),
+      "image_mask": ((batch_size, num_cameras), bool),
+      "gen_frames": ((batch_size, frames, frame, frame, 3), np.uint8),
+      "state": ((batch_size, 32), np.float32),
+      "actions": ((batch_size, chunk, 32), np.float32),
+      "action_mask": ((batch_size, 32), bool),
+      "action_is_pad": ((batch_size, chunk), bool),
+      "tokens": ((batch_size, max_token_len), np.int32),
+      "token_mask": ((batch_size, max_token_len), bool),
+  }
+  sharding_ = sharding.batch_sharding(mesh) if mesh is not None else None
+  return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding_) for k, (shape, dtype) in
+          spec.items()}
+
+
+def lower_train_step(config: ml_collections.ConfigDict, mesh, batch_size: int | None = None):
+  """The full train step of `config` lowered ahead of time with abstract inputs on `mesh`
+  (no parameter is allocated). `.compile()` the result to get the compiler's memory analysis."""
+  model_config = model_config_from(config)
+  model = F1(model_config)
+  rules = sharding.rules_from_config(config.sharding_rules)
+  labels = opt.param_labels(nn.unbox(st.abstract_params(model)), config.optimizer.frozen)
+  tx, _ = opt.make_optimizer(config.optimizer.to_dict(), config.train.steps,
+                             opt.split_frozen(labels, labels)[0])
+  ema_decay = config.optimizer.ema_decay or None
+  _, abstract_state, state_sh = st.make_state_fns(model, tx, labels, mesh, rules,
+                                                  ema=ema_decay is not None)
+  batch = abstract_batch(model_config, batch_size or config.data.batch_size,
+                         config.data.get("max_token_len", 48), mesh=mesh)
+  with nn.logical_axis_rules(rules), jax.set_mesh(mesh):
+    step = jax.jit(steps.make_train_step(model, tx, labels, config.train.seed,
+                                         config.optimizer.grad_accum_steps, ema_decay),
+                   donate_argnums=0, out_shardings=(state_sh, None))
+    return step.lower(ckpt.with_shardings(abstract_state, state_sh), batch)

@@ -138,17 +138,27 @@ AGIBOT_T = 25
 AGIBOT_EFF_INDEX = np.array([0, 5, 10, 15, 20])
 
 
-def agibot_arrays() -> dict[str, np.ndarray]:
-    """Raw proprio arrays of the good fixture episode (sparse effector actions with an index)."""
-    t = np.arange(AGIBOT_T, dtype=np.float32)[:, None]
+def agibot_arrays(length: int = AGIBOT_T) -> dict[str, np.ndarray]:
+    """Raw proprio arrays of a good fixture episode (sparse effector actions with an index;
+    the AGIBOT_EFF_INDEX frames that fall inside `length`)."""
+    t = np.arange(length, dtype=np.float32)[:, None]
     j = np.arange(14, dtype=np.float32) / 100
+    idx = AGIBOT_EFF_INDEX[AGIBOT_EFF_INDEX < length]
     return {
         "state/joint/position": t + j,
         "state/effector/position": np.concatenate([t / 10, -t / 10], 1),
         "action/joint/position": 1000 + t + j,
-        "action/effector/position": 9 * (AGIBOT_EFF_INDEX[:, None] + np.array([[0.5, 0.25]])),
-        "action/effector/index": AGIBOT_EFF_INDEX,
+        "action/effector/position": 9 * (idx[:, None] + np.array([[0.5, 0.25]])),
+        "action/effector/index": idx,
     }
+
+
+def _write_agibot_h5(path: str, arrays: dict[str, np.ndarray]) -> None:
+    import h5py
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with h5py.File(path, "w") as f:
+        for k, v in arrays.items():
+            f.create_dataset(k, data=v)
 
 
 def write_agibot_raw(root: str) -> str:
@@ -175,4 +185,68 @@ def write_agibot_raw(root: str) -> str:
         os.makedirs(d)
         for t in range(AGIBOT_T):
             Image.fromarray(frame(base + 5 * t, (12, 16))).save(os.path.join(d, f"{t:05d}.png"))
+    return root
+
+
+# ------------------------------------------------------------------ AgiBot with real mp4 videos
+
+AGIBOT_MP4_FRAMES = 8
+AGIBOT_MP4_PROPRIO = 9  # one proprio row more than video frames: the converter keeps the prefix
+AGIBOT_MP4_SIZE = (24, 32)  # H, W (even, as yuv420p needs)
+AGIBOT_MP4_CODEC = "mpeg4"  # built into libavcodec (LGPL), so every PyAV wheel can encode it
+# Well separated flat colours (saturated ones survive yuv420p chroma subsampling as flat frames).
+AGIBOT_PALETTE = np.array([(200, 30, 30), (30, 200, 30), (30, 30, 200), (220, 220, 40),
+                           (40, 220, 220), (220, 40, 220), (128, 128, 128), (20, 20, 20)],
+                          np.uint8)
+AGIBOT_CAM_OFFSET = {"head": 0, "hand_left": 3, "hand_right": 5}
+
+
+def agibot_mp4_colour(cam: str, t: int) -> np.ndarray:
+    """The flat RGB colour written to frame t of camera `cam` of the mp4 fixture episode."""
+    return AGIBOT_PALETTE[(t + AGIBOT_CAM_OFFSET[cam]) % len(AGIBOT_PALETTE)]
+
+
+def write_mp4(path: str, frames, codec: str = AGIBOT_MP4_CODEC, fps: int = 30) -> None:
+    """Encodes uint8 [H,W,3] RGB frames (H, W even) into an mp4 with PyAV."""
+    import av
+    frames = list(frames)
+    h, w = frames[0].shape[:2]
+    with av.open(path, "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.bit_rate = 2_000_000  # tiny frames: near-lossless flat colours
+        for img in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():  # flush
+            container.mux(packet)
+
+
+def write_agibot_mp4_raw(root: str, codec: str = AGIBOT_MP4_CODEC) -> str:
+    """Raw AgiBot tree with real mp4 cameras (needs PyAV). Task 327:
+    episode 1 good (AGIBOT_MP4_FRAMES frames per camera, AGIBOT_MP4_PROPRIO proprio rows);
+    episode 2 its head video truncated to half its bytes (a download cut short);
+    episode 3 its hand_left "video" is not an mp4 at all."""
+    import json
+    os.makedirs(os.path.join(root, "task_info"))
+    with open(os.path.join(root, "task_info", "task_327.json"), "w") as f:
+        json.dump([{"episode_id": e, "task_name": "Stack the cups | kitchen"} for e in (1, 2, 3)],
+                  f)
+    for ep in (1, 2, 3):
+        _write_agibot_h5(os.path.join(root, "proprio_stats", "327", str(ep), "proprio_stats.h5"),
+                         agibot_arrays(AGIBOT_MP4_PROPRIO))
+        vdir = os.path.join(root, "observations", "327", str(ep), "videos")
+        os.makedirs(vdir)
+        for cam in AGIBOT_CAM_OFFSET:
+            write_mp4(os.path.join(vdir, f"{cam}_color.mp4"),
+                      [np.broadcast_to(agibot_mp4_colour(cam, t), (*AGIBOT_MP4_SIZE, 3)).copy()
+                       for t in range(AGIBOT_MP4_FRAMES)], codec)
+    head2 = os.path.join(root, "observations", "327", "2", "videos", "head_color.mp4")
+    with open(head2, "rb") as f:
+        data = f.read()
+    with open(head2, "wb") as f:
+        f.write(data[:len(data) // 2])
+    with open(os.path.join(root, "observations", "327", "3", "videos", "hand_left_color.mp4"),
+              "wb") as f:
+        f.write(b"this is not an mp4 file\n" * 8)
     return root

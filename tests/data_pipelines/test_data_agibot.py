@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
+import pytest
 
 from data_pipelines import images
 from data_pipelines.reader import EpisodeReader
 from data_pipelines.sources import agibot
-from dp_fixtures import AGIBOT_EFF_INDEX, AGIBOT_T
+from dp_fixtures import (AGIBOT_CAM_OFFSET, AGIBOT_EFF_INDEX, AGIBOT_MP4_CODEC,
+                         AGIBOT_MP4_FRAMES, AGIBOT_MP4_PROPRIO, AGIBOT_MP4_SIZE, AGIBOT_T,
+                         agibot_mp4_colour, write_agibot_mp4_raw)
 
 
 def test_convert_report(agibot_dir):
@@ -71,3 +76,103 @@ def test_agibot_stats_count_each_frame_once(agibot_dir, tmp_path):
     s = summary.load_or_compute(EpisodeReader(ds.path), ds, str(tmp_path), progress=False)
     assert s.state_stats["count"] == AGIBOT_T == s.num_transitions
     np.testing.assert_allclose(s.state_stats["mean"][0], np.arange(AGIBOT_T).mean(), rtol=1e-6)
+
+
+# --------------------------------------------------------------- real mp4 videos decoded by PyAV
+
+MP4_TOL = 8  # max |decoded - written| per channel after mpeg4/yuv420p (+ JPEG q95 in records);
+# palette colours are >= 100 apart in some channel, so a wrong frame cannot pass.
+
+
+@pytest.fixture(scope="module")
+def agibot_mp4(tmp_path_factory):
+    """Raw tree with real mp4 cameras encoded at test time, converted end-to-end."""
+    av = pytest.importorskip(
+        "av", reason="PyAV (`pip install av`, in the `test` extra) is needed to encode the mp4 "
+                     "fixture and to test the converter's PyAV decoding path")
+    if AGIBOT_MP4_CODEC not in av.codecs_available:
+        pytest.skip(f"this PyAV build has no {AGIBOT_MP4_CODEC!r} codec")
+    raw = write_agibot_mp4_raw(os.fspath(tmp_path_factory.mktemp("agibot_mp4_raw")))
+    out = os.fspath(tmp_path_factory.mktemp("agibot_mp4_rlds"))
+    report = agibot.convert(raw, out, segment_len=4, context_before=1, context_after=2,
+                            image_size=12)
+    return raw, report
+
+
+def _video(raw, episode, cam):
+    return os.path.join(raw, "observations", "327", str(episode), "videos", f"{cam}_color.mp4")
+
+
+def test_mp4_frames_decode_to_written_colours(agibot_mp4):
+    raw, _ = agibot_mp4
+    for cam in AGIBOT_CAM_OFFSET:
+        frames = list(agibot.iter_video_frames(_video(raw, 1, cam)))
+        assert len(frames) == AGIBOT_MP4_FRAMES, cam
+        for t, f in enumerate(frames):
+            assert f.dtype == np.uint8 and f.shape == (*AGIBOT_MP4_SIZE, 3)
+            err = np.abs(f.astype(int) - agibot_mp4_colour(cam, t).astype(int)).max()
+            assert err <= MP4_TOL, (cam, t, err)
+
+
+def test_mp4_corrupt_videos_raise_naming_the_file(agibot_mp4):
+    raw, _ = agibot_mp4
+    for episode, cam in ((2, "head"), (3, "hand_left")):
+        path = _video(raw, episode, cam)
+        with pytest.raises(RuntimeError, match=f"cannot decode {path}"):
+            list(agibot.iter_video_frames(path))
+
+
+def test_mp4_convert_report_skips_corrupt_episodes(agibot_mp4):
+    raw, report = agibot_mp4
+    assert report["episodes"] == 1
+    assert report["segments"] == 2  # 8 frames in segments of 4
+    assert [s[:2] for s in report["skipped"]] == [[327, 2], [327, 3]]
+    for (_, episode, reason), cam in zip(report["skipped"], ("head", "hand_left")):
+        assert reason.startswith("RuntimeError: cannot decode ")
+        assert _video(raw, episode, cam) in reason
+
+
+def test_mp4_segments_state_action_and_images(agibot_mp4):
+    _, report = agibot_mp4
+    reader = EpisodeReader(report["path"])
+    segs = {}
+    for i in range(len(reader)):
+        raw = reader.decode(i)
+        segs[int(raw["episode_metadata"]["segment_index"])] = (raw, agibot.standardize(raw, "a", i))
+    n = AGIBOT_MP4_FRAMES  # the 9th proprio row has no video frame: the common prefix is kept
+    starts = {k: int(r["episode_metadata"]["frame_start"]) for k, (r, _) in segs.items()}
+    assert starts == {0: 0, 1: 3}
+    assert {k: s.sample_range for k, (_, s) in segs.items()} == {0: (0, 4), 1: (1, 5)}
+    assert {k: s.length for k, (_, s) in segs.items()} == {0: 6, 1: 5}
+
+    state = np.concatenate([s.state[slice(*s.sample_range)] for _, (_, s) in sorted(segs.items())])
+    action = np.concatenate(
+        [s.action[slice(*s.sample_range)] for _, (_, s) in sorted(segs.items())])
+    assert state.shape == action.shape == (n, 16)
+    t = np.arange(n, dtype=np.float32)
+    j = np.arange(14, dtype=np.float32) / 100
+    np.testing.assert_allclose(state[:, :7], t[:, None] + j[:7], atol=1e-5)
+    np.testing.assert_allclose(state[:, 7], t / 10, atol=1e-6)
+    np.testing.assert_allclose(state[:, 8:15], t[:, None] + j[7:], atol=1e-5)
+    np.testing.assert_allclose(state[:, 15], -t / 10, atol=1e-6)
+    # +1 shift happens before the prefix cut, so the last kept frame gets proprio row 8's action.
+    nxt = np.minimum(t + 1, AGIBOT_MP4_PROPRIO - 1)
+    np.testing.assert_allclose(action[:, :7], 1000 + nxt[:, None] + j[:7], atol=1e-3)
+    np.testing.assert_allclose(action[:, 8:15], 1000 + nxt[:, None] + j[7:], atol=1e-3)
+    left = np.where(np.isin(nxt, AGIBOT_EFF_INDEX), 9 * (nxt + 0.5), nxt / 10)
+    right = np.where(np.isin(nxt, AGIBOT_EFF_INDEX), 9 * (nxt + 0.25), -nxt / 10)
+    np.testing.assert_allclose(action[:, 7], left, atol=1e-4)
+    np.testing.assert_allclose(action[:, 15], right, atol=1e-4)
+
+    views = {"primary": "head", "secondary": "hand_left", "wrist": "hand_right"}
+    for k, (raw, std) in segs.items():
+        assert std.language == "Stack the cups"
+        assert set(std.images) == set(views)
+        f0 = int(raw["episode_metadata"]["frame_start"])
+        for view, cam in views.items():
+            assert len(std.images[view]) == std.length
+            for step, data in enumerate(std.images[view]):
+                img = images.decode_image(data)
+                assert img.shape == (12, 16, 3)  # short side resized to image_size, aspect kept
+                err = np.abs(img.astype(int) - agibot_mp4_colour(cam, f0 + step).astype(int))
+                assert err.max() <= MP4_TOL, (k, view, step, err.max())
