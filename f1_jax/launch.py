@@ -142,8 +142,11 @@ def main(argv: Sequence[str]) -> int:
 
   maybe_initialize_distributed()
   import jax
-  logging.basicConfig(level=logging.INFO if jax.process_index() == 0 else logging.WARNING,
-                      format="%(asctime)s %(levelname)s %(message)s")
+  logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+  if jax.process_index() == 0:  # our progress; Orbax and TFDS stay at warnings
+    logging.getLogger("f1_jax").setLevel(logging.INFO)
+  from absl import logging as absl_logging
+  absl_logging.set_verbosity(absl_logging.WARNING)
   from f1_jax.training import trainer
   if config.sim.enabled:
     from f1_jax import builtin_task
@@ -153,7 +156,7 @@ def main(argv: Sequence[str]) -> int:
     from f1_jax import evaluate
     evaluate.run(os.path.join(workdir, "checkpoints"), config.sim.evaluate_episodes,
                  os.path.join(workdir, "evaluation"))
-  logging.info("Done: %s", metrics)
+  logging.getLogger("f1_jax").info("Done: %s", metrics)
   return 0
 
 
