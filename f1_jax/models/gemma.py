@@ -71,6 +71,15 @@ def _param(module: nn.Module, name: str, shape: tuple[int, ...], axes: tuple[str
   return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32)
 
 
+ACTIVATION_AXES = ("activation_batch", "activation_length", "activation_embed")
+
+
+def constrain_activations(x: jax.Array) -> jax.Array:
+  """Keeps a [B, T, D] activation split along the batch (FSDP): without it the compiler may
+  follow the FSDP-sharded weights and replicate the batch. A no-op outside a mesh + rules."""
+  return nn.with_logical_constraint(x, ACTIVATION_AXES)
+
+
 class RMSNorm(nn.Module):
   """Gemma RMSNorm: `x * rsqrt(mean(x^2) + eps) * (1 + scale)`, computed in fp32."""
 
@@ -178,6 +187,7 @@ class Block(nn.Module):
   def __call__(self, xs: list[jax.Array | None], kv_cache: KVCache | None, positions: jax.Array,
                mask: jax.Array) -> tuple[list[jax.Array | None], KVCache]:
     layers = [ExpertLayer(c, self.precision, name=c.name) for c in self.experts]
+    xs = [None if x is None else constrain_activations(x) for x in xs]
     projected = [layer.qkv(x) for layer, x in zip(layers, xs) if x is not None]
     q, k, v = (jnp.concatenate(parts, axis=1) for parts in zip(*projected))
     q = apply_rope(q, positions, self.rope_base)

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from f1_jax.models.gemma import REMAT_POLICIES
+from f1_jax.models.gemma import REMAT_POLICIES, constrain_activations
 from f1_jax.models.precision import Precision
 
 
@@ -80,6 +80,7 @@ class SiglipBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, _) -> tuple[jax.Array, None]:
     c, p = self.config, self.precision
+    x = constrain_activations(x)
     h = p.cast(_layer_norm(c.eps, "layer_norm1")(x))
     x = x + SiglipAttention(c, p, name="self_attn")(h)
     h = p.cast(_layer_norm(c.eps, "layer_norm2")(x))

@@ -6,6 +6,7 @@ import os
 import signal
 
 import flax.linen as nn
+import ml_collections
 import jax
 import numpy as np
 import pytest
@@ -114,3 +115,32 @@ def test_non_finite_loss_stops_with_the_step_named(tiny_data, tmp_path):
   config.optimizer.clip_norm = 1e38
   with pytest.raises(trainer.NonFiniteLossError, match=r"at step 2"):
     trainer.train(config, os.fspath(tmp_path / "nan"))
+
+
+def test_accumulation_ema_and_in_loop_evaluation(tiny_data, tmp_path):
+  workdir = os.fspath(tmp_path / "ema")
+  config = tiny_config(tiny_data, steps=2)
+  config.optimizer.grad_accum_steps = 2
+  config.optimizer.ema_decay = 0.5
+  config.train.checkpoint_every = 1
+  config.train.eval_every = 2
+  config.train.eval_batches = 1
+  config.eval_data = ml_collections.ConfigDict(config.data.to_dict())
+  config.eval_data.datasets = [{"name": "tiny", "source": "libero", "path": tiny_data["eval"]}]
+  trainer.train(config, workdir)
+
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    evals = [json.loads(line) for line in f if '"eval"' in line]
+  assert evals and {"action_mse", "action_mse_robot_units", "wm_acc_mean"} <= evals[0].keys()
+
+  model = F1(trainer.model_config_from(config))
+  p0 = jax.device_get(jax.jit(lambda k: st.init_params(model, k))(jax.random.key(42)))
+  manager = ckpt.RunCheckpoints(os.path.join(workdir, "checkpoints"), 1)
+  s1, s2 = (jax.device_get(manager.restore_state(s)) for s in (1, 2))
+  manager.close()
+  leaf = lambda tree: tree["stack"]["layers"]["act"]["linear"]
+  # ema_t = 0.5 ema_{t-1} + 0.5 p_t, starting from the initial parameters.
+  np.testing.assert_allclose(leaf(s2["ema_params"]),
+                             0.25 * leaf(p0) + 0.25 * leaf(s1["params"]) + 0.5 * leaf(s2["params"]),
+                             rtol=1e-6, atol=1e-7)
+  assert np.abs(leaf(s2["params"]) - leaf(p0)).max() > 0
