@@ -31,6 +31,7 @@ def smooth_frame(rng: np.random.Generator, size: int) -> np.ndarray:
     """A smooth random image (realistic JPEG size, unlike white noise)."""
     small = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
     from PIL import Image
+
     return np.asarray(Image.fromarray(small).resize((size, size), Image.BICUBIC))
 
 
@@ -38,33 +39,59 @@ def write_fixture(root: str, episodes: int, steps: int, size: int) -> str:
     import tensorflow_datasets as tfds
 
     from data_pipelines.sources import libero
+
     rng = np.random.default_rng(0)
 
     def episode(e):
-        return {"steps": [{
-            "observation": {"image": smooth_frame(rng, size),
-                            "wrist_image": smooth_frame(rng, size),
-                            "state": rng.normal(size=8).astype(np.float32),
-                            "joint_state": np.zeros(7, np.float32)},
-            "action": rng.normal(size=7).astype(np.float32), "discount": 1.0, "reward": 0.0,
-            "is_first": t == 0, "is_last": t == steps - 1, "is_terminal": t == steps - 1,
-            "language_instruction": "put the black bowl on the plate"} for t in range(steps)],
-            "episode_metadata": {"file_path": f"{e}"}}
+        return {
+            "steps": [
+                {
+                    "observation": {
+                        "image": smooth_frame(rng, size),
+                        "wrist_image": smooth_frame(rng, size),
+                        "state": rng.normal(size=8).astype(np.float32),
+                        "joint_state": np.zeros(7, np.float32),
+                    },
+                    "action": rng.normal(size=7).astype(np.float32),
+                    "discount": 1.0,
+                    "reward": 0.0,
+                    "is_first": t == 0,
+                    "is_last": t == steps - 1,
+                    "is_terminal": t == steps - 1,
+                    "language_instruction": "put the black bowl on the plate",
+                }
+                for t in range(steps)
+            ],
+            "episode_metadata": {"file_path": f"{e}"},
+        }
 
     tfds.dataset_builders.store_as_tfds_dataset(
-        name="libero_bench", version="1.0.0", features=libero.feature_spec((size, size)),
-        data_dir=root, split_datasets={"train": [(f"e{e}", episode(e)) for e in range(episodes)]},
-        file_format="tfrecord")
+        name="libero_bench",
+        version="1.0.0",
+        features=libero.feature_spec((size, size)),
+        data_dir=root,
+        split_datasets={"train": [(f"e{e}", episode(e)) for e in range(episodes)]},
+        file_format="tfrecord",
+    )
     return os.path.join(root, "libero_bench", "1.0.0")
 
 
 def write_tokenizer(root: str) -> str:
     import sentencepiece as spm
+
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(["put the black bowl on the plate", "open the drawer"] * 8),
-        model_writer=buf, vocab_size=40, hard_vocab_limit=False, model_type="bpe", pad_id=0,
-        bos_id=1, eos_id=2, unk_id=3, minloglevel=2)
+        model_writer=buf,
+        vocab_size=40,
+        hard_vocab_limit=False,
+        model_type="bpe",
+        pad_id=0,
+        bos_id=1,
+        eos_id=2,
+        unk_id=3,
+        minloglevel=2,
+    )
     path = os.path.join(root, "tok.model")
     with open(path, "wb") as f:
         f.write(buf.getvalue())
@@ -83,9 +110,15 @@ def time_batches(it, batch_size: int, batches: int, warmup: int = 2) -> float:
 def bench_grain(path, tok, workers, args) -> float:
     from data_pipelines import pipeline
     from data_pipelines.config import DataConfig, DatasetConfig
-    cfg = DataConfig(datasets=(DatasetConfig("libero_bench", "libero", path),),
-                     tokenizer_path=tok, batch_size=args.batch_size, num_workers=workers,
-                     read_threads=args.read_threads, prefetch_buffer_size=2 * args.batch_size)
+
+    cfg = DataConfig(
+        datasets=(DatasetConfig("libero_bench", "libero", path),),
+        tokenizer_path=tok,
+        batch_size=args.batch_size,
+        num_workers=workers,
+        read_threads=args.read_threads,
+        prefetch_buffer_size=2 * args.batch_size,
+    )
     it = pipeline.make_train_iterator(cfg, seed=0)
     try:
         return time_batches(it, args.batch_size, args.batches)
@@ -101,11 +134,15 @@ def bench_tfdata(path, tok, args) -> float:
     import tensorflow_datasets as tfds
 
     from data_pipelines.tokenizer import Tokenizer
+
     tf.config.set_visible_devices([], "GPU")
     builder = tfds.builder_from_directory(path)
     skip = tfds.decode.SkipDecoding()
-    ds = builder.as_dataset(split="train", shuffle_files=True, decoders={
-        "steps": {"observation": {"image": skip, "wrist_image": skip}}})
+    ds = builder.as_dataset(
+        split="train",
+        shuffle_files=True,
+        decoders={"steps": {"observation": {"image": skip, "wrist_image": skip}}},
+    )
     tokens, _ = Tokenizer(tok).encode("put the black bowl on the plate")
     chunk = 50
 
@@ -117,31 +154,52 @@ def bench_tfdata(path, tok, args) -> float:
             idx = tf.clip_by_value(t + tf.constant(OFFSETS, tf.int32), 0, n - 1)
             aidx = tf.minimum(t + tf.range(chunk), n - 1)
             obs = s["observation"]
-            return {"und": tf.stack([obs["image"][t], obs["wrist_image"][t]]),
-                    "gen": tf.gather(s["observation"]["image"], idx),
-                    "actions": tf.gather(s["action"], aidx), "state": s["observation"]["state"][t],
-                    "action_is_pad": t + tf.range(chunk) >= n}
+            return {
+                "und": tf.stack([obs["image"][t], obs["wrist_image"][t]]),
+                "gen": tf.gather(s["observation"]["image"], idx),
+                "actions": tf.gather(s["action"], aidx),
+                "state": s["observation"]["state"][t],
+                "action_is_pad": t + tf.range(chunk) >= n,
+            }
+
         return tf.data.Dataset.range(tf.cast(n, tf.int64)).map(
-            lambda t: window(tf.cast(t, tf.int32)))
+            lambda t: window(tf.cast(t, tf.int32))
+        )
 
     def decode(x):
-        und = tf.map_fn(lambda b: tf.image.resize(tf.io.decode_jpeg(b, channels=3), (224, 224)),
-                        x["und"], fn_output_signature=tf.float32)
-        gen = tf.map_fn(lambda b: tf.image.resize(tf.io.decode_jpeg(b, channels=3), (288, 288),
-                                                  method="lanczos3", antialias=True),
-                        x["gen"], fn_output_signature=tf.float32)
+        und = tf.map_fn(
+            lambda b: tf.image.resize(tf.io.decode_jpeg(b, channels=3), (224, 224)),
+            x["und"],
+            fn_output_signature=tf.float32,
+        )
+        gen = tf.map_fn(
+            lambda b: tf.image.resize(
+                tf.io.decode_jpeg(b, channels=3), (288, 288), method="lanczos3", antialias=True
+            ),
+            x["gen"],
+            fn_output_signature=tf.float32,
+        )
         gen = tf.image.random_crop(gen, (len(OFFSETS), 256, 256, 3))
         # Same colour augmentation as the grain pipeline (multiplicative brightness).
         und = und * tf.random.uniform((), 0.8, 1.2)
         und = tf.image.random_saturation(tf.image.random_contrast(und / 255.0, 0.8, 1.2), 0.5, 1.5)
         und = und * 255.0
-        x = dict(x, und=tf.cast(tf.clip_by_value(tf.round(und), 0, 255), tf.uint8),
-                 gen=tf.cast(tf.clip_by_value(tf.round(gen), 0, 255), tf.uint8))
+        x = dict(
+            x,
+            und=tf.cast(tf.clip_by_value(tf.round(und), 0, 255), tf.uint8),
+            gen=tf.cast(tf.clip_by_value(tf.round(gen), 0, 255), tf.uint8),
+        )
         x["tokens"] = tf.constant(tokens)
         return x
 
-    ds = (ds.repeat().flat_map(frames).shuffle(256).map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-          .batch(args.batch_size).prefetch(2))
+    ds = (
+        ds.repeat()
+        .flat_map(frames)
+        .shuffle(256)
+        .map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+        .batch(args.batch_size)
+        .prefetch(2)
+    )
     return time_batches(ds.as_numpy_iterator(), args.batch_size, args.batches)
 
 
@@ -166,22 +224,46 @@ def main() -> None:
 def run(args: argparse.Namespace, root: str) -> None:
     path = write_fixture(root, args.episodes, args.steps, args.image_size)
     tok = write_tokenizer(root)
-    common = {"bench": "data", "batch_size": args.batch_size, "batches": args.batches,
-              "image": args.image_size, "und": 224, "gen": "288->256", "frames": len(OFFSETS),
-              "chunk": 50, "cpus": os.cpu_count()}
+    common = {
+        "bench": "data",
+        "batch_size": args.batch_size,
+        "batches": args.batches,
+        "image": args.image_size,
+        "und": 224,
+        "gen": "288->256",
+        "frames": len(OFFSETS),
+        "chunk": 50,
+        "cpus": os.cpu_count(),
+    }
     from data_pipelines import pipeline
     from data_pipelines.config import DataConfig, DatasetConfig
-    pipeline.load_summaries(DataConfig(datasets=(DatasetConfig("libero_bench", "libero", path),),
-                                       tokenizer_path=tok), progress=False)  # stats pass untimed
+
+    pipeline.load_summaries(
+        DataConfig(datasets=(DatasetConfig("libero_bench", "libero", path),), tokenizer_path=tok),
+        progress=False,
+    )  # stats pass untimed
     for w in args.workers:
         sps = bench_grain(path, tok, w, args)
-        print(json.dumps({**common, "pipeline": "grain", "workers": w,
-                          "read_threads": args.read_threads, "samples_per_s": round(sps, 2)}),
-              flush=True)
+        print(
+            json.dumps(
+                {
+                    **common,
+                    "pipeline": "grain",
+                    "workers": w,
+                    "read_threads": args.read_threads,
+                    "samples_per_s": round(sps, 2),
+                }
+            ),
+            flush=True,
+        )
     if not args.skip_tfdata:
         sps = bench_tfdata(path, tok, args)
-        print(json.dumps({**common, "pipeline": "tf.data", "workers": 0,
-                          "samples_per_s": round(sps, 2)}), flush=True)
+        print(
+            json.dumps(
+                {**common, "pipeline": "tf.data", "workers": 0, "samples_per_s": round(sps, 2)}
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -12,75 +12,98 @@ from f1_jax.training.sharding import DEFAULT_RULES
 
 
 def data_dir() -> str:
-  return os.environ.get("F1_DATA_DIR", "/data/rlds")
+    return os.environ.get("F1_DATA_DIR", "/data/rlds")
 
 
-def dataset(name: str, source: str, version: str = "1.0.0", weight: float = 1.0,
-            directory: str | None = None) -> dict:
-  return {"name": name, "source": source, "weight": weight,
-          "path": os.path.join(directory or data_dir(), name, version)}
+def dataset(
+    name: str,
+    source: str,
+    version: str = "1.0.0",
+    weight: float = 1.0,
+    directory: str | None = None,
+) -> dict:
+    return {
+        "name": name,
+        "source": source,
+        "weight": weight,
+        "path": os.path.join(directory or data_dir(), name, version),
+    }
 
 
 def base_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.model = ml_collections.ConfigDict({
-      "size": "full",                   # configs/models.py: full, small, tiny
-      "precision": "default",           # default (bf16 matmuls) or parity (fp32)
-      "remat_policy": "full",           # none, full, dots, dots_no_batch
-      "num_scales": 4,                  # foresight scales predicted (10 at stage 1)
-      "chunk_size": 30,
-      "foresight_training": "sampled",  # sampled (original stage 2/3) or teacher_forcing
-      "action_loss_weight": 1.0,
-      "foresight_loss_weight": 0.1,
-  })
-  c.data = ml_collections.ConfigDict({
-      "datasets": [],
-      "tokenizer_path": os.path.join(data_dir(), "paligemma_tokenizer.model"),
-      "batch_size": 32,
-      "history_offsets": (-9, -6, -3, 0),
-      "target_offsets": (3,),
-      "norm_mode": "mean_std",
-      "balance_weights": False,
-      "num_workers": 8,
-      "stats_dir": "",
-  })
-  c.eval_data = ml_collections.ConfigDict({"datasets": []})  # held-out episodes; empty: no eval
-  # (data, fsdp, tensor) sizes, one may be -1; num_devices 0 uses every device.
-  c.mesh = ml_collections.ConfigDict({"shape": (1, -1, 1), "num_slices": 1, "num_devices": 0})
-  c.sharding_rules = [list(rule) for rule in DEFAULT_RULES]
-  c.optimizer = ml_collections.ConfigDict({
-      "schedule": "constant",
-      "warmup_steps": 0,
-      "lr": {"vision": 5e-5, "und": 5e-5, "gen": 5e-5, "act": 5e-5},
-      "b1": 0.9, "b2": 0.95, "eps": 1e-8, "weight_decay": 1e-10, "clip_norm": 1.0,
-      "ema_decay": 0.0,                  # 0: no EMA
-      "grad_accum_steps": 1,
-      "frozen": ("vqvae",),              # groups: vision, und, gen, act, vqvae (always frozen)
-  })
-  c.train = ml_collections.ConfigDict({
-      "steps": 100_000,
-      "seed": 42,
-      "log_every": 50,
-      "check_every_step": False,         # NaN guard on every step (a device sync per step)
-      "eval_every": 5_000,
-      "eval_batches": 8,
-      "checkpoint_every": 1_000,
-      "keep_checkpoints": 3,
-      "keep_period": 10_000,             # also keep every multiple of this step (0: none)
-      "async_checkpoints": True,
-  })
-  # Starting weights: a `python -m conversion import` output, and optionally a VQ-VAE of its own
-  # ({'params': ...} of f1_jax.models.vqvae.VQVAE, e.g. trained by the debug recipe).
-  c.init = ml_collections.ConfigDict({"params_path": "", "vqvae_path": ""})
-  c.sim = ml_collections.ConfigDict({"enabled": False})    # the built-in task (debug recipe)
-  return c
+    c = ml_collections.ConfigDict()
+    c.model = ml_collections.ConfigDict(
+        {
+            "size": "full",  # configs/models.py: full, small, tiny
+            "precision": "default",  # default (bf16 matmuls) or parity (fp32)
+            "remat_policy": "full",  # none, full, dots, dots_no_batch
+            "num_scales": 4,  # foresight scales predicted (10 at stage 1)
+            "chunk_size": 30,
+            "foresight_training": "sampled",  # sampled (original stage 2/3) or teacher_forcing
+            "action_loss_weight": 1.0,
+            "foresight_loss_weight": 0.1,
+        }
+    )
+    c.data = ml_collections.ConfigDict(
+        {
+            "datasets": [],
+            "tokenizer_path": os.path.join(data_dir(), "paligemma_tokenizer.model"),
+            "batch_size": 32,
+            "history_offsets": (-9, -6, -3, 0),
+            "target_offsets": (3,),
+            "norm_mode": "mean_std",
+            "balance_weights": False,
+            "num_workers": 8,
+            "stats_dir": "",
+        }
+    )
+    c.eval_data = ml_collections.ConfigDict({"datasets": []})  # held-out episodes; empty: no eval
+    # (data, fsdp, tensor) sizes, one may be -1; num_devices 0 uses every device.
+    c.mesh = ml_collections.ConfigDict({"shape": (1, -1, 1), "num_slices": 1, "num_devices": 0})
+    c.sharding_rules = [list(rule) for rule in DEFAULT_RULES]
+    c.optimizer = ml_collections.ConfigDict(
+        {
+            "schedule": "constant",
+            "warmup_steps": 0,
+            "lr": {"vision": 5e-5, "und": 5e-5, "gen": 5e-5, "act": 5e-5},
+            "b1": 0.9,
+            "b2": 0.95,
+            "eps": 1e-8,
+            "weight_decay": 1e-10,
+            "clip_norm": 1.0,
+            "ema_decay": 0.0,  # 0: no EMA
+            "grad_accum_steps": 1,
+            "frozen": ("vqvae",),  # groups: vision, und, gen, act, vqvae (always frozen)
+        }
+    )
+    c.train = ml_collections.ConfigDict(
+        {
+            "steps": 100_000,
+            "seed": 42,
+            "log_every": 50,
+            "check_every_step": False,  # NaN guard on every step (a device sync per step)
+            "eval_every": 5_000,
+            "eval_batches": 8,
+            "checkpoint_every": 1_000,
+            "keep_checkpoints": 3,
+            "keep_period": 10_000,  # also keep every multiple of this step (0: none)
+            "async_checkpoints": True,
+        }
+    )
+    # Starting weights: a `python -m conversion import` output, and optionally a VQ-VAE of its own
+    # ({'params': ...} of f1_jax.models.vqvae.VQVAE, e.g. trained by the debug recipe).
+    c.init = ml_collections.ConfigDict({"params_path": "", "vqvae_path": ""})
+    c.sim = ml_collections.ConfigDict({"enabled": False})  # the built-in task (debug recipe)
+    return c
 
 
 def stage2_mixture(directory: str | None = None) -> list[dict]:
-  """F1's pretraining mixture: Agibot-World, OXE Bridge-v2, OXE Fractal and LIBERO."""
-  return [
-      dataset("agibot_world", "agibot", weight=1.0, directory=directory),
-      dataset("bridge_orig", "bridge", weight=1.0, directory=directory),
-      dataset("fractal20220817_data", "fractal", version="0.1.0", weight=1.0, directory=directory),
-      dataset("libero_10_no_noops", "libero", weight=1.0, directory=directory),
-  ]
+    """F1's pretraining mixture: Agibot-World, OXE Bridge-v2, OXE Fractal and LIBERO."""
+    return [
+        dataset("agibot_world", "agibot", weight=1.0, directory=directory),
+        dataset("bridge_orig", "bridge", weight=1.0, directory=directory),
+        dataset(
+            "fractal20220817_data", "fractal", version="0.1.0", weight=1.0, directory=directory
+        ),
+        dataset("libero_10_no_noops", "libero", weight=1.0, directory=directory),
+    ]

@@ -9,32 +9,32 @@ from configs.base import base_config
 
 
 def get_config():
-  c = base_config()
-  c.model.size = "debug"
-  c.model.precision = "parity"        # fp32: CPUs have no fast bf16 matmuls
-  c.model.remat_policy = "none"
-  c.model.chunk_size = 4
-  c.data.batch_size = 16
-  c.data.num_workers = 0
-  c.data.max_token_len = 16
-  c.data.stats_dir = ""
-  c.mesh.shape = (-1, 1, 1)
-  c.optimizer.schedule = "cosine"
-  c.optimizer.warmup_steps = 50
-  c.optimizer.lr = {"vision": 1e-3, "und": 1e-3, "gen": 1e-3, "act": 1e-3}
-  c.train.steps = 1_000
-  c.train.log_every = 25
-  c.train.check_every_step = True
-  c.train.eval_every = 500
-  c.train.eval_batches = 2
-  c.train.checkpoint_every = 250
-  c.train.keep_period = 0
-  c.sim.enabled = True
-  c.sim.data_dir = ""                 # default: WORKDIR/data
-  c.sim.train_episodes = 300
-  c.sim.eval_episodes = 30
-  c.sim.image_size = 64
-  c.sim.seed = 0
-  c.sim.vocab_size = 96
-  c.sim.evaluate_episodes = 60        # closed-loop episodes after training (0: skip)
-  return c
+    c = base_config()
+    c.model.size = "debug"
+    c.model.precision = "parity"  # fp32: CPUs have no fast bf16 matmuls
+    c.model.remat_policy = "none"
+    c.model.chunk_size = 4
+    c.data.batch_size = 16
+    c.data.num_workers = 0
+    c.data.max_token_len = 16
+    c.data.stats_dir = ""
+    c.mesh.shape = (-1, 1, 1)
+    c.optimizer.schedule = "cosine"
+    c.optimizer.warmup_steps = 50
+    c.optimizer.lr = {"vision": 1e-3, "und": 1e-3, "gen": 1e-3, "act": 1e-3}
+    c.train.steps = 1_000
+    c.train.log_every = 25
+    c.train.check_every_step = True
+    c.train.eval_every = 500
+    c.train.eval_batches = 2
+    c.train.checkpoint_every = 250
+    c.train.keep_period = 0
+    c.sim.enabled = True
+    c.sim.data_dir = ""  # default: WORKDIR/data
+    c.sim.train_episodes = 300
+    c.sim.eval_episodes = 30
+    c.sim.image_size = 64
+    c.sim.seed = 0
+    c.sim.vocab_size = 96
+    c.sim.evaluate_episodes = 60  # closed-loop episodes after training (0: skip)
+    return c

@@ -18,66 +18,115 @@ PALIGEMMA_VOCAB_SIZE = 257_152  # pi0's PaliGemma vocabulary (the HF original ha
 
 
 def _experts(und: tuple[int, int], gen: tuple[int, int], act: tuple[int, int], **shared):
-  return (ExpertConfig("und", *und, **shared), ExpertConfig("gen", *gen, **shared),
-          ExpertConfig("act", *act, **shared))
+    return (
+        ExpertConfig("und", *und, **shared),
+        ExpertConfig("gen", *gen, **shared),
+        ExpertConfig("act", *act, **shared),
+    )
 
 
 def full() -> F1Config:
-  und, gen, act = _experts((2048, 16384), (1024, 4096), (1024, 4096), depth=18)
-  return F1Config(siglip=SiglipConfig(), und=und, gen=gen, act=act,
-                  vocab_size=PALIGEMMA_VOCAB_SIZE, vqvae=VQVAEConfig.full(),
-                  foresight=ForesightConfig(width=1024), action=ActionConfig(width=1024))
+    und, gen, act = _experts((2048, 16384), (1024, 4096), (1024, 4096), depth=18)
+    return F1Config(
+        siglip=SiglipConfig(),
+        und=und,
+        gen=gen,
+        act=act,
+        vocab_size=PALIGEMMA_VOCAB_SIZE,
+        vqvae=VQVAEConfig.full(),
+        foresight=ForesightConfig(width=1024),
+        action=ActionConfig(width=1024),
+    )
 
 
 def small() -> F1Config:
-  shared = dict(depth=4, num_heads=4, num_kv_heads=1, head_dim=64)
-  und, gen, act = _experts((512, 2048), (256, 1024), (256, 1024), **shared)
-  siglip = SiglipConfig(image_size=224, patch_size=14, width=256, depth=4, mlp_dim=1024,
-                        num_heads=4, out_width=512)
-  return F1Config(siglip=siglip, und=und, gen=gen, act=act, vocab_size=16_384,
-                  vqvae=VQVAEConfig.full(), foresight=ForesightConfig(width=256),
-                  action=ActionConfig(width=256, chunk_size=50))
+    shared = dict(depth=4, num_heads=4, num_kv_heads=1, head_dim=64)
+    und, gen, act = _experts((512, 2048), (256, 1024), (256, 1024), **shared)
+    siglip = SiglipConfig(
+        image_size=224, patch_size=14, width=256, depth=4, mlp_dim=1024, num_heads=4, out_width=512
+    )
+    return F1Config(
+        siglip=siglip,
+        und=und,
+        gen=gen,
+        act=act,
+        vocab_size=16_384,
+        vqvae=VQVAEConfig.full(),
+        foresight=ForesightConfig(width=256),
+        action=ActionConfig(width=256, chunk_size=50),
+    )
 
 
 def tiny() -> F1Config:
-  shared = dict(depth=2, num_heads=4, num_kv_heads=1, head_dim=16)
-  und, gen, act = _experts((64, 128), (32, 64), (32, 64), **shared)
-  siglip = SiglipConfig(image_size=28, patch_size=14, width=32, depth=2, mlp_dim=64, num_heads=4,
-                        out_width=64)
-  vqvae = VQVAEConfig.tiny()
-  return F1Config(siglip=siglip, und=und, gen=gen, act=act, vocab_size=256, vqvae=vqvae,
-                  foresight=ForesightConfig(width=32, z_channels=vqvae.z_channels,
-                                            vocab_size=vqvae.vocab_size, top_k=16),
-                  action=ActionConfig(width=32, chunk_size=4))
+    shared = dict(depth=2, num_heads=4, num_kv_heads=1, head_dim=16)
+    und, gen, act = _experts((64, 128), (32, 64), (32, 64), **shared)
+    siglip = SiglipConfig(
+        image_size=28, patch_size=14, width=32, depth=2, mlp_dim=64, num_heads=4, out_width=64
+    )
+    vqvae = VQVAEConfig.tiny()
+    return F1Config(
+        siglip=siglip,
+        und=und,
+        gen=gen,
+        act=act,
+        vocab_size=256,
+        vqvae=vqvae,
+        foresight=ForesightConfig(
+            width=32, z_channels=vqvae.z_channels, vocab_size=vqvae.vocab_size, top_k=16
+        ),
+        action=ActionConfig(width=32, chunk_size=4),
+    )
 
 
 def debug() -> F1Config:
-  """The `debug` recipe's model, sized for a 2-core CPU: tiny widths, 56 px cameras (16 patches
-  each, so the simulated blocks are visible), and a VQ-VAE with 6 scales up to an 8 x 8 latent of
-  32 px frames. 130 tokens per frame instead of 680 make a training step ~8x cheaper."""
-  config = tiny()
-  vqvae = VQVAEConfig(vocab_size=64, z_channels=8, ch=16, ch_mult=(1, 2, 2), num_res_blocks=1,
-                      norm_groups=8, patch_nums=(1, 2, 3, 4, 6, 8))
-  return dataclasses.replace(
-      config, siglip=dataclasses.replace(config.siglip, image_size=56), vocab_size=128,
-      vqvae=vqvae, foresight=dataclasses.replace(config.foresight, patch_nums=vqvae.patch_nums))
+    """The `debug` recipe's model, sized for a 2-core CPU: tiny widths, 56 px cameras (16 patches
+    each, so the simulated blocks are visible), and a VQ-VAE with 6 scales up to an 8 x 8 latent of
+    32 px frames. 130 tokens per frame instead of 680 make a training step ~8x cheaper."""
+    config = tiny()
+    vqvae = VQVAEConfig(
+        vocab_size=64,
+        z_channels=8,
+        ch=16,
+        ch_mult=(1, 2, 2),
+        num_res_blocks=1,
+        norm_groups=8,
+        patch_nums=(1, 2, 3, 4, 6, 8),
+    )
+    return dataclasses.replace(
+        config,
+        siglip=dataclasses.replace(config.siglip, image_size=56),
+        vocab_size=128,
+        vqvae=vqvae,
+        foresight=dataclasses.replace(config.foresight, patch_nums=vqvae.patch_nums),
+    )
 
 
 MODEL_SIZES = {"full": full, "small": small, "tiny": tiny, "debug": debug}
 
 
-def get_model_config(size: str, *, precision: str = "default", remat_policy: str = "none",
-                     num_scales: int | None = None, chunk_size: int | None = None,
-                     foresight_training: str | None = None) -> F1Config:
-  """The named size with the per-recipe switches applied."""
-  if size not in MODEL_SIZES:
-    raise ValueError(f"Unknown model size {size!r}; valid sizes: {sorted(MODEL_SIZES)}")
-  config = MODEL_SIZES[size]()
-  foresight, action = config.foresight, config.action
-  if num_scales is not None:
-    foresight = dataclasses.replace(foresight, num_scales=num_scales)
-  if chunk_size is not None:
-    action = dataclasses.replace(action, chunk_size=chunk_size)
-  return dataclasses.replace(
-      config, precision=precision, remat_policy=remat_policy, foresight=foresight, action=action,
-      foresight_training=foresight_training or config.foresight_training)
+def get_model_config(
+    size: str,
+    *,
+    precision: str = "default",
+    remat_policy: str = "none",
+    num_scales: int | None = None,
+    chunk_size: int | None = None,
+    foresight_training: str | None = None,
+) -> F1Config:
+    """The named size with the per-recipe switches applied."""
+    if size not in MODEL_SIZES:
+        raise ValueError(f"Unknown model size {size!r}; valid sizes: {sorted(MODEL_SIZES)}")
+    config = MODEL_SIZES[size]()
+    foresight, action = config.foresight, config.action
+    if num_scales is not None:
+        foresight = dataclasses.replace(foresight, num_scales=num_scales)
+    if chunk_size is not None:
+        action = dataclasses.replace(action, chunk_size=chunk_size)
+    return dataclasses.replace(
+        config,
+        precision=precision,
+        remat_policy=remat_policy,
+        foresight=foresight,
+        action=action,
+        foresight_training=foresight_training or config.foresight_training,
+    )

@@ -5,4 +5,4 @@ from configs.stage3 import stage3_config
 
 
 def get_config():
-  return stage3_config("bridge_orig", "bridge", chunk_size=4)
+    return stage3_config("bridge_orig", "bridge", chunk_size=4)

@@ -4,4 +4,4 @@ from configs.stage3 import stage3_config
 
 
 def get_config():
-  return stage3_config("libero_spatial_no_noops", "libero", chunk_size=4)
+    return stage3_config("libero_spatial_no_noops", "libero", chunk_size=4)

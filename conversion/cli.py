@@ -1,13 +1,13 @@
 """Command line: `python -m conversion {import,export,verify,compose-stage1} ...`.
 
-  python -m conversion import f1 --input DIR_OR_model.safetensors --output OUT
-  python -m conversion import pi0 --input pi0/model.safetensors --output OUT [--size full]
-  python -m conversion import openpi --input .../pi0_base/params --output OUT
-  python -m conversion import paligemma --input paligemma-3b-pt-224/ --output OUT
-  python -m conversion import var-vae --input vae_ch160v4096z32.pth --output OUT
-  python -m conversion compose-stage1 --pi0 PI0 --vae VAE.pth --output OUT [--seed 0]
-  python -m conversion export --input OUT --output F1_DIR [--with-expert-lm-heads]
-  python -m conversion verify SOURCE --input PATH [--size full] [--forward]
+python -m conversion import f1 --input DIR_OR_model.safetensors --output OUT
+python -m conversion import pi0 --input pi0/model.safetensors --output OUT [--size full]
+python -m conversion import openpi --input .../pi0_base/params --output OUT
+python -m conversion import paligemma --input paligemma-3b-pt-224/ --output OUT
+python -m conversion import var-vae --input vae_ch160v4096z32.pth --output OUT
+python -m conversion compose-stage1 --pi0 PI0 --vae VAE.pth --output OUT [--seed 0]
+python -m conversion export --input OUT --output F1_DIR [--with-expert-lm-heads]
+python -m conversion verify SOURCE --input PATH [--size full] [--forward]
 """
 
 import argparse
@@ -22,78 +22,97 @@ SOURCES = ("f1", "pi0", "openpi", "paligemma", "var-vae")
 
 
 def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="python -m conversion", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  sub = parser.add_subparsers(dest="command", required=True)
-  size_help = "our model size the foreign tensors must fit (configs/models.py): full, small, tiny"
+    parser = argparse.ArgumentParser(
+        prog="python -m conversion",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    size_help = "our model size the foreign tensors must fit (configs/models.py): full, small, tiny"
 
-  imp = sub.add_parser("import", help="foreign checkpoint -> Orbax params of ours")
-  imp.add_argument("source", choices=SOURCES)
-  imp.add_argument("--input", required=True)
-  imp.add_argument("--output", required=True)
-  imp.add_argument("--config", help="f1 only: the official config.json (default: beside input)")
-  imp.add_argument("--size", default="full", help=size_help + " (ignored for f1)")
+    imp = sub.add_parser("import", help="foreign checkpoint -> Orbax params of ours")
+    imp.add_argument("source", choices=SOURCES)
+    imp.add_argument("--input", required=True)
+    imp.add_argument("--output", required=True)
+    imp.add_argument("--config", help="f1 only: the official config.json (default: beside input)")
+    imp.add_argument("--size", default="full", help=size_help + " (ignored for f1)")
 
-  exp = sub.add_parser("export", help="Orbax params of ours -> official F1 safetensors")
-  exp.add_argument("--input", required=True, help="a directory written by `import`")
-  exp.add_argument("--output", required=True)
-  exp.add_argument("--with-expert-lm-heads", action="store_true",
-                   help="also write the unused generation/action expert lm_heads (zeros), as the "
-                        "released file has them")
+    exp = sub.add_parser("export", help="Orbax params of ours -> official F1 safetensors")
+    exp.add_argument("--input", required=True, help="a directory written by `import`")
+    exp.add_argument("--output", required=True)
+    exp.add_argument(
+        "--with-expert-lm-heads",
+        action="store_true",
+        help="also write the unused generation/action expert lm_heads (zeros), as the "
+        "released file has them",
+    )
 
-  ver = sub.add_parser("verify", help="round trip (and forward parity) of a foreign checkpoint")
-  ver.add_argument("source", choices=SOURCES)
-  ver.add_argument("--input", required=True)
-  ver.add_argument("--size", default="full", help=size_help)
-  ver.add_argument("--forward", action="store_true",
-                   help="also compare PaliGemma image features and text hidden states against "
-                        "transformers (needs torch + transformers; f1, pi0, paligemma)")
+    ver = sub.add_parser("verify", help="round trip (and forward parity) of a foreign checkpoint")
+    ver.add_argument("source", choices=SOURCES)
+    ver.add_argument("--input", required=True)
+    ver.add_argument("--size", default="full", help=size_help)
+    ver.add_argument(
+        "--forward",
+        action="store_true",
+        help="also compare PaliGemma image features and text hidden states against "
+        "transformers (needs torch + transformers; f1, pi0, paligemma)",
+    )
 
-  comp = sub.add_parser("compose-stage1", help="pi0 + VAR VQ-VAE + fresh generation expert")
-  comp.add_argument("--pi0", required=True)
-  comp.add_argument("--vae", required=True)
-  comp.add_argument("--output", required=True)
-  comp.add_argument("--size", default="full", help=size_help)
-  comp.add_argument("--seed", type=int, default=0)
-  for command in (imp, exp, ver, comp):
-    command.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-  return parser
+    comp = sub.add_parser("compose-stage1", help="pi0 + VAR VQ-VAE + fresh generation expert")
+    comp.add_argument("--pi0", required=True)
+    comp.add_argument("--vae", required=True)
+    comp.add_argument("--output", required=True)
+    comp.add_argument("--size", default="full", help=size_help)
+    comp.add_argument("--seed", type=int, default=0)
+    for command in (imp, exp, ver, comp):
+        command.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
 
 
 def _import(args, progress: bool) -> Path:
-  if args.source == "f1":
-    return api.import_f1(args.input, args.output, args.config, progress)
-  fn = {"pi0": api.import_pi0, "openpi": api.import_openpi, "paligemma": api.import_paligemma,
-        "var-vae": api.import_var_vae}[args.source]
-  return fn(args.input, args.output, args.size, progress)
+    if args.source == "f1":
+        return api.import_f1(args.input, args.output, args.config, progress)
+    fn = {
+        "pi0": api.import_pi0,
+        "openpi": api.import_openpi,
+        "paligemma": api.import_paligemma,
+        "var-vae": api.import_var_vae,
+    }[args.source]
+    return fn(args.input, args.output, args.size, progress)
 
 
 def _verify(args, progress: bool) -> dict:
-  diffs = api.verify_roundtrip(args.source, args.input, size=args.size, progress=progress)
-  report = {"tensors": len(diffs), "max_abs_diff": max(diffs.values(), default=0.0),
-            "per_tensor": diffs}
-  if args.forward:
-    report["forward"] = api.verify_forward(args.source, args.input, size=args.size,
-                                           progress=progress)
-  return report
+    diffs = api.verify_roundtrip(args.source, args.input, size=args.size, progress=progress)
+    report = {
+        "tensors": len(diffs),
+        "max_abs_diff": max(diffs.values(), default=0.0),
+        "per_tensor": diffs,
+    }
+    if args.forward:
+        report["forward"] = api.verify_forward(
+            args.source, args.input, size=args.size, progress=progress
+        )
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
-  args = _parser().parse_args(argv)
-  progress = not args.no_progress and sys.stderr.isatty()
-  try:
-    if args.command == "import":
-      out = _import(args, progress)
-      print(json.dumps({"written": str(out)}))
-    elif args.command == "export":
-      out = api.export_f1(args.input, args.output, args.with_expert_lm_heads, progress)
-      print(json.dumps({"written": str(out)}))
-    elif args.command == "compose-stage1":
-      out = api.compose_stage1(args.pi0, args.vae, args.output, args.size, args.seed, progress)
-      print(json.dumps({"written": str(out)}))
-    else:
-      print(json.dumps(_verify(args, progress), indent=1))
-  except ConversionError as e:
-    print(f"error: {e}\nNothing was written.", file=sys.stderr)
-    return 2
-  return 0
+    args = _parser().parse_args(argv)
+    progress = not args.no_progress and sys.stderr.isatty()
+    try:
+        if args.command == "import":
+            out = _import(args, progress)
+            print(json.dumps({"written": str(out)}))
+        elif args.command == "export":
+            out = api.export_f1(args.input, args.output, args.with_expert_lm_heads, progress)
+            print(json.dumps({"written": str(out)}))
+        elif args.command == "compose-stage1":
+            out = api.compose_stage1(
+                args.pi0, args.vae, args.output, args.size, args.seed, progress
+            )
+            print(json.dumps({"written": str(out)}))
+        else:
+            print(json.dumps(_verify(args, progress), indent=1))
+    except ConversionError as e:
+        print(f"error: {e}\nNothing was written.", file=sys.stderr)
+        return 2
+    return 0

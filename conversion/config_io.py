@@ -20,145 +20,248 @@ from f1_jax.models.vqvae import VQVAEConfig
 
 SIDECAR = "model_config.json"
 SIDECAR_FORMAT = "f1_jax.conversion/1"
-_SUBCONFIGS = {"siglip": SiglipConfig, "und": ExpertConfig, "gen": ExpertConfig,
-               "act": ExpertConfig, "vqvae": VQVAEConfig, "foresight": ForesightConfig,
-               "action": ActionConfig}
+_SUBCONFIGS = {
+    "siglip": SiglipConfig,
+    "und": ExpertConfig,
+    "gen": ExpertConfig,
+    "act": ExpertConfig,
+    "vqvae": VQVAEConfig,
+    "foresight": ForesightConfig,
+    "action": ActionConfig,
+}
 
 
 def _tuples(value: Any) -> Any:
-  return tuple(value) if isinstance(value, list) else value
+    return tuple(value) if isinstance(value, list) else value
 
 
 def config_to_dict(config: F1Config) -> dict:
-  """F1Config -> plain JSON-able dict (tuples become lists)."""
-  return dataclasses.asdict(config)
+    """F1Config -> plain JSON-able dict (tuples become lists)."""
+    return dataclasses.asdict(config)
 
 
 def config_from_dict(data: dict) -> F1Config:
-  """Inverse of `config_to_dict`; unknown fields raise (a sidecar from another version)."""
-  kwargs = dict(data)
-  for name, cls in _SUBCONFIGS.items():
-    kwargs[name] = cls(**{k: _tuples(v) for k, v in data[name].items()})
-  return F1Config(**kwargs)
+    """Inverse of `config_to_dict`; unknown fields raise (a sidecar from another version)."""
+    kwargs = dict(data)
+    for name, cls in _SUBCONFIGS.items():
+        kwargs[name] = cls(**{k: _tuples(v) for k, v in data[name].items()})
+    return F1Config(**kwargs)
 
 
 def _expert(name: str, gemma: dict) -> ExpertConfig:
-  return ExpertConfig(name, gemma["hidden_size"], gemma["intermediate_size"],
-                      gemma["num_hidden_layers"], gemma.get("num_attention_heads", 8),
-                      gemma.get("num_key_value_heads", 1), gemma.get("head_dim", 256))
+    return ExpertConfig(
+        name,
+        gemma["hidden_size"],
+        gemma["intermediate_size"],
+        gemma["num_hidden_layers"],
+        gemma.get("num_attention_heads", 8),
+        gemma.get("num_key_value_heads", 1),
+        gemma.get("head_dim", 256),
+    )
 
 
 def from_official(official: dict) -> F1Config:
-  """The official F1 config.json (any size) -> our F1Config with the same parameter shapes."""
-  try:
-    und = official["und_expert_config"]
-    text, vision = und["text_config"], und["vision_config"]
-    gen, act = official["gen_expert_config"], official["act_expert_config"]
-  except KeyError as e:
-    raise ValueError(f"Not an F1 config.json: missing {e}. Expected und_expert_config "
-                     "(with text_config and vision_config), gen_expert_config and "
-                     "act_expert_config.") from None
-  extra = official.get("f1_jax", {})
-  vae = dict(gen.get("vae") or {})
-  patch_nums = tuple(int(p) for p in str(gen.get("pn", "1_2_3_4_5_6_8_10_13_16")).split("_"))
-  vq_defaults = VQVAEConfig()
-  vqvae = VQVAEConfig(
-      vocab_size=vae.get("vocab_size", vq_defaults.vocab_size),
-      z_channels=vae.get("z_channels", vq_defaults.z_channels),
-      ch=vae.get("ch", vq_defaults.ch),
-      share_quant_resi=vae.get("share_quant_resi", vq_defaults.share_quant_resi),
-      ch_mult=tuple(extra.get("vae_ch_mult", vq_defaults.ch_mult)),
-      num_res_blocks=extra.get("vae_num_res_blocks", vq_defaults.num_res_blocks),
-      norm_groups=extra.get("vae_norm_groups", vq_defaults.norm_groups),
-      patch_nums=patch_nums)
-  experts = (_expert("und", text), _expert("gen", gen), _expert("act", act))
-  siglip = SiglipConfig(
-      image_size=vision.get("image_size", 224), patch_size=vision.get("patch_size", 14),
-      width=vision["hidden_size"], depth=vision["num_hidden_layers"],
-      mlp_dim=vision["intermediate_size"], num_heads=vision["num_attention_heads"],
-      eps=vision.get("layer_norm_eps", 1e-6), out_width=text["hidden_size"])
-  foresight = ForesightConfig(
-      width=gen["hidden_size"], z_channels=vqvae.z_channels, vocab_size=vqvae.vocab_size,
-      patch_nums=patch_nums, num_scales=gen.get("num_resolutions", 4),
-      temporal_kernel=gen.get("temporal_conv_kernel_size", 4),
-      temporal_stride=gen.get("temporal_conv_stride", 4))
-  action = ActionConfig(width=act["hidden_size"], action_dim=official.get("max_action_dim", 32),
-                        state_dim=official.get("max_state_dim", 32),
-                        chunk_size=official.get("chunk_size", 50))
-  return F1Config(siglip=siglip, und=experts[0], gen=experts[1], act=experts[2],
-                  vocab_size=text.get("vocab_size", 257152), vqvae=vqvae, foresight=foresight,
-                  action=action)
+    """The official F1 config.json (any size) -> our F1Config with the same parameter shapes."""
+    try:
+        und = official["und_expert_config"]
+        text, vision = und["text_config"], und["vision_config"]
+        gen, act = official["gen_expert_config"], official["act_expert_config"]
+    except KeyError as e:
+        raise ValueError(
+            f"Not an F1 config.json: missing {e}. Expected und_expert_config "
+            "(with text_config and vision_config), gen_expert_config and "
+            "act_expert_config."
+        ) from None
+    extra = official.get("f1_jax", {})
+    vae = dict(gen.get("vae") or {})
+    patch_nums = tuple(int(p) for p in str(gen.get("pn", "1_2_3_4_5_6_8_10_13_16")).split("_"))
+    vq_defaults = VQVAEConfig()
+    vqvae = VQVAEConfig(
+        vocab_size=vae.get("vocab_size", vq_defaults.vocab_size),
+        z_channels=vae.get("z_channels", vq_defaults.z_channels),
+        ch=vae.get("ch", vq_defaults.ch),
+        share_quant_resi=vae.get("share_quant_resi", vq_defaults.share_quant_resi),
+        ch_mult=tuple(extra.get("vae_ch_mult", vq_defaults.ch_mult)),
+        num_res_blocks=extra.get("vae_num_res_blocks", vq_defaults.num_res_blocks),
+        norm_groups=extra.get("vae_norm_groups", vq_defaults.norm_groups),
+        patch_nums=patch_nums,
+    )
+    experts = (_expert("und", text), _expert("gen", gen), _expert("act", act))
+    siglip = SiglipConfig(
+        image_size=vision.get("image_size", 224),
+        patch_size=vision.get("patch_size", 14),
+        width=vision["hidden_size"],
+        depth=vision["num_hidden_layers"],
+        mlp_dim=vision["intermediate_size"],
+        num_heads=vision["num_attention_heads"],
+        eps=vision.get("layer_norm_eps", 1e-6),
+        out_width=text["hidden_size"],
+    )
+    foresight = ForesightConfig(
+        width=gen["hidden_size"],
+        z_channels=vqvae.z_channels,
+        vocab_size=vqvae.vocab_size,
+        patch_nums=patch_nums,
+        num_scales=gen.get("num_resolutions", 4),
+        temporal_kernel=gen.get("temporal_conv_kernel_size", 4),
+        temporal_stride=gen.get("temporal_conv_stride", 4),
+    )
+    action = ActionConfig(
+        width=act["hidden_size"],
+        action_dim=official.get("max_action_dim", 32),
+        state_dim=official.get("max_state_dim", 32),
+        chunk_size=official.get("chunk_size", 50),
+    )
+    return F1Config(
+        siglip=siglip,
+        und=experts[0],
+        gen=experts[1],
+        act=experts[2],
+        vocab_size=text.get("vocab_size", 257152),
+        vqvae=vqvae,
+        foresight=foresight,
+        action=action,
+    )
 
 
 def _gemma(expert: ExpertConfig, vocab: int) -> dict:
-  return {
-      "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": 2, "eos_token_id": 1,
-      "head_dim": expert.head_dim, "hidden_act": "gelu_pytorch_tanh",
-      "hidden_activation": "gelu_pytorch_tanh", "hidden_size": expert.width,
-      "initializer_range": 0.02, "intermediate_size": expert.mlp_dim,
-      "max_position_embeddings": 8192, "model_type": "gemma",
-      "num_attention_heads": expert.num_heads, "num_hidden_layers": expert.depth,
-      "num_key_value_heads": expert.num_kv_heads, "pad_token_id": 0, "rms_norm_eps": 1e-6,
-      "rope_theta": 10000.0, "torch_dtype": "float32", "transformers_version": "4.48.1",
-      "use_cache": True, "vocab_size": vocab}
+    return {
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": 2,
+        "eos_token_id": 1,
+        "head_dim": expert.head_dim,
+        "hidden_act": "gelu_pytorch_tanh",
+        "hidden_activation": "gelu_pytorch_tanh",
+        "hidden_size": expert.width,
+        "initializer_range": 0.02,
+        "intermediate_size": expert.mlp_dim,
+        "max_position_embeddings": 8192,
+        "model_type": "gemma",
+        "num_attention_heads": expert.num_heads,
+        "num_hidden_layers": expert.depth,
+        "num_key_value_heads": expert.num_kv_heads,
+        "pad_token_id": 0,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0,
+        "torch_dtype": "float32",
+        "transformers_version": "4.48.1",
+        "use_cache": True,
+        "vocab_size": vocab,
+    }
 
 
 def to_official(config: F1Config) -> dict:
-  """Our F1Config -> an F1 config.json the official `F1Config` reads (same layout as
-  f1_vla/config/f1_config.json)."""
-  c, s, v = config, config.siglip, config.vqvae
-  text = {"hidden_activation": "gelu_pytorch_tanh", "hidden_size": c.und.width,
-          "intermediate_size": c.und.mlp_dim, "model_type": "gemma",
-          "num_attention_heads": c.und.num_heads, "num_hidden_layers": c.und.depth,
-          "num_image_tokens": s.num_patches, "num_key_value_heads": c.und.num_kv_heads,
-          "head_dim": c.und.head_dim, "torch_dtype": "float32", "vocab_size": c.vocab_size}
-  vision = {"hidden_size": s.width, "intermediate_size": s.mlp_dim,
-            "model_type": "siglip_vision_model", "num_attention_heads": s.num_heads,
-            "num_hidden_layers": s.depth, "num_image_tokens": s.num_patches,
-            "image_size": s.image_size, "patch_size": s.patch_size, "layer_norm_eps": s.eps,
-            "projection_dim": c.und.width, "projector_hidden_act": "gelu_fast",
-            "torch_dtype": "float32", "vision_use_head": False}
-  gen = _gemma(c.gen, c.vocab_size)
-  gen.update({"pn": "_".join(str(p) for p in c.foresight.patch_nums),
-              "temporal_conv_kernel_size": c.foresight.temporal_kernel,
-              "temporal_conv_stride": c.foresight.temporal_stride,
-              "num_resolutions": c.foresight.num_scales,
-              "vae": {"vocab_size": v.vocab_size, "z_channels": v.z_channels, "ch": v.ch,
-                      "test_mode": True, "share_quant_resi": v.share_quant_resi,
-                      "vae_ckpt": ""}})
-  return {
-      "architectures": ["F1ForConditionalGeneration"],
-      "auto_map": {"AutoConfig": "configuration_f1.F1Config",
-                   "AutoModel": "modeling_f1.F1ForConditionalGeneration"},
-      "und_expert_config": {
-          "transformers_version": "4.48.1", "_vocab_size": c.vocab_size, "bos_token_id": 2,
-          "eos_token_id": 1, "hidden_size": c.und.width, "image_token_index": c.vocab_size,
-          "model_type": "paligemma", "pad_token_id": 0, "projection_dim": c.und.width,
-          "text_config": text, "vision_config": vision},
-      "gen_expert_config": gen,
-      "act_expert_config": _gemma(c.act, c.vocab_size),
-      "use_world_model": True, "chunk_size": c.action.chunk_size,
-      "max_action_dim": c.action.action_dim, "max_state_dim": c.action.state_dim,
-      "tokenizer_max_length": 48, "use_cache": True, "attention_implementation": "eager",
-      "resize_imgs_with_padding": [s.image_size, s.image_size], "language_tokenizer_path": "",
-      "proj_width": c.act.width, "num_steps": c.action.num_steps,
-      # Sizes the official class cannot express (it hard-codes the released VAE).
-      "f1_jax": {"vae_ch_mult": list(v.ch_mult), "vae_num_res_blocks": v.num_res_blocks,
-                 "vae_norm_groups": v.norm_groups},
-  }
+    """Our F1Config -> an F1 config.json the official `F1Config` reads (same layout as
+    f1_vla/config/f1_config.json)."""
+    c, s, v = config, config.siglip, config.vqvae
+    text = {
+        "hidden_activation": "gelu_pytorch_tanh",
+        "hidden_size": c.und.width,
+        "intermediate_size": c.und.mlp_dim,
+        "model_type": "gemma",
+        "num_attention_heads": c.und.num_heads,
+        "num_hidden_layers": c.und.depth,
+        "num_image_tokens": s.num_patches,
+        "num_key_value_heads": c.und.num_kv_heads,
+        "head_dim": c.und.head_dim,
+        "torch_dtype": "float32",
+        "vocab_size": c.vocab_size,
+    }
+    vision = {
+        "hidden_size": s.width,
+        "intermediate_size": s.mlp_dim,
+        "model_type": "siglip_vision_model",
+        "num_attention_heads": s.num_heads,
+        "num_hidden_layers": s.depth,
+        "num_image_tokens": s.num_patches,
+        "image_size": s.image_size,
+        "patch_size": s.patch_size,
+        "layer_norm_eps": s.eps,
+        "projection_dim": c.und.width,
+        "projector_hidden_act": "gelu_fast",
+        "torch_dtype": "float32",
+        "vision_use_head": False,
+    }
+    gen = _gemma(c.gen, c.vocab_size)
+    gen.update(
+        {
+            "pn": "_".join(str(p) for p in c.foresight.patch_nums),
+            "temporal_conv_kernel_size": c.foresight.temporal_kernel,
+            "temporal_conv_stride": c.foresight.temporal_stride,
+            "num_resolutions": c.foresight.num_scales,
+            "vae": {
+                "vocab_size": v.vocab_size,
+                "z_channels": v.z_channels,
+                "ch": v.ch,
+                "test_mode": True,
+                "share_quant_resi": v.share_quant_resi,
+                "vae_ckpt": "",
+            },
+        }
+    )
+    return {
+        "architectures": ["F1ForConditionalGeneration"],
+        "auto_map": {
+            "AutoConfig": "configuration_f1.F1Config",
+            "AutoModel": "modeling_f1.F1ForConditionalGeneration",
+        },
+        "und_expert_config": {
+            "transformers_version": "4.48.1",
+            "_vocab_size": c.vocab_size,
+            "bos_token_id": 2,
+            "eos_token_id": 1,
+            "hidden_size": c.und.width,
+            "image_token_index": c.vocab_size,
+            "model_type": "paligemma",
+            "pad_token_id": 0,
+            "projection_dim": c.und.width,
+            "text_config": text,
+            "vision_config": vision,
+        },
+        "gen_expert_config": gen,
+        "act_expert_config": _gemma(c.act, c.vocab_size),
+        "use_world_model": True,
+        "chunk_size": c.action.chunk_size,
+        "max_action_dim": c.action.action_dim,
+        "max_state_dim": c.action.state_dim,
+        "tokenizer_max_length": 48,
+        "use_cache": True,
+        "attention_implementation": "eager",
+        "resize_imgs_with_padding": [s.image_size, s.image_size],
+        "language_tokenizer_path": "",
+        "proj_width": c.act.width,
+        "num_steps": c.action.num_steps,
+        # Sizes the official class cannot express (it hard-codes the released VAE).
+        "f1_jax": {
+            "vae_ch_mult": list(v.ch_mult),
+            "vae_num_res_blocks": v.num_res_blocks,
+            "vae_norm_groups": v.norm_groups,
+        },
+    }
 
 
-def write_sidecar(path, config: F1Config, source: str, subtrees: list[str],
-                  notes: list[str]) -> None:
-  """The JSON next to the Orbax checkpoint: which config, which source, which subtrees."""
-  with open(path, "w") as f:
-    json.dump({"format": SIDECAR_FORMAT, "source": source, "subtrees": subtrees, "notes": notes,
-               "config": config_to_dict(config)}, f, indent=1)
+def write_sidecar(
+    path, config: F1Config, source: str, subtrees: list[str], notes: list[str]
+) -> None:
+    """The JSON next to the Orbax checkpoint: which config, which source, which subtrees."""
+    with open(path, "w") as f:
+        json.dump(
+            {
+                "format": SIDECAR_FORMAT,
+                "source": source,
+                "subtrees": subtrees,
+                "notes": notes,
+                "config": config_to_dict(config),
+            },
+            f,
+            indent=1,
+        )
 
 
 def read_sidecar(path) -> tuple[F1Config, dict]:
-  with open(path) as f:
-    data = json.load(f)
-  if data.get("format") != SIDECAR_FORMAT:
-    raise ValueError(f"{path} is not a conversion sidecar (format {data.get('format')!r}).")
-  return config_from_dict(data["config"]), data
+    with open(path) as f:
+        data = json.load(f)
+    if data.get("format") != SIDECAR_FORMAT:
+        raise ValueError(f"{path} is not a conversion sidecar (format {data.get('format')!r}).")
+    return config_from_dict(data["config"]), data

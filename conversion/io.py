@@ -20,196 +20,237 @@ from typing import Iterator
 import ml_dtypes
 import numpy as np
 
-ST_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16", "int64": "I64",
-             "int32": "I32", "float64": "F64", "bool": "BOOL", "uint8": "U8"}
-NP_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16,
-             "int64": np.int64, "int32": np.int32, "float64": np.float64, "bool": np.bool_,
-             "uint8": np.uint8}
+ST_DTYPES = {
+    "float32": "F32",
+    "bfloat16": "BF16",
+    "float16": "F16",
+    "int64": "I64",
+    "int32": "I32",
+    "float64": "F64",
+    "bool": "BOOL",
+    "uint8": "U8",
+}
+NP_DTYPES = {
+    "float32": np.float32,
+    "bfloat16": ml_dtypes.bfloat16,
+    "float16": np.float16,
+    "int64": np.int64,
+    "int32": np.int32,
+    "float64": np.float64,
+    "bool": np.bool_,
+    "uint8": np.uint8,
+}
 _FROM_ST = {v: k for k, v in ST_DTYPES.items()}
 
 
 class ConversionError(ValueError):
-  """A checkpoint that cannot be converted; the message lists every problem found."""
+    """A checkpoint that cannot be converted; the message lists every problem found."""
 
 
 def describe_file(path: Path) -> str:
-  """A short guess of what a file is, for error messages."""
-  if path.is_dir():
-    return "a directory"
-  with open(path, "rb") as f:
-    head = f.read(16)
-  if zipfile.is_zipfile(path):
-    return "a zip archive (a PyTorch .pth/.pt pickle?)"
-  if head[:2] == b"\x80\x02" or head[:1] == b"\x80":
-    return "a Python pickle (a legacy PyTorch .pth?)"
-  if head[:6] == b"\x93NUMPY":
-    return "a NumPy .npy file"
-  return f"an unrecognised file (first bytes {head[:8]!r})"
+    """A short guess of what a file is, for error messages."""
+    if path.is_dir():
+        return "a directory"
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if zipfile.is_zipfile(path):
+        return "a zip archive (a PyTorch .pth/.pt pickle?)"
+    if head[:2] == b"\x80\x02" or head[:1] == b"\x80":
+        return "a Python pickle (a legacy PyTorch .pth?)"
+    if head[:6] == b"\x93NUMPY":
+        return "a NumPy .npy file"
+    return f"an unrecognised file (first bytes {head[:8]!r})"
 
 
 class SafetensorsSource:
-  """One or several safetensors files (a sharded checkpoint) read tensor by tensor."""
+    """One or several safetensors files (a sharded checkpoint) read tensor by tensor."""
 
-  def __init__(self, path: str | os.PathLike):
-    from safetensors import safe_open
-    path = Path(path)
-    files = sorted(glob.glob(str(path / "*.safetensors"))) if path.is_dir() else [str(path)]
-    if not files:
-      raise ConversionError(f"No *.safetensors file in directory {path}.")
-    self._stack = contextlib.ExitStack()
-    self._where: dict[str, object] = {}
-    for file in files:
-      if not os.path.exists(file):
-        raise ConversionError(f"File not found: {file}.")
-      try:
-        handle = self._stack.enter_context(safe_open(file, framework="numpy"))
-      except Exception as e:  # safetensors raises its own error types for a bad header
-        raise ConversionError(f"{file} is not a safetensors file ({describe_file(Path(file))}; "
-                              f"safetensors said: {e}).") from None
-      for key in handle.keys():
-        self._where[key] = handle
-    self.files = files
+    def __init__(self, path: str | os.PathLike):
+        from safetensors import safe_open
 
-  def keys(self) -> list[str]:
-    return list(self._where)
+        path = Path(path)
+        files = sorted(glob.glob(str(path / "*.safetensors"))) if path.is_dir() else [str(path)]
+        if not files:
+            raise ConversionError(f"No *.safetensors file in directory {path}.")
+        self._stack = contextlib.ExitStack()
+        self._where: dict[str, object] = {}
+        for file in files:
+            if not os.path.exists(file):
+                raise ConversionError(f"File not found: {file}.")
+            try:
+                handle = self._stack.enter_context(safe_open(file, framework="numpy"))
+            except Exception as e:  # safetensors raises its own error types for a bad header
+                raise ConversionError(
+                    f"{file} is not a safetensors file ({describe_file(Path(file))}; "
+                    f"safetensors said: {e})."
+                ) from None
+            for key in handle.keys():
+                self._where[key] = handle
+        self.files = files
 
-  def shape(self, key: str) -> tuple[int, ...]:
-    return tuple(self._where[key].get_slice(key).get_shape())
+    def keys(self) -> list[str]:
+        return list(self._where)
 
-  def dtype(self, key: str) -> str:
-    return _FROM_ST.get(self._where[key].get_slice(key).get_dtype(), "unknown")
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._where[key].get_slice(key).get_shape())
 
-  def get(self, key: str) -> np.ndarray:
-    return self._where[key].get_tensor(key)
+    def dtype(self, key: str) -> str:
+        return _FROM_ST.get(self._where[key].get_slice(key).get_dtype(), "unknown")
 
-  def close(self) -> None:
-    self._stack.close()
+    def get(self, key: str) -> np.ndarray:
+        return self._where[key].get_tensor(key)
+
+    def close(self) -> None:
+        self._stack.close()
 
 
 class DictSource:
-  """In-memory arrays by name (a torch state dict, a restored Orbax tree)."""
+    """In-memory arrays by name (a torch state dict, a restored Orbax tree)."""
 
-  def __init__(self, arrays: dict[str, object]):
-    self._arrays = arrays
+    def __init__(self, arrays: dict[str, object]):
+        self._arrays = arrays
 
-  def keys(self) -> list[str]:
-    return list(self._arrays)
+    def keys(self) -> list[str]:
+        return list(self._arrays)
 
-  def shape(self, key: str) -> tuple[int, ...]:
-    return tuple(self._arrays[key].shape)
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._arrays[key].shape)
 
-  def dtype(self, key: str) -> str:
-    return str(self._arrays[key].dtype).removeprefix("torch.")
+    def dtype(self, key: str) -> str:
+        return str(self._arrays[key].dtype).removeprefix("torch.")
 
-  def get(self, key: str) -> np.ndarray:
-    value = self._arrays[key]
-    if hasattr(value, "detach"):  # a torch tensor: bf16 has no NumPy dtype, go through fp32
-      import torch
-      if value.dtype == torch.bfloat16:
-        return value.detach().float().numpy().astype(ml_dtypes.bfloat16)
-      return value.detach().numpy()
-    return np.asarray(value)
+    def get(self, key: str) -> np.ndarray:
+        value = self._arrays[key]
+        if hasattr(value, "detach"):  # a torch tensor: bf16 has no NumPy dtype, go through fp32
+            import torch
 
-  def close(self) -> None:
-    pass
+            if value.dtype == torch.bfloat16:
+                return value.detach().float().numpy().astype(ml_dtypes.bfloat16)
+            return value.detach().numpy()
+        return np.asarray(value)
+
+    def close(self) -> None:
+        pass
 
 
 def torch_source(path: str | os.PathLike) -> DictSource:
-  """A `torch.save`d state dict (e.g. VAR's vae_ch160v4096z32.pth), memory-mapped."""
-  path = Path(path)
-  if not path.exists():
-    raise ConversionError(f"File not found: {path}.")
-  try:
-    import torch
-  except ImportError:
-    raise ConversionError(
-        f"Reading {path.name} (a PyTorch pickle) needs torch, which is not installed: "
-        "`pip install torch` (CPU is enough), or convert the file to safetensors with "
-        "`safetensors.torch.save_file(torch.load(path), out)` on a machine with torch.") from None
-  try:
-    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-  except Exception as e:
-    raise ConversionError(f"{path} could not be read as a PyTorch state dict "
-                          f"({describe_file(path)}; torch said: {e}).") from None
-  if not isinstance(state, dict) or not all(hasattr(v, "shape") for v in state.values()):
-    raise ConversionError(f"{path} holds a {type(state).__name__}, not a state dict of tensors.")
-  return DictSource(dict(state))
+    """A `torch.save`d state dict (e.g. VAR's vae_ch160v4096z32.pth), memory-mapped."""
+    path = Path(path)
+    if not path.exists():
+        raise ConversionError(f"File not found: {path}.")
+    try:
+        import torch
+    except ImportError:
+        raise ConversionError(
+            f"Reading {path.name} (a PyTorch pickle) needs torch, which is not installed: "
+            "`pip install torch` (CPU is enough), or convert the file to safetensors with "
+            "`safetensors.torch.save_file(torch.load(path), out)` on a machine with torch."
+        ) from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:
+        raise ConversionError(
+            f"{path} could not be read as a PyTorch state dict "
+            f"({describe_file(path)}; torch said: {e})."
+        ) from None
+    if not isinstance(state, dict) or not all(hasattr(v, "shape") for v in state.values()):
+        raise ConversionError(
+            f"{path} holds a {type(state).__name__}, not a state dict of tensors."
+        )
+    return DictSource(dict(state))
 
 
 def open_source(path: str | os.PathLike) -> SafetensorsSource | DictSource:
-  """Safetensors (file or directory of shards) or a torch pickle, chosen by content."""
-  path = Path(path)
-  if not path.exists():
-    raise ConversionError(f"Input not found: {path}.")
-  if path.is_file() and zipfile.is_zipfile(path):
-    return torch_source(path)
-  return SafetensorsSource(path)
+    """Safetensors (file or directory of shards) or a torch pickle, chosen by content."""
+    path = Path(path)
+    if not path.exists():
+        raise ConversionError(f"Input not found: {path}.")
+    if path.is_file() and zipfile.is_zipfile(path):
+        return torch_source(path)
+    return SafetensorsSource(path)
 
 
 # --------------------------------------------------------------------------------------------
 # Writing.
 
+
 def safetensors_header(plan: list[tuple[str, tuple[int, ...], str]]) -> bytes:
-  """The safetensors header (length prefix + JSON, padded to 8 bytes) for tensors in order."""
-  meta, offset = {"__metadata__": {"format": "pt"}}, 0
-  for key, shape, dtype in plan:
-    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(NP_DTYPES[dtype]).itemsize
-    meta[key] = {"dtype": ST_DTYPES[dtype], "shape": list(shape),
-                 "data_offsets": [offset, offset + nbytes]}
-    offset += nbytes
-  body = json.dumps(meta, separators=(",", ":")).encode()
-  body += b" " * (-len(body) % 8)
-  return struct.pack("<Q", len(body)) + body
+    """The safetensors header (length prefix + JSON, padded to 8 bytes) for tensors in order."""
+    meta, offset = {"__metadata__": {"format": "pt"}}, 0
+    for key, shape, dtype in plan:
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(NP_DTYPES[dtype]).itemsize
+        meta[key] = {
+            "dtype": ST_DTYPES[dtype],
+            "shape": list(shape),
+            "data_offsets": [offset, offset + nbytes],
+        }
+        offset += nbytes
+    body = json.dumps(meta, separators=(",", ":")).encode()
+    body += b" " * (-len(body) % 8)
+    return struct.pack("<Q", len(body)) + body
 
 
-def write_safetensors_streaming(path: Path, plan: list[tuple[str, tuple[int, ...], str]],
-                                tensors: Iterator[tuple[str, np.ndarray]]) -> None:
-  """Writes `plan`'s tensors, produced one at a time by `tensors` in the same order."""
-  with open(path, "wb") as f:
-    f.write(safetensors_header(plan))
-    for (key, shape, dtype), (got_key, array) in zip(plan, tensors, strict=True):
-      if got_key != key or tuple(array.shape) != tuple(shape) or array.dtype != NP_DTYPES[dtype]:
-        raise AssertionError(f"Writer got {got_key} {array.shape} {array.dtype}, planned "
-                             f"{key} {shape} {dtype}.")
-      f.write(np.ascontiguousarray(array).tobytes())
+def write_safetensors_streaming(
+    path: Path,
+    plan: list[tuple[str, tuple[int, ...], str]],
+    tensors: Iterator[tuple[str, np.ndarray]],
+) -> None:
+    """Writes `plan`'s tensors, produced one at a time by `tensors` in the same order."""
+    with open(path, "wb") as f:
+        f.write(safetensors_header(plan))
+        for (key, shape, dtype), (got_key, array) in zip(plan, tensors, strict=True):
+            if (
+                got_key != key
+                or tuple(array.shape) != tuple(shape)
+                or array.dtype != NP_DTYPES[dtype]
+            ):
+                raise AssertionError(
+                    f"Writer got {got_key} {array.shape} {array.dtype}, planned "
+                    f"{key} {shape} {dtype}."
+                )
+            f.write(np.ascontiguousarray(array).tobytes())
 
 
 @contextlib.contextmanager
 def atomic_output_dir(output: str | os.PathLike) -> Iterator[Path]:
-  """Yields a temp dir beside `output`; renamed to `output` only if the block succeeds."""
-  output = Path(output).absolute()
-  if output.exists() and any(output.iterdir()):
-    raise ConversionError(f"Output {output} exists and is not empty; choose a new directory.")
-  output.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
-  try:
-    yield tmp
-    if output.exists():
-      output.rmdir()
-    os.replace(tmp, output)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+    """Yields a temp dir beside `output`; renamed to `output` only if the block succeeds."""
+    output = Path(output).absolute()
+    if output.exists() and any(output.iterdir()):
+        raise ConversionError(f"Output {output} exists and is not empty; choose a new directory.")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
+    try:
+        yield tmp
+        if output.exists():
+            output.rmdir()
+        os.replace(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def save_orbax(path: Path, params: dict) -> None:
-  """Saves `{"params": params}` with Orbax's StandardCheckpointer (blocking)."""
-  import orbax.checkpoint as ocp
-  with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(path, {"params": params})
-    ckptr.wait_until_finished()
+    """Saves `{"params": params}` with Orbax's StandardCheckpointer (blocking)."""
+    import orbax.checkpoint as ocp
+
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(path, {"params": params})
+        ckptr.wait_until_finished()
 
 
 def load_orbax(path: Path) -> dict:
-  """Restores a tree saved by `save_orbax` (or any Orbax PyTree checkpoint) as NumPy arrays."""
-  import jax
-  import orbax.checkpoint as ocp
-  path = Path(path).absolute()
-  if not path.exists():
-    raise ConversionError(f"Orbax checkpoint not found: {path}.")
-  with ocp.StandardCheckpointer() as ckptr:
-    try:
-      tree = ckptr.restore(path)
-    except Exception as e:
-      raise ConversionError(f"{path} could not be restored as an Orbax checkpoint: {e}") from None
-  return jax.tree.map(np.asarray, tree)
+    """Restores a tree saved by `save_orbax` (or any Orbax PyTree checkpoint) as NumPy arrays."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    path = Path(path).absolute()
+    if not path.exists():
+        raise ConversionError(f"Orbax checkpoint not found: {path}.")
+    with ocp.StandardCheckpointer() as ckptr:
+        try:
+            tree = ckptr.restore(path)
+        except Exception as e:
+            raise ConversionError(
+                f"{path} could not be restored as an Orbax checkpoint: {e}"
+            ) from None
+    return jax.tree.map(np.asarray, tree)

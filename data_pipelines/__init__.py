@@ -9,8 +9,18 @@ TensorFlow / TFDS are imported only where data is read or written; models are ne
 """
 
 from data_pipelines.config import DataConfig, DatasetConfig
-from data_pipelines.pipeline import (BATCH_SPEC, dataset_statistics, make_train_iterator,
-                                     unnormalize_actions)
+from data_pipelines.pipeline import (
+    BATCH_SPEC,
+    dataset_statistics,
+    make_train_iterator,
+    unnormalize_actions,
+)
 
-__all__ = ["BATCH_SPEC", "DataConfig", "DatasetConfig", "dataset_statistics",
-           "make_train_iterator", "unnormalize_actions"]
+__all__ = [
+    "BATCH_SPEC",
+    "DataConfig",
+    "DatasetConfig",
+    "dataset_statistics",
+    "make_train_iterator",
+    "unnormalize_actions",
+]

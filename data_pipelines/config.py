@@ -31,15 +31,19 @@ class DatasetConfig:
 
     def __post_init__(self):
         if self.source not in SOURCE_KINDS:
-            raise ValueError(f"dataset {self.name!r}: unknown source {self.source!r}; "
-                             f"expected one of {SOURCE_KINDS}")
+            raise ValueError(
+                f"dataset {self.name!r}: unknown source {self.source!r}; "
+                f"expected one of {SOURCE_KINDS}"
+            )
         if self.weight < 0:
             raise ValueError(f"dataset {self.name!r}: negative weight {self.weight}")
         if self.cameras is not None:
             bad = set(self.cameras) - set(schema.CAMERAS)
             if bad:
-                raise ValueError(f"dataset {self.name!r}: unknown cameras {sorted(bad)}; "
-                                 f"expected names from {schema.CAMERAS}")
+                raise ValueError(
+                    f"dataset {self.name!r}: unknown cameras {sorted(bad)}; "
+                    f"expected names from {schema.CAMERAS}"
+                )
         if self.norm_mode is not None and self.norm_mode not in normalize.NORM_MODES:
             raise ValueError(f"dataset {self.name!r}: unknown norm_mode {self.norm_mode!r}")
 
@@ -87,7 +91,8 @@ class DataConfig:
             raise ValueError(f"dataset names must be unique, got {names}")
         if self.norm_mode not in normalize.NORM_MODES:
             raise ValueError(
-                f"unknown norm_mode {self.norm_mode!r}; expected {normalize.NORM_MODES}")
+                f"unknown norm_mode {self.norm_mode!r}; expected {normalize.NORM_MODES}"
+            )
         if self.gen_camera not in schema.CAMERAS:
             raise ValueError(f"gen_camera {self.gen_camera!r} not in {schema.CAMERAS}")
         if self.chunk_size < 1 or self.batch_size < 1:

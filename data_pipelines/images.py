@@ -45,7 +45,7 @@ def resize_with_pad(img: np.ndarray, height: int, width: int) -> np.ndarray:
     new_h, new_w = int(h / ratio), int(w / ratio)
     resized = resize_bilinear(img, new_h, new_w)
     out = np.zeros((height, width, 3), np.uint8)
-    out[height - new_h:, width - new_w:] = resized
+    out[height - new_h :, width - new_w :] = resized
     return out
 
 
@@ -63,8 +63,9 @@ def resize_short_side(img: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(img).resize((new_w, new_h), Image.LANCZOS))
 
 
-def resize_short_side_and_crop(img: np.ndarray, size: int, crop: int,
-                               origin: tuple[int, int]) -> np.ndarray:
+def resize_short_side_and_crop(
+    img: np.ndarray, size: int, crop: int, origin: tuple[int, int]
+) -> np.ndarray:
     """`resize_short_side(img, size)[oy:oy+crop, ox:ox+crop]` computed without resizing the
     pixels that the crop throws away (PIL resamples only the source box of the crop, with the
     same filter scale; equal to resize-then-crop up to +-1 on well under 1% of pixels)."""
@@ -74,14 +75,15 @@ def resize_short_side_and_crop(img: np.ndarray, size: int, crop: int,
     if h > w:
         # Pillow 13's box resampling of portrait images disagrees with the full resize in the
         # first output row (measured); portrait cameras are rare, so take the exact path.
-        return resize_short_side(img, size)[oy:oy + crop, ox:ox + crop]
+        return resize_short_side(img, size)[oy : oy + crop, ox : ox + crop]
     sy, sx = h / new_h, w / new_w
     box = (ox * sx, oy * sy, (ox + crop) * sx, (oy + crop) * sy)
     return np.asarray(Image.fromarray(img).resize((crop, crop), Image.LANCZOS, box=box))
 
 
-def crop_origin(shape: tuple[int, int], crop: int,
-                rng: np.random.Generator | None) -> tuple[int, int]:
+def crop_origin(
+    shape: tuple[int, int], crop: int, rng: np.random.Generator | None
+) -> tuple[int, int]:
     """Top-left corner of a crop x crop window in an image of `shape` (h, w).
 
     Random (uniform) if `rng` is given, else centred.
@@ -94,13 +96,20 @@ def crop_origin(shape: tuple[int, int], crop: int,
     return int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
 
 
-def color_augment(img: np.ndarray, rng: np.random.Generator,
-                  brightness: tuple[float, float], contrast: tuple[float, float],
-                  saturation: tuple[float, float]) -> np.ndarray:
+def color_augment(
+    img: np.ndarray,
+    rng: np.random.Generator,
+    brightness: tuple[float, float],
+    contrast: tuple[float, float],
+    saturation: tuple[float, float],
+) -> np.ndarray:
     """Brightness, contrast and saturation factors drawn uniformly, applied in a random order."""
     pil = Image.fromarray(img)
-    ops = [(ImageEnhance.Brightness, brightness), (ImageEnhance.Contrast, contrast),
-           (ImageEnhance.Color, saturation)]
+    ops = [
+        (ImageEnhance.Brightness, brightness),
+        (ImageEnhance.Contrast, contrast),
+        (ImageEnhance.Color, saturation),
+    ]
     factors = [float(rng.uniform(*r)) for _, r in ops]
     for i in rng.permutation(len(ops)):
         pil = ops[i][0](pil).enhance(factors[i])

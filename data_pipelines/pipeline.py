@@ -65,8 +65,9 @@ def _sub_seed(seed: int, *path: int) -> int:
     return int(np.random.SeedSequence([seed, *path]).generate_state(1)[0])
 
 
-def load_summaries(config: DataConfig, progress: bool = True
-                   ) -> tuple[list[EpisodeReader], list[DatasetSummary]]:
+def load_summaries(
+    config: DataConfig, progress: bool = True
+) -> tuple[list[EpisodeReader], list[DatasetSummary]]:
     """Opens every dataset and loads (or computes and caches) its summary and statistics."""
     readers, summaries = [], []
     for ds in config.datasets:
@@ -80,10 +81,16 @@ def dataset_statistics(config: DataConfig) -> dict[str, dict[str, Any]]:
     """{dataset name: {"state": stats, "action": stats, "norm_mode": mode, "num_transitions",
     "num_corrupt"}} for checkpointing with the model and un-normalising its actions."""
     _, summaries = load_summaries(config, progress=False)
-    return {s.name: {"state": s.state_stats, "action": s.action_stats,
-                     "norm_mode": ds.norm_mode or config.norm_mode,
-                     "num_transitions": s.num_transitions, "num_corrupt": len(s.corrupt)}
-            for ds, s in zip(config.datasets, summaries)}
+    return {
+        s.name: {
+            "state": s.state_stats,
+            "action": s.action_stats,
+            "norm_mode": ds.norm_mode or config.norm_mode,
+            "num_transitions": s.num_transitions,
+            "num_corrupt": len(s.corrupt),
+        }
+        for ds, s in zip(config.datasets, summaries)
+    }
 
 
 def unnormalize_actions(actions: np.ndarray, dataset_stats: dict[str, Any]) -> np.ndarray:
@@ -102,14 +109,19 @@ def mixture_weights(config: DataConfig, summaries: Sequence[DatasetSummary]) -> 
     return w / w.sum()
 
 
-def make_example_dataset(config: DataConfig, seed: int, readers: Sequence[EpisodeReader],
-                         summaries: Sequence[DatasetSummary]) -> "grain.MapDataset":
+def make_example_dataset(
+    config: DataConfig,
+    seed: int,
+    readers: Sequence[EpisodeReader],
+    summaries: Sequence[DatasetSummary],
+) -> "grain.MapDataset":
     """The global (all hosts), unbatched grain MapDataset of examples.
 
     grain's `mix` interleaves the datasets deterministically in the exact weight proportions
     (every window of the sequence holds each dataset in proportion), not by random draws.
     """
     import grain
+
     weights = mixture_weights(config, summaries)
     parts, part_weights = [], []
     for d, summary in enumerate(summaries):
@@ -138,12 +150,14 @@ def _ensure_absl_flags_parsed() -> None:
     # grain 0.2.18 worker processes read absl flags (google/grain#1355); outside absl.app they are
     # unparsed and mp_prefetch fails, so mark them parsed with their defaults.
     from absl import flags
+
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
 
 
-def make_train_iterator(config: DataConfig, seed: int, process_index: int = 0,
-                        process_count: int = 1) -> "grain.DatasetIterator":
+def make_train_iterator(
+    config: DataConfig, seed: int, process_index: int = 0, process_count: int = 1
+) -> "grain.DatasetIterator":
     """Iterator of host-local numpy batch dicts (keys/shapes in BATCH_SPEC).
 
     Host `process_index` of `process_count` reads the disjoint slice [process_index::process_count]
@@ -152,17 +166,22 @@ def make_train_iterator(config: DataConfig, seed: int, process_index: int = 0,
     (call it when config.num_workers > 0).
     """
     import grain
+
     if config.batch_size % process_count:
-        raise ValueError(f"batch_size {config.batch_size} not divisible by process_count "
-                         f"{process_count}")
+        raise ValueError(
+            f"batch_size {config.batch_size} not divisible by process_count {process_count}"
+        )
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} outside [0, {process_count})")
     readers, summaries = load_summaries(config, progress=process_index == 0)
     ds = make_example_dataset(config, seed, readers, summaries)
     ds = ds[process_index::process_count]
     ds = ds.batch(config.batch_size // process_count, drop_remainder=config.num_epochs is None)
-    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.read_threads,
-                                                 prefetch_buffer_size=config.prefetch_buffer_size))
+    it_ds = ds.to_iter_dataset(
+        grain.ReadOptions(
+            num_threads=config.read_threads, prefetch_buffer_size=config.prefetch_buffer_size
+        )
+    )
     if config.num_workers > 0:
         _ensure_absl_flags_parsed()
         it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.num_workers))

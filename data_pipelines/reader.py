@@ -20,7 +20,7 @@ import numpy as np
 from data_pipelines import schema
 
 _HEADER = 12  # uint64 length + uint32 masked crc of the length
-_FOOTER = 4   # uint32 masked crc of the data
+_FOOTER = 4  # uint32 masked crc of the data
 
 
 class CorruptRecordError(RuntimeError):
@@ -56,6 +56,7 @@ def scan_tfrecord(path: str) -> tuple[np.ndarray, np.ndarray, int]:
 def _skip_image_decoders(feature: Any) -> Any:
     """A TFDS `decoders` tree that leaves every Image feature undecoded (bytes)."""
     import tensorflow_datasets as tfds
+
     if isinstance(feature, tfds.features.Image):
         return tfds.decode.SkipDecoding()
     if isinstance(feature, tfds.features.Dataset):
@@ -73,6 +74,7 @@ def _skip_image_decoders(feature: Any) -> Any:
 def _decode_tree(x: Any) -> Any:
     """Stacks nested TFDS `Dataset` features (lazy per-step sources) into arrays [T, ...]."""
     from tensorflow_datasets.core.data_sources.python import PythonDataSource
+
     if isinstance(x, dict):
         return {k: _decode_tree(v) for k, v in x.items()}
     if isinstance(x, PythonDataSource):
@@ -89,12 +91,14 @@ class EpisodeReader:
 
     def __init__(self, dataset_dir: str, split: str = "train"):
         import tensorflow_datasets as tfds
+
         if not os.path.isdir(dataset_dir):
             raise FileNotFoundError(f"dataset directory {dataset_dir!r} does not exist")
         if not os.path.exists(os.path.join(dataset_dir, "dataset_info.json")):
             raise FileNotFoundError(
                 f"{dataset_dir!r} has no dataset_info.json: point the config at the TFDS version "
-                "directory, e.g. .../bridge_dataset/1.0.0")
+                "directory, e.g. .../bridge_dataset/1.0.0"
+            )
         builder = tfds.builder_from_directory(dataset_dir)
         info = builder.info
         if split not in info.splits:
@@ -107,7 +111,8 @@ class EpisodeReader:
         missing = [p for p in self.paths if not os.path.exists(p)]
         if missing:
             raise FileNotFoundError(
-                f"{len(missing)} shard(s) of {dataset_dir} missing, e.g. {missing[0]}")
+                f"{len(missing)} shard(s) of {dataset_dir} missing, e.g. {missing[0]}"
+            )
         self.num_broken_tails = 0
         if self.file_format == "tfrecord":
             shard_ids, offsets, lengths = [], [], []
@@ -159,8 +164,8 @@ class EpisodeReader:
             with self._lock:
                 if self._array_source is None:
                     from array_record.python import array_record_data_source
-                    self._array_source = array_record_data_source.ArrayRecordDataSource(
-                        self.paths)
+
+                    self._array_source = array_record_data_source.ArrayRecordDataSource(self.paths)
             return self._array_source[i]
         shard = int(self._shard[i])
         with self._lock:
@@ -175,6 +180,7 @@ class EpisodeReader:
 
     def _load_features(self):
         import tensorflow_datasets as tfds
+
         features = tfds.builder_from_directory(self.dataset_dir).info.features
         self._decoders = _skip_image_decoders(features)
         self._features = features  # published last: decode() checks it without the lock
@@ -189,11 +195,13 @@ class EpisodeReader:
                 if self._features is None:
                     self._load_features()
         try:
-            example = self._features.deserialize_example_np(self.serialized(i),
-                                                            decoders=self._decoders)
+            example = self._features.deserialize_example_np(
+                self.serialized(i), decoders=self._decoders
+            )
             return _decode_tree(example)
         except (IndexError, CorruptRecordError):
             raise
         except Exception as e:  # protobuf DecodeError, bad shapes, ...: the record is unusable.
             raise CorruptRecordError(
-                f"{self.dataset_dir} record {i}: cannot decode ({type(e).__name__}: {e})") from e
+                f"{self.dataset_dir} record {i}: cannot decode ({type(e).__name__}: {e})"
+            ) from e

@@ -24,8 +24,12 @@ class SampleBuilder:
     is off, e.g. evaluation).
     """
 
-    def __init__(self, config: DataConfig, readers: Sequence[EpisodeReader],
-                 summaries: Sequence[DatasetSummary]):
+    def __init__(
+        self,
+        config: DataConfig,
+        readers: Sequence[EpisodeReader],
+        summaries: Sequence[DatasetSummary],
+    ):
         self.config = config
         self.readers = list(readers)
         self.summaries = list(summaries)
@@ -51,8 +55,9 @@ class SampleBuilder:
                 self._cache.move_to_end(key)
                 return ep
         ds = self.config.datasets[d]
-        ep = get_source(ds.source).standardize(self.readers[d].decode(record), ds.name, record,
-                                               ds.cameras)
+        ep = get_source(ds.source).standardize(
+            self.readers[d].decode(record), ds.name, record, ds.cameras
+        )
         with self._lock:
             self._cache[key] = ep
             while len(self._cache) > self.config.episode_cache_size:
@@ -80,8 +85,9 @@ class SampleBuilder:
             if present[k]:
                 img = images.resize_with_pad(frame(cam, t), size, size)
                 if cfg.train and cfg.color_augment:
-                    img = images.color_augment(img, rng, cfg.brightness, cfg.contrast,
-                                               cfg.saturation)
+                    img = images.color_augment(
+                        img, rng, cfg.brightness, cfg.contrast, cfg.saturation
+                    )
                 und[k] = img
 
         # Generation history + target frames: one crop shared by all frames of the sample.
@@ -97,13 +103,15 @@ class SampleBuilder:
             for k, i in enumerate(idx.tolist()):
                 if i not in done:  # clamped offsets repeat frames near the episode bounds
                     done[i] = images.resize_short_side_and_crop(
-                        frame(cfg.gen_camera, i), cfg.gen_resize, crop, origin)
+                        frame(cfg.gen_camera, i), cfg.gen_resize, crop, origin
+                    )
                 gen[k] = done[i]
         else:
             frame_pad = np.ones(len(offsets), bool)
 
         state, state_mask = schema.pad_to(
-            normalize.normalize(ep.state[t], summary.state_stats, mode))
+            normalize.normalize(ep.state[t], summary.state_stats, mode)
+        )
         chunk, action_pad = windows.action_chunk(ep.action, t, cfg.chunk_size)
         actions, action_mask = schema.pad_to(normalize.normalize(chunk, summary.action_stats, mode))
         tokens, token_mask = self.tokenizer.encode(ep.language)

@@ -44,7 +44,8 @@ class StdEpisode:
         if self.state.ndim != 2 or self.action.ndim != 2 or len(self.action) != t:
             raise SchemaError(
                 f"{self.dataset_name}/{self.episode_id}: state {self.state.shape} and action "
-                f"{self.action.shape} must be [T, D] with the same T")
+                f"{self.action.shape} must be [T, D] with the same T"
+            )
         for name, frames in self.images.items():
             if name not in CAMERAS:
                 raise SchemaError(f"unknown camera {name!r}; expected one of {CAMERAS}")
@@ -121,8 +122,9 @@ def stack_steps(steps: Any) -> dict[str, Any]:
     return _stack(steps)
 
 
-def select_cameras(observation: Mapping[str, Any],
-                   cameras: Mapping[str, str | None]) -> dict[str, np.ndarray]:
+def select_cameras(
+    observation: Mapping[str, Any], cameras: Mapping[str, str | None]
+) -> dict[str, np.ndarray]:
     """Maps standard camera names to dataset image keys; None or missing mapping = camera absent."""
     images = {}
     for std_name, key in cameras.items():
@@ -131,6 +133,7 @@ def select_cameras(observation: Mapping[str, Any],
         if key not in observation:
             raise SchemaError(
                 f"camera {std_name!r} maps to {key!r}, not in observation keys "
-                f"{sorted(observation)}")
+                f"{sorted(observation)}"
+            )
         images[std_name] = observation[key]
     return images

@@ -45,21 +45,34 @@ class DatasetSummary:
         return int((self.sample_ranges[:, 1] - self.sample_ranges[:, 0]).sum())
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "key": self.key, "lengths": self.lengths.tolist(),
-                "sample_ranges": self.sample_ranges.tolist(), "corrupt": list(self.corrupt),
-                "unusable": list(self.unusable), "state": self.state_stats,
-                "action": self.action_stats}
+        return {
+            "name": self.name,
+            "key": self.key,
+            "lengths": self.lengths.tolist(),
+            "sample_ranges": self.sample_ranges.tolist(),
+            "corrupt": list(self.corrupt),
+            "unusable": list(self.unusable),
+            "state": self.state_stats,
+            "action": self.action_stats,
+        }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "DatasetSummary":
-        return cls(name=d["name"], key=d["key"], lengths=np.asarray(d["lengths"], np.int64),
-                   sample_ranges=np.asarray(d["sample_ranges"], np.int64).reshape(-1, 2),
-                   corrupt=tuple(d["corrupt"]), unusable=tuple(d["unusable"]),
-                   state_stats=d["state"], action_stats=d["action"])
+        return cls(
+            name=d["name"],
+            key=d["key"],
+            lengths=np.asarray(d["lengths"], np.int64),
+            sample_ranges=np.asarray(d["sample_ranges"], np.int64).reshape(-1, 2),
+            corrupt=tuple(d["corrupt"]),
+            unusable=tuple(d["unusable"]),
+            state_stats=d["state"],
+            action_stats=d["action"],
+        )
 
 
-def scan(reader: EpisodeReader, ds: DatasetConfig, key: str,
-         progress: bool = True) -> DatasetSummary:
+def scan(
+    reader: EpisodeReader, ds: DatasetConfig, key: str, progress: bool = True
+) -> DatasetSummary:
     """Decodes and standardises every record of `reader` (no caching)."""
     source = get_source(ds.source)
     n = len(reader)
@@ -87,17 +100,25 @@ def scan(reader: EpisodeReader, ds: DatasetConfig, key: str,
         log.warning("%s: %d shard(s) end in a truncated record", ds.name, reader.num_broken_tails)
         corrupt.extend([-1] * reader.num_broken_tails)  # unreadable tails have no record id
     if not states:
-        raise ValueError(f"dataset {ds.name!r} at {ds.path}: no readable episodes "
-                         f"({len(corrupt)} corrupt, {len(unusable)} unusable)")
+        raise ValueError(
+            f"dataset {ds.name!r} at {ds.path}: no readable episodes "
+            f"({len(corrupt)} corrupt, {len(unusable)} unusable)"
+        )
     return DatasetSummary(
-        name=ds.name, key=key, lengths=lengths, sample_ranges=ranges, corrupt=tuple(corrupt),
+        name=ds.name,
+        key=key,
+        lengths=lengths,
+        sample_ranges=ranges,
+        corrupt=tuple(corrupt),
         unusable=tuple(unusable),
         state_stats=normalize.array_stats(normalize.combine_rows(states)),
-        action_stats=normalize.array_stats(normalize.combine_rows(actions)))
+        action_stats=normalize.array_stats(normalize.combine_rows(actions)),
+    )
 
 
-def load_or_compute(reader: EpisodeReader, ds: DatasetConfig, stats_dir: str | None = None,
-                    progress: bool = True) -> DatasetSummary:
+def load_or_compute(
+    reader: EpisodeReader, ds: DatasetConfig, stats_dir: str | None = None, progress: bool = True
+) -> DatasetSummary:
     """The cached summary of `ds` if its fingerprint matches, else computes and caches it."""
     source = get_source(ds.source)
     key = normalize.fingerprint(ds.path, ds.split, ds.source, source.TRANSFORM_VERSION)

@@ -32,6 +32,7 @@ class Tokenizer:
     def sp(self):
         if self._sp is None:
             import sentencepiece
+
             self._sp = sentencepiece.SentencePieceProcessor(model_file=self.model_path)
         return self._sp
 
@@ -54,11 +55,21 @@ def train_tokenizer(texts: list[str], path: str, vocab_size: int = 128) -> str:
     import io
 
     import sentencepiece as spm
+
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter([clean_instruction(t) for t in texts] + ["\n"]),
-        model_writer=buf, vocab_size=vocab_size, hard_vocab_limit=False, model_type="bpe",
-        pad_id=0, eos_id=1, bos_id=2, unk_id=3, minloglevel=2, user_defined_symbols=["\n"])
+        model_writer=buf,
+        vocab_size=vocab_size,
+        hard_vocab_limit=False,
+        model_type="bpe",
+        pad_id=0,
+        eos_id=1,
+        bos_id=2,
+        unk_id=3,
+        minloglevel=2,
+        user_defined_symbols=["\n"],
+    )
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "wb") as f:
         f.write(buf.getvalue())

@@ -16,26 +16,28 @@ from data_pipelines.tokenizer import train_tokenizer
 
 
 def all_instructions() -> list[str]:
-  """Every instruction the task family can produce (the tokenizer's training text)."""
-  colors = sorted(render.COLORS)
-  texts = []
-  for template in tasks.TEMPLATES.values():
-    for block, target in itertools.product(colors, colors):
-      texts.append(template.format(block=block, target=target))
-  return sorted(set(texts))
+    """Every instruction the task family can produce (the tokenizer's training text)."""
+    colors = sorted(render.COLORS)
+    texts = []
+    for template in tasks.TEMPLATES.values():
+        for block, target in itertools.product(colors, colors):
+            texts.append(template.format(block=block, target=target))
+    return sorted(set(texts))
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> None:
-  sim = config.sim
-  data_dir = sim.data_dir or os.path.join(workdir, "data")
-  train = writer.generate_dataset(data_dir, "f1_sim_train", sim.train_episodes, seed=sim.seed,
-                                  image_size=sim.image_size)
-  held_out = writer.generate_dataset(data_dir, "f1_sim_eval", sim.eval_episodes,
-                                     seed=sim.seed + 1, image_size=sim.image_size)
-  tokenizer = os.path.join(data_dir, "sim_tokenizer.model")
-  if not os.path.exists(tokenizer):
-    train_tokenizer(all_instructions() * 4, tokenizer, vocab_size=sim.vocab_size)
-  config.data.datasets = [{"name": "f1_sim", "source": "libero", "path": train}]
-  config.data.tokenizer_path = tokenizer
-  config.eval_data = ml_collections.ConfigDict(config.data.to_dict())
-  config.eval_data.datasets = [{"name": "f1_sim", "source": "libero", "path": held_out}]
+    sim = config.sim
+    data_dir = sim.data_dir or os.path.join(workdir, "data")
+    train = writer.generate_dataset(
+        data_dir, "f1_sim_train", sim.train_episodes, seed=sim.seed, image_size=sim.image_size
+    )
+    held_out = writer.generate_dataset(
+        data_dir, "f1_sim_eval", sim.eval_episodes, seed=sim.seed + 1, image_size=sim.image_size
+    )
+    tokenizer = os.path.join(data_dir, "sim_tokenizer.model")
+    if not os.path.exists(tokenizer):
+        train_tokenizer(all_instructions() * 4, tokenizer, vocab_size=sim.vocab_size)
+    config.data.datasets = [{"name": "f1_sim", "source": "libero", "path": train}]
+    config.data.tokenizer_path = tokenizer
+    config.eval_data = ml_collections.ConfigDict(config.data.to_dict())
+    config.eval_data.datasets = [{"name": "f1_sim", "source": "libero", "path": held_out}]

@@ -24,268 +24,341 @@ WILSON_Z = 1.959963984540054  # 95% two-sided
 
 
 def wilson_interval(successes: int, n: int, z: float = WILSON_Z) -> tuple[float, float]:
-  """Wilson score interval of a binomial proportion (sensible at 0 and n successes, unlike the
-  normal approximation; n = 0 gives the uninformative [0, 1])."""
-  if n == 0:
-    return 0.0, 1.0
-  p = successes / n
-  denom = 1 + z * z / n
-  centre = (p + z * z / (2 * n)) / denom
-  half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-  return max(0.0, centre - half), min(1.0, centre + half)
+    """Wilson score interval of a binomial proportion (sensible at 0 and n successes, unlike the
+    normal approximation; n = 0 gives the uninformative [0, 1])."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def summarize(outcomes: Sequence[tuple[str, bool]]) -> dict[str, Any]:
-  """[(task, success)] -> {"overall": stats, "per_task": {task: stats}}; stats = successes,
-  episodes, rate, ci95 [lo, hi]."""
-  def stats(values: list[bool]) -> dict[str, Any]:
-    k, n = int(sum(values)), len(values)
-    return {"successes": k, "episodes": n, "rate": k / n if n else 0.0,
-            "ci95": list(wilson_interval(k, n))}
-  tasks = sorted({t for t, _ in outcomes})
-  return {"overall": stats([s for _, s in outcomes]),
-          "per_task": {t: stats([s for u, s in outcomes if u == t]) for t in tasks}}
+    """[(task, success)] -> {"overall": stats, "per_task": {task: stats}}; stats = successes,
+    episodes, rate, ci95 [lo, hi]."""
+
+    def stats(values: list[bool]) -> dict[str, Any]:
+        k, n = int(sum(values)), len(values)
+        return {
+            "successes": k,
+            "episodes": n,
+            "rate": k / n if n else 0.0,
+            "ci95": list(wilson_interval(k, n)),
+        }
+
+    tasks = sorted({t for t, _ in outcomes})
+    return {
+        "overall": stats([s for _, s in outcomes]),
+        "per_task": {t: stats([s for u, s in outcomes if u == t]) for t in tasks},
+    }
 
 
 def format_table(results: dict[str, dict], names: Sequence[str]) -> str:
-  """Rows: tasks then overall; columns: policies; cells 'rate [lo, hi] k/n'."""
-  tasks = sorted(set().union(*(results[n]["per_task"] for n in names)))
-  cell = lambda s: (f"{100 * s['rate']:5.1f}% [{100 * s['ci95'][0]:4.1f}, "
-                    f"{100 * s['ci95'][1]:5.1f}] {s['successes']}/{s['episodes']}")
-  rows = [["task", *names]]
-  for t in tasks:
-    rows.append([t, *(cell(results[n]["per_task"][t]) if t in results[n]["per_task"] else "-"
-                      for n in names)])
-  rows.append(["overall", *(cell(results[n]["overall"]) for n in names)])
-  widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-  lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-  lines.insert(1, "  ".join("-" * w for w in widths))
-  return "\n".join(lines)
+    """Rows: tasks then overall; columns: policies; cells 'rate [lo, hi] k/n'."""
+    tasks = sorted(set().union(*(results[n]["per_task"] for n in names)))
+    cell = lambda s: (
+        f"{100 * s['rate']:5.1f}% [{100 * s['ci95'][0]:4.1f}, "
+        f"{100 * s['ci95'][1]:5.1f}] {s['successes']}/{s['episodes']}"
+    )
+    rows = [["task", *names]]
+    for t in tasks:
+        rows.append(
+            [
+                t,
+                *(
+                    cell(results[n]["per_task"][t]) if t in results[n]["per_task"] else "-"
+                    for n in names
+                ),
+            ]
+        )
+    rows.append(["overall", *(cell(results[n]["overall"]) for n in names)])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
 
 
 # --- pictures ----------------------------------------------------------------------------------
 
+
 def _tile(image: np.ndarray, size: int) -> np.ndarray:
-  from PIL import Image
-  if image.shape[:2] == (size, size):
-    return image
-  # Crisp pixels when enlarging small frames, smooth when shrinking large ones.
-  resample = Image.NEAREST if image.shape[0] < size else Image.BILINEAR
-  return np.asarray(Image.fromarray(image).resize((size, size), resample))
+    from PIL import Image
+
+    if image.shape[:2] == (size, size):
+        return image
+    # Crisp pixels when enlarging small frames, smooth when shrinking large ones.
+    resample = Image.NEAREST if image.shape[0] < size else Image.BILINEAR
+    return np.asarray(Image.fromarray(image).resize((size, size), resample))
 
 
-def episode_strip(frames: Sequence[np.ndarray], pairs: Sequence[tuple[np.ndarray, np.ndarray]],
-                  tile: int, num_frames: int = 6, gap: int = 2) -> np.ndarray:
-  """uint8 picture: row 1, `num_frames` evenly spaced frames of the episode; row 2, pairs
-  (predicted foresight | true frame it predicts), white gaps between tiles."""
-  picks = np.unique(np.linspace(0, len(frames) - 1, min(num_frames, len(frames))).astype(int))
-  top = [_tile(frames[i], tile) for i in picks]
-  bottom = []
-  for predicted, true in pairs[:max(1, num_frames // 2)]:
-    bottom += [_tile(predicted, tile), _tile(true, tile)]
-  columns = max(len(top), len(bottom))
-  out = np.full((2 * tile + gap, columns * (tile + gap) - gap, 3), 255, np.uint8)
-  for row, tiles in enumerate((top, bottom)):
-    for c, t in enumerate(tiles):
-      y, x = row * (tile + gap), c * (tile + gap)
-      out[y:y + tile, x:x + tile] = t
-  return out
+def episode_strip(
+    frames: Sequence[np.ndarray],
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+    tile: int,
+    num_frames: int = 6,
+    gap: int = 2,
+) -> np.ndarray:
+    """uint8 picture: row 1, `num_frames` evenly spaced frames of the episode; row 2, pairs
+    (predicted foresight | true frame it predicts), white gaps between tiles."""
+    picks = np.unique(np.linspace(0, len(frames) - 1, min(num_frames, len(frames))).astype(int))
+    top = [_tile(frames[i], tile) for i in picks]
+    bottom = []
+    for predicted, true in pairs[: max(1, num_frames // 2)]:
+        bottom += [_tile(predicted, tile), _tile(true, tile)]
+    columns = max(len(top), len(bottom))
+    out = np.full((2 * tile + gap, columns * (tile + gap) - gap, 3), 255, np.uint8)
+    for row, tiles in enumerate((top, bottom)):
+        for c, t in enumerate(tiles):
+            y, x = row * (tile + gap), c * (tile + gap)
+            out[y : y + tile, x : x + tile] = t
+    return out
 
 
 def save_png(path: str, image: np.ndarray) -> None:
-  from PIL import Image
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  Image.fromarray(image).save(path)
+    from PIL import Image
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(image).save(path)
 
 
 def save_gif(path: str, frames: Sequence[np.ndarray], duration_ms: int = 120) -> None:
-  from PIL import Image
-  pictures = [Image.fromarray(f) for f in frames]
-  pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=duration_ms, loop=0)
+    from PIL import Image
+
+    pictures = [Image.fromarray(f) for f in frames]
+    pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=duration_ms, loop=0)
 
 
 # --- rollouts ----------------------------------------------------------------------------------
 
+
 def baseline_episode(env, act: Callable[[dict], np.ndarray], seed: int) -> tuple[str, bool, int]:
-  """One episode of a baseline; returns (task, success, steps)."""
-  obs = env.reset(seed)
-  done, info = False, {"success": False, "steps": 0}
-  while not done:
-    obs, _, done, info = env.step(act(obs))
-  return env.goal.task, bool(info["success"]), int(info["steps"])
+    """One episode of a baseline; returns (task, success, steps)."""
+    obs = env.reset(seed)
+    done, info = False, {"success": False, "steps": 0}
+    while not done:
+        obs, _, done, info = env.step(act(obs))
+    return env.goal.task, bool(info["success"]), int(info["steps"])
 
 
-def policy_episode(env, policy, seed: int, rng, action_horizon: int | None,
-                   record: bool) -> dict[str, Any]:
-  """One closed-loop episode: infer a chunk, execute its first `action_horizon` actions (every
-  executed step's frame still enters the policy's history), repeat until done.
+def policy_episode(
+    env, policy, seed: int, rng, action_horizon: int | None, record: bool
+) -> dict[str, Any]:
+    """One closed-loop episode: infer a chunk, execute its first `action_horizon` actions (every
+    executed step's frame still enters the policy's history), repeat until done.
 
-  Returns task, success, steps and, if record: frames (primary camera after 0..steps steps),
-  foresights [(step inferred at, predicted frame)] and pairs [(predicted, true frame)].
-  """
-  import jax
-  from f1_jax.policy import generation_frame
-  cfg = policy.data_config
-  obs = env.reset(seed)
-  policy.reset()
-  frames, foresights = [obs["image"]], []
-  done, info, step = False, {"success": False, "steps": 0}, 0
-  while not done:
-    out = policy.infer(obs, jax.random.fold_in(jax.random.fold_in(rng, seed), step),
-                       return_foresight=True)
+    Returns task, success, steps and, if record: frames (primary camera after 0..steps steps),
+    foresights [(step inferred at, predicted frame)] and pairs [(predicted, true frame)].
+    """
+    import jax
+    from f1_jax.policy import generation_frame
+
+    cfg = policy.data_config
+    obs = env.reset(seed)
+    policy.reset()
+    frames, foresights = [obs["image"]], []
+    done, info, step = False, {"success": False, "steps": 0}, 0
+    while not done:
+        out = policy.infer(
+            obs, jax.random.fold_in(jax.random.fold_in(rng, seed), step), return_foresight=True
+        )
+        if record:
+            foresights.append((step, out["foresight_image"]))
+        actions = out["actions"][:action_horizon] if action_horizon else out["actions"]
+        for k, action in enumerate(actions):
+            obs, _, done, info = env.step(action)
+            step += 1
+            if record:
+                frames.append(obs["image"])
+            if done:
+                break
+            if k < len(actions) - 1:
+                policy.observe(obs)  # the next infer() pushes its own frame
+    result = {"task": env.goal.task, "success": bool(info["success"]), "steps": int(info["steps"])}
     if record:
-      foresights.append((step, out["foresight_image"]))
-    actions = out["actions"][:action_horizon] if action_horizon else out["actions"]
-    for k, action in enumerate(actions):
-      obs, _, done, info = env.step(action)
-      step += 1
-      if record:
-        frames.append(obs["image"])
-      if done:
-        break
-      if k < len(actions) - 1:
-        policy.observe(obs)  # the next infer() pushes its own frame
-  result = {"task": env.goal.task, "success": bool(info["success"]), "steps": int(info["steps"])}
-  if record:
-    ahead = cfg.target_offsets[0]
-    # The foresight predicts the generation camera `ahead` steps later, centre-cropped like
-    # training frames; compare with that crop (only where the episode lasted long enough).
-    result["frames"] = frames
-    result["foresights"] = foresights
-    result["pairs"] = [(pred, generation_frame(frames[s + ahead], cfg.gen_resize, cfg.gen_crop))
-                       for s, pred in foresights if s + ahead < len(frames)]
-  return result
+        ahead = cfg.target_offsets[0]
+        # The foresight predicts the generation camera `ahead` steps later, centre-cropped like
+        # training frames; compare with that crop (only where the episode lasted long enough).
+        result["frames"] = frames
+        result["foresights"] = foresights
+        result["pairs"] = [
+            (pred, generation_frame(frames[s + ahead], cfg.gen_resize, cfg.gen_crop))
+            for s, pred in foresights
+            if s + ahead < len(frames)
+        ]
+    return result
 
 
 def _sim_image_size(config) -> int | None:
-  sim = config.get("sim") if hasattr(config, "get") else None
-  if sim is not None and "image_size" in sim:
-    return int(sim.image_size)
-  return None
+    sim = config.get("sim") if hasattr(config, "get") else None
+    if sim is not None and "image_size" in sim:
+        return int(sim.image_size)
+    return None
 
 
 def _gif_frame(frame: np.ndarray, foresight: np.ndarray | None, tile: int) -> np.ndarray:
-  """Current frame | latest foresight (black before the first one)."""
-  right = np.zeros((tile, tile, 3), np.uint8) if foresight is None else _tile(foresight, tile)
-  return np.concatenate([_tile(frame, tile), np.full((tile, 2, 3), 255, np.uint8), right], axis=1)
+    """Current frame | latest foresight (black before the first one)."""
+    right = np.zeros((tile, tile, 3), np.uint8) if foresight is None else _tile(foresight, tile)
+    return np.concatenate([_tile(frame, tile), np.full((tile, 2, 3), 255, np.uint8), right], axis=1)
 
 
-def run(checkpoint: str, episodes: int, output_dir: str, action_horizon: int | None = None, *,
-        seed: int = 0, step: int | None = None, dataset: str | None = None,
-        use_ema: bool = False, image_size: int | None = None, max_steps: int | None = None,
-        gif_episodes: int = 3, progress: bool = True) -> dict[str, Any]:
-  """Evaluates `checkpoint` (run workdir or checkpoints/) on `episodes` held-out seeds.
+def run(
+    checkpoint: str,
+    episodes: int,
+    output_dir: str,
+    action_horizon: int | None = None,
+    *,
+    seed: int = 0,
+    step: int | None = None,
+    dataset: str | None = None,
+    use_ema: bool = False,
+    image_size: int | None = None,
+    max_steps: int | None = None,
+    gif_episodes: int = 3,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluates `checkpoint` (run workdir or checkpoints/) on `episodes` held-out seeds.
 
-  action_horizon: actions executed per inferred chunk (default: the whole chunk).
-  image_size: simulator camera size; default the recorded `config.sim.image_size` (the size of
-  the generated training data), else the simulator's default.
-  Returns (and writes to output_dir/results.json) the summary with "policy", "noop", "random".
-  """
-  import jax
-  import tqdm
+    action_horizon: actions executed per inferred chunk (default: the whole chunk).
+    image_size: simulator camera size; default the recorded `config.sim.image_size` (the size of
+    the generated training data), else the simulator's default.
+    Returns (and writes to output_dir/results.json) the summary with "policy", "noop", "random".
+    """
+    import jax
+    import tqdm
 
-  from data_pipelines.sim import MAX_STEPS, SimEnv, eval_seeds, make_policy
-  from f1_jax.policy import Policy
+    from data_pipelines.sim import MAX_STEPS, SimEnv, eval_seeds, make_policy
+    from f1_jax.policy import Policy
 
-  if episodes < 1:
-    raise ValueError(f"episodes must be >= 1, got {episodes}")
-  policy = Policy.from_checkpoint(checkpoint, step=step, dataset=dataset, use_ema=use_ema)
-  chunk = policy.model.config.action.chunk_size
-  if action_horizon is not None and not 1 <= action_horizon <= chunk:
-    raise ValueError(f"action_horizon must be in [1, {chunk}], got {action_horizon}")
-  size = image_size or _sim_image_size(policy.info.config)
-  env_kwargs = {"max_steps": max_steps or MAX_STEPS}
-  if size:
-    env_kwargs["image_size"] = size
-  env = SimEnv(**env_kwargs)
-  blind = SimEnv(render_images=False, max_steps=env_kwargs["max_steps"])  # baselines: no pixels
-  seeds = eval_seeds(episodes)
-  rng = jax.random.key(seed)
-  os.makedirs(output_dir, exist_ok=True)
-  tile = max(policy.data_config.gen_crop, 96)
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    policy = Policy.from_checkpoint(checkpoint, step=step, dataset=dataset, use_ema=use_ema)
+    chunk = policy.model.config.action.chunk_size
+    if action_horizon is not None and not 1 <= action_horizon <= chunk:
+        raise ValueError(f"action_horizon must be in [1, {chunk}], got {action_horizon}")
+    size = image_size or _sim_image_size(policy.info.config)
+    env_kwargs = {"max_steps": max_steps or MAX_STEPS}
+    if size:
+        env_kwargs["image_size"] = size
+    env = SimEnv(**env_kwargs)
+    blind = SimEnv(render_images=False, max_steps=env_kwargs["max_steps"])  # baselines: no pixels
+    seeds = eval_seeds(episodes)
+    rng = jax.random.key(seed)
+    os.makedirs(output_dir, exist_ok=True)
+    tile = max(policy.data_config.gen_crop, 96)
 
-  outcomes: dict[str, list[tuple[str, bool]]] = {"policy": [], "noop": [], "random": []}
-  details, gif = [], []
-  bar = tqdm.tqdm(seeds, desc="evaluate", unit="episode", disable=not progress,
-                  dynamic_ncols=True)
-  for i, s in enumerate(bar):
-    ep = policy_episode(env, policy, s, rng, action_horizon, record=True)
-    outcomes["policy"].append((ep["task"], ep["success"]))
-    strip = episode_strip(ep["frames"], ep["pairs"], tile)
-    save_png(os.path.join(output_dir, "strips", f"episode_{i:03d}.png"), strip)
-    if i < gif_episodes:
-      gif += episode_gif_frames(ep, tile)
-    baseline = {}
-    for name in ("noop", "random"):
-      task, success, _ = baseline_episode(blind, make_policy(name, blind, seed=s), s)
-      outcomes[name].append((task, success))
-      baseline[name] = success
-    details.append({"seed": s, "task": ep["task"], "success": ep["success"],
-                    "steps": ep["steps"], **{f"{k}_success": v for k, v in baseline.items()}})
-    done = outcomes["policy"]
-    bar.set_postfix(success=f"{sum(x for _, x in done)}/{len(done)}", refresh=False)
-  bar.close()
-  if gif:
-    save_gif(os.path.join(output_dir, "rollouts.gif"), gif)
+    outcomes: dict[str, list[tuple[str, bool]]] = {"policy": [], "noop": [], "random": []}
+    details, gif = [], []
+    bar = tqdm.tqdm(
+        seeds, desc="evaluate", unit="episode", disable=not progress, dynamic_ncols=True
+    )
+    for i, s in enumerate(bar):
+        ep = policy_episode(env, policy, s, rng, action_horizon, record=True)
+        outcomes["policy"].append((ep["task"], ep["success"]))
+        strip = episode_strip(ep["frames"], ep["pairs"], tile)
+        save_png(os.path.join(output_dir, "strips", f"episode_{i:03d}.png"), strip)
+        if i < gif_episodes:
+            gif += episode_gif_frames(ep, tile)
+        baseline = {}
+        for name in ("noop", "random"):
+            task, success, _ = baseline_episode(blind, make_policy(name, blind, seed=s), s)
+            outcomes[name].append((task, success))
+            baseline[name] = success
+        details.append(
+            {
+                "seed": s,
+                "task": ep["task"],
+                "success": ep["success"],
+                "steps": ep["steps"],
+                **{f"{k}_success": v for k, v in baseline.items()},
+            }
+        )
+        done = outcomes["policy"]
+        bar.set_postfix(success=f"{sum(x for _, x in done)}/{len(done)}", refresh=False)
+    bar.close()
+    if gif:
+        save_gif(os.path.join(output_dir, "rollouts.gif"), gif)
 
-  results: dict[str, Any] = {name: summarize(o) for name, o in outcomes.items()}
-  results["meta"] = {"checkpoint": policy.info.directory, "step": policy.info.step,
-                     "dataset": policy.info.dataset_name, "use_ema": use_ema,
-                     "episodes": episodes, "seeds": [int(s) for s in seeds],
-                     "action_horizon": action_horizon or chunk, "chunk_size": chunk,
-                     "image_size": env.image_size, "max_steps": env_kwargs["max_steps"],
-                     "seed": seed}
-  results["episodes"] = details
-  with open(os.path.join(output_dir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
-  print(format_table(results, ("policy", "noop", "random")))
-  print(f"Wrote {os.path.join(output_dir, 'results.json')}")
-  return results
+    results: dict[str, Any] = {name: summarize(o) for name, o in outcomes.items()}
+    results["meta"] = {
+        "checkpoint": policy.info.directory,
+        "step": policy.info.step,
+        "dataset": policy.info.dataset_name,
+        "use_ema": use_ema,
+        "episodes": episodes,
+        "seeds": [int(s) for s in seeds],
+        "action_horizon": action_horizon or chunk,
+        "chunk_size": chunk,
+        "image_size": env.image_size,
+        "max_steps": env_kwargs["max_steps"],
+        "seed": seed,
+    }
+    results["episodes"] = details
+    with open(os.path.join(output_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    print(format_table(results, ("policy", "noop", "random")))
+    print(f"Wrote {os.path.join(output_dir, 'results.json')}")
+    return results
 
 
 def episode_gif_frames(ep: dict[str, Any], tile: int) -> list[np.ndarray]:
-  """GIF frames of one recorded episode: each frame beside the latest predicted foresight."""
-  out, latest, pending = [], None, list(ep["foresights"])
-  for j, frame in enumerate(ep["frames"]):
-    while pending and pending[0][0] <= j:
-      latest = pending.pop(0)[1]
-    out.append(_gif_frame(frame, latest, tile))
-  return out
+    """GIF frames of one recorded episode: each frame beside the latest predicted foresight."""
+    out, latest, pending = [], None, list(ep["foresights"])
+    for j, frame in enumerate(ep["frames"]):
+        while pending and pending[0][0] <= j:
+            latest = pending.pop(0)[1]
+        out.append(_gif_frame(frame, latest, tile))
+    return out
 
 
 def default_output(checkpoint: str) -> str:
-  """WORKDIR/evaluation for WORKDIR or WORKDIR/checkpoints."""
-  path = os.path.abspath(checkpoint).rstrip(os.sep)
-  if os.path.basename(path) == "checkpoints":
-    path = os.path.dirname(path)
-  return os.path.join(path, "evaluation")
+    """WORKDIR/evaluation for WORKDIR or WORKDIR/checkpoints."""
+    path = os.path.abspath(checkpoint).rstrip(os.sep)
+    if os.path.basename(path) == "checkpoints":
+        path = os.path.dirname(path)
+    return os.path.join(path, "evaluation")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m f1_jax.evaluate", description=__doc__.split(
-      "\n\n")[0])
-  parser.add_argument("--checkpoint", required=True, help="run workdir or its checkpoints/ dir")
-  parser.add_argument("--episodes", type=int, required=True)
-  parser.add_argument("--output", default=None, help="default: WORKDIR/evaluation")
-  parser.add_argument("--action_horizon", type=int, default=None,
-                      help="actions executed per chunk (default: the whole chunk)")
-  parser.add_argument("--seed", type=int, default=0, help="sampling seed of the policy")
-  parser.add_argument("--step", type=int, default=None, help="default: latest checkpoint")
-  parser.add_argument("--dataset", default=None, help="statistics to use (default: first)")
-  parser.add_argument("--use_ema", action="store_true")
-  parser.add_argument("--image_size", type=int, default=None)
-  parser.add_argument("--gif_episodes", type=int, default=3)
-  args = parser.parse_args(argv)
-  try:
-    run(args.checkpoint, args.episodes, args.output or default_output(args.checkpoint),
-        args.action_horizon, seed=args.seed, step=args.step, dataset=args.dataset,
-        use_ema=args.use_ema, image_size=args.image_size, gif_episodes=args.gif_episodes)
-  except (FileNotFoundError, KeyError, ValueError) as e:
-    message = e.args[0] if isinstance(e, KeyError) and e.args else e  # no KeyError quotes
-    print(f"error: {message}", file=sys.stderr)
-    return 2
-  return 0
+    parser = argparse.ArgumentParser(
+        prog="python -m f1_jax.evaluate", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--checkpoint", required=True, help="run workdir or its checkpoints/ dir")
+    parser.add_argument("--episodes", type=int, required=True)
+    parser.add_argument("--output", default=None, help="default: WORKDIR/evaluation")
+    parser.add_argument(
+        "--action_horizon",
+        type=int,
+        default=None,
+        help="actions executed per chunk (default: the whole chunk)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed of the policy")
+    parser.add_argument("--step", type=int, default=None, help="default: latest checkpoint")
+    parser.add_argument("--dataset", default=None, help="statistics to use (default: first)")
+    parser.add_argument("--use_ema", action="store_true")
+    parser.add_argument("--image_size", type=int, default=None)
+    parser.add_argument("--gif_episodes", type=int, default=3)
+    args = parser.parse_args(argv)
+    try:
+        run(
+            args.checkpoint,
+            args.episodes,
+            args.output or default_output(args.checkpoint),
+            args.action_horizon,
+            seed=args.seed,
+            step=args.step,
+            dataset=args.dataset,
+            use_ema=args.use_ema,
+            image_size=args.image_size,
+            gif_episodes=args.gif_episodes,
+        )
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e  # no KeyError quotes
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+    sys.exit(main())

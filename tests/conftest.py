@@ -6,8 +6,9 @@ fp32 matmuls at full precision so parity tolerances are meaningful.
 
 import os
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8").strip()
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
 
 import jax  # noqa: E402  (after XLA_FLAGS)
 
@@ -17,6 +18,7 @@ jax.config.update("jax_default_matmul_precision", "highest")
 # a persistent compilation cache shared by the test workers makes the repeats nearly free.
 import tempfile  # noqa: E402
 
-jax.config.update("jax_compilation_cache_dir",
-                  os.path.join(tempfile.gettempdir(), "f1_jax_test_compile_cache"))
+jax.config.update(
+    "jax_compilation_cache_dir", os.path.join(tempfile.gettempdir(), "f1_jax_test_compile_cache")
+)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

@@ -3,10 +3,29 @@ scripted expert and a LIBERO-schema RLDS writer (see README_SIM.md). TF is only 
 the writer when data is written."""
 
 from data_pipelines.sim.env import EVAL_SEED_BASE, MAX_STEPS, SimEnv, eval_seeds, task_for_seed
-from data_pipelines.sim.expert import (expert_action, expert_policy, make_policy, noop_policy,
-                                       random_policy, rollout)
+from data_pipelines.sim.expert import (
+    expert_action,
+    expert_policy,
+    make_policy,
+    noop_policy,
+    random_policy,
+    rollout,
+)
 from data_pipelines.sim.tasks import TASK_NAMES, Goal, is_success
 
-__all__ = ["EVAL_SEED_BASE", "MAX_STEPS", "SimEnv", "eval_seeds", "task_for_seed",
-           "expert_action", "expert_policy", "make_policy", "noop_policy", "random_policy",
-           "rollout", "TASK_NAMES", "Goal", "is_success"]
+__all__ = [
+    "EVAL_SEED_BASE",
+    "MAX_STEPS",
+    "SimEnv",
+    "eval_seeds",
+    "task_for_seed",
+    "expert_action",
+    "expert_policy",
+    "make_policy",
+    "noop_policy",
+    "random_policy",
+    "rollout",
+    "TASK_NAMES",
+    "Goal",
+    "is_success",
+]

@@ -38,8 +38,13 @@ def task_for_seed(seed: int) -> str:
 class SimEnv:
     """Seeded, deterministic table-top environment (see module docstring for the spaces)."""
 
-    def __init__(self, task: str | None = None, image_size: int = 256,
-                 max_steps: int = MAX_STEPS, render_images: bool = True):
+    def __init__(
+        self,
+        task: str | None = None,
+        image_size: int = 256,
+        max_steps: int = MAX_STEPS,
+        render_images: bool = True,
+    ):
         if task is not None and task not in tasks.TASK_NAMES:
             raise ValueError(f"unknown task {task!r}; expected one of {tasks.TASK_NAMES}")
         self.task = task
@@ -65,8 +70,10 @@ class SimEnv:
 
     def observe(self) -> dict[str, Any]:
         """Observation of the current state (images only when render_images)."""
-        obs: dict[str, Any] = {"state": W.proprio_state(self.world),
-                               "instruction": self.instruction}
+        obs: dict[str, Any] = {
+            "state": W.proprio_state(self.world),
+            "instruction": self.instruction,
+        }
         if self.render_images:
             obs["image"] = render.render_top(self.world, self.image_size)
             obs["wrist_image"] = render.render_wrist(self.world, self.image_size)
@@ -81,6 +88,5 @@ class SimEnv:
         success = tasks.is_success(self.world, self.goal)
         timeout = self.steps >= self.max_steps and not success
         self.done = success or timeout
-        info = {"success": success, "timeout": timeout, "task": self.goal.task,
-                "steps": self.steps}
+        info = {"success": success, "timeout": timeout, "task": self.goal.task, "steps": self.steps}
         return self.observe(), float(success), self.done, info

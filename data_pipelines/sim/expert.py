@@ -16,8 +16,8 @@ from data_pipelines.sim.tasks import Goal
 
 Policy = Callable[[dict[str, Any]], np.ndarray]
 OPEN, CLOSE = -1.0, 1.0
-_ARRIVED = 1e-4      # positions closer than this count as reached (float32 action rounding)
-_ALIGN_TOL = 0.01    # lateral error allowed while pushing before re-approaching
+_ARRIVED = 1e-4  # positions closer than this count as reached (float32 action rounding)
+_ALIGN_TOL = 0.01  # lateral error allowed while pushing before re-approaching
 _APPROACH_GAP = 0.015  # the push approach point is this far behind contact
 
 
@@ -111,8 +111,9 @@ def make_policy(name: str, env: SimEnv, seed: int = 0) -> Policy:
     raise ValueError(f"unknown policy {name!r}; expected expert, noop or random")
 
 
-def rollout(env: SimEnv, policy: Policy, seed: int,
-            task: str | None = None) -> tuple[list[dict[str, Any]], list[np.ndarray], bool]:
+def rollout(
+    env: SimEnv, policy: Policy, seed: int, task: str | None = None
+) -> tuple[list[dict[str, Any]], list[np.ndarray], bool]:
     """Runs one episode; returns (observations o_0..o_{T-1}, actions a_0..a_{T-1}, success).
 
     The final observation after the last action is not returned (RLDS steps pair o_t with a_t).

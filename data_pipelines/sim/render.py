@@ -21,7 +21,7 @@ TABLE_EDGE = (150, 130, 100)
 FINGER = (30, 30, 34)
 PALM = (95, 95, 105)
 SHADOW = (120, 105, 85)
-TOP_HALF_WIDTH = 0.53   # top-down view shows the table plus a thin border
+TOP_HALF_WIDTH = 0.53  # top-down view shows the table plus a thin border
 WRIST_HALF_WIDTH = 0.16  # wrist view: ~3.3x zoom centred on the gripper
 
 
@@ -55,8 +55,9 @@ def _block(img, xs, ys, pos, color, scale=1.0) -> None:
     _rect(img, xs, ys, pos[0], pos[1], h - 0.007, h - 0.007, color)
 
 
-def render_view(world: W.World, center: tuple[float, float], half_width: float,
-                size: int) -> np.ndarray:
+def render_view(
+    world: W.World, center: tuple[float, float], half_width: float, size: int
+) -> np.ndarray:
     """uint8 [size, size, 3] image of the square window of the table around `center`."""
     u = (np.arange(size) + 0.5) / size * 2.0 * half_width - half_width
     xs, ys = center[0] + u, center[1] - u  # image rows go down, table y goes up
@@ -79,7 +80,8 @@ def render_view(world: W.World, center: tuple[float, float], half_width: float,
         _block(img, xs, ys, pos, COLORS[world.block_colors[world.held]], scale=1.15)
     # Fingers left/right of the palm; their spread shows open / closed / holding.
     spread = {W.FINGER_OPEN: 0.034, W.FINGER_HOLD: 0.054, W.FINGER_CLOSED: 0.013}[
-        W.finger_width(world)]
+        W.finger_width(world)
+    ]
     for side in (-1.0, 1.0):
         _rect(img, xs, ys, g[0] + side * spread, g[1], 0.008, 0.024, FINGER)
     _disc(img, xs, ys, g[0], g[1], 0.016, PALM)
@@ -94,5 +96,6 @@ def render_top(world: W.World, size: int = 256) -> np.ndarray:
 
 def render_wrist(world: W.World, size: int = 256) -> np.ndarray:
     """Wrist camera: a zoomed view centred on (moving with) the gripper, uint8 [size, size, 3]."""
-    return render_view(world, (float(world.gripper[0]), float(world.gripper[1])),
-                       WRIST_HALF_WIDTH, size)
+    return render_view(
+        world, (float(world.gripper[0]), float(world.gripper[1])), WRIST_HALF_WIDTH, size
+    )

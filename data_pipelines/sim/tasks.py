@@ -24,8 +24,8 @@ TEMPLATES: dict[str, str] = {
     "push": "push the {block} block to the {target} square",
     "pick_place": "put the {block} block on the {target} square",
 }
-REACH_TOL = 0.02   # gripper centre within this distance of the block centre
-PLACE_TOL = 0.03   # block centre within this (per axis) of the square centre: fully inside it
+REACH_TOL = 0.02  # gripper centre within this distance of the block centre
+PLACE_TOL = 0.03  # block centre within this (per axis) of the square centre: fully inside it
 _LO, _HI = 0.15, 0.85  # sampling range of object centres (keeps push approach points on table)
 
 
@@ -38,8 +38,9 @@ class Goal:
     target: int
 
     def instruction(self, world: W.World) -> str:
-        return TEMPLATES[self.task].format(block=world.block_colors[self.block],
-                                           target=world.target_colors[self.target])
+        return TEMPLATES[self.task].format(
+            block=world.block_colors[self.block], target=world.target_colors[self.target]
+        )
 
 
 def is_success(world: W.World, goal: Goal) -> bool:
@@ -99,8 +100,14 @@ def sample_layout(task: str, rng: np.random.Generator) -> tuple[W.World, Goal]:
         gripper = np.array([rng.uniform(0.3, 0.7), rng.uniform(0.08, 0.2)])  # "home" strip
         goal = Goal(task, int(rng.integers(n_blocks)), int(rng.integers(2)))
         if _layout_ok(blocks, targets, gripper, goal):
-            world = W.World(gripper=gripper, closed=False, held=-1, blocks=blocks,
-                            block_colors=block_colors, targets=targets,
-                            target_colors=target_colors)
+            world = W.World(
+                gripper=gripper,
+                closed=False,
+                held=-1,
+                blocks=blocks,
+                block_colors=block_colors,
+                targets=targets,
+                target_colors=target_colors,
+            )
             return world, goal
     raise RuntimeError(f"could not sample a feasible {task} layout in 1000 tries")

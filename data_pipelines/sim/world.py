@@ -13,11 +13,11 @@ import dataclasses
 
 import numpy as np
 
-GRIPPER_RADIUS = 0.035   # contact radius of the closed gripper
-BLOCK_HALF = 0.04        # half side of a block (also its contact radius)
-TARGET_HALF = 0.07       # half side of a target square
-MAX_STEP = 0.03          # table units moved per step at |action[:2]| = 1
-GRASP_RADIUS = 0.03      # closing within this distance of a block centre grasps it
+GRIPPER_RADIUS = 0.035  # contact radius of the closed gripper
+BLOCK_HALF = 0.04  # half side of a block (also its contact radius)
+TARGET_HALF = 0.07  # half side of a target square
+MAX_STEP = 0.03  # table units moved per step at |action[:2]| = 1
+GRASP_RADIUS = 0.03  # closing within this distance of a block centre grasps it
 CONTACT = GRIPPER_RADIUS + BLOCK_HALF
 FINGER_OPEN, FINGER_HOLD, FINGER_CLOSED = 0.04, 0.02, 0.0  # finger joint values (LIBERO-like)
 ACTION_DIM = 7
@@ -71,8 +71,9 @@ def _push_out(pos: np.ndarray, centre: np.ndarray, dist: float) -> np.ndarray | 
     return centre + direction * dist
 
 
-def _resolve_contacts(gripper: np.ndarray, pushing: bool, blocks: np.ndarray,
-                      held: int) -> tuple[np.ndarray, np.ndarray]:
+def _resolve_contacts(
+    gripper: np.ndarray, pushing: bool, blocks: np.ndarray, held: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Moves blocks out of the pushing gripper and out of each other; returns (gripper, blocks).
 
     Pushes propagate outward: a block moved by the gripper (or by a pushed block) becomes a pusher

@@ -53,27 +53,33 @@ def expert_episode(env: sim_env.SimEnv, seed: int, task: str) -> dict[str, Any]:
     steps = []
     for t, (obs, action) in enumerate(zip(observations, actions)):
         last = t == n - 1
-        steps.append({
-            "observation": {
-                "image": obs["image"],
-                "wrist_image": obs["wrist_image"],
-                "state": obs["state"],
-                "joint_state": np.zeros(7, np.float32),
-            },
-            "action": action,
-            "discount": 1.0,
-            "reward": float(last),
-            "is_first": t == 0,
-            "is_last": last,
-            "is_terminal": last,
-            "language_instruction": obs["instruction"],
-        })
+        steps.append(
+            {
+                "observation": {
+                    "image": obs["image"],
+                    "wrist_image": obs["wrist_image"],
+                    "state": obs["state"],
+                    "joint_state": np.zeros(7, np.float32),
+                },
+                "action": action,
+                "discount": 1.0,
+                "reward": float(last),
+                "is_first": t == 0,
+                "is_last": last,
+                "is_terminal": last,
+                "language_instruction": obs["instruction"],
+            }
+        )
     return {"steps": steps, "episode_metadata": {"file_path": f"f1_sim/{task}/seed_{seed}"}}
 
 
 def _generation_meta(num_episodes: int, seed: int, image_size: int) -> dict[str, Any]:
-    return {"generator": GENERATOR_VERSION, "num_episodes": num_episodes, "seed": seed,
-            "image_size": image_size}
+    return {
+        "generator": GENERATOR_VERSION,
+        "num_episodes": num_episodes,
+        "seed": seed,
+        "image_size": image_size,
+    }
 
 
 def _complete(dataset_dir: str, meta: dict[str, Any]) -> bool:
@@ -87,12 +93,19 @@ def _complete(dataset_dir: str, meta: dict[str, Any]) -> bool:
     if found != meta:
         raise FileExistsError(
             f"{dataset_dir} holds a simulated dataset generated with {found}, not {meta}; "
-            "choose another --data_dir or name, or delete it")
+            "choose another --data_dir or name, or delete it"
+        )
     return True
 
 
-def generate_dataset(data_dir: str, name: str = "f1_sim", num_episodes: int = 200,
-                     seed: int = 0, image_size: int = 256, progress: bool = True) -> str:
+def generate_dataset(
+    data_dir: str,
+    name: str = "f1_sim",
+    num_episodes: int = 200,
+    seed: int = 0,
+    image_size: int = 256,
+    progress: bool = True,
+) -> str:
     """Writes `num_episodes` expert episodes under data_dir/name/1.0.0 and returns that dir.
 
     Skips generation when a complete dataset with the same settings is already there (a
@@ -132,8 +145,9 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--seed", type=int, default=0, help="dataset seed (selects env seeds)")
     p.add_argument("--image_size", type=int, default=256, help="square image side in pixels")
     args = p.parse_args(argv)
-    out = generate_dataset(os.path.expanduser(args.data_dir), args.name, args.episodes,
-                           args.seed, args.image_size)
+    out = generate_dataset(
+        os.path.expanduser(args.data_dir), args.name, args.episodes, args.seed, args.image_size
+    )
     print(out)
     return out
 

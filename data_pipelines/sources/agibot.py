@@ -41,54 +41,81 @@ KIND = "agibot"
 TRANSFORM_VERSION = "agibot-v1"
 CAMERA_KEYS = ("head", "hand_left", "hand_right")
 DEFAULT_CAMERAS: Mapping[str, str | None] = {
-    "primary": "head", "secondary": "hand_left", "wrist": "hand_right"}
+    "primary": "head",
+    "secondary": "hand_left",
+    "wrist": "hand_right",
+}
 STATE_DIM = 16
 # any4lerobot agibot2lerobot README: action longer than state, and corrupted mp4 files.
-BROKEN_TASK_IDS = frozenset({352, 354, 359, 361, 368, 376, 377, 410, 414, 421,
-                             380, 384, 428, 460, 505, 510, 711})
+BROKEN_TASK_IDS = frozenset(
+    {352, 354, 359, 361, 368, 376, 377, 410, 414, 421, 380, 384, 428, 460, 505, 510, 711}
+)
 DATASET_NAME = "agibot_world"
 
 
 def feature_spec():
     """TFDS features of the converted segment records."""
     import tensorflow_datasets as tfds
+
     img = tfds.features.Image(shape=(None, None, 3), dtype=np.uint8, encoding_format="jpeg")
     i32 = lambda: tfds.features.Scalar(dtype=np.int32)  # noqa: E731
-    return tfds.features.FeaturesDict({
-        "steps": tfds.features.Dataset({
-            "observation": tfds.features.FeaturesDict({
-                "head": img, "hand_left": img, "hand_right": img,
-                "state": tfds.features.Tensor(shape=(STATE_DIM,), dtype=np.float32),
-            }),
-            "action": tfds.features.Tensor(shape=(STATE_DIM,), dtype=np.float32),
-            "language_instruction": tfds.features.Text(),
-            "is_first": tfds.features.Scalar(dtype=np.bool_),
-            "is_last": tfds.features.Scalar(dtype=np.bool_),
-            "is_terminal": tfds.features.Scalar(dtype=np.bool_),
-        }),
-        "episode_metadata": tfds.features.FeaturesDict({
-            "task_id": i32(), "episode_id": i32(), "segment_index": i32(),
-            "frame_start": i32(), "sample_start": i32(), "sample_end": i32(),
-            "file_path": tfds.features.Text(),
-        }),
-    })
+    return tfds.features.FeaturesDict(
+        {
+            "steps": tfds.features.Dataset(
+                {
+                    "observation": tfds.features.FeaturesDict(
+                        {
+                            "head": img,
+                            "hand_left": img,
+                            "hand_right": img,
+                            "state": tfds.features.Tensor(shape=(STATE_DIM,), dtype=np.float32),
+                        }
+                    ),
+                    "action": tfds.features.Tensor(shape=(STATE_DIM,), dtype=np.float32),
+                    "language_instruction": tfds.features.Text(),
+                    "is_first": tfds.features.Scalar(dtype=np.bool_),
+                    "is_last": tfds.features.Scalar(dtype=np.bool_),
+                    "is_terminal": tfds.features.Scalar(dtype=np.bool_),
+                }
+            ),
+            "episode_metadata": tfds.features.FeaturesDict(
+                {
+                    "task_id": i32(),
+                    "episode_id": i32(),
+                    "segment_index": i32(),
+                    "frame_start": i32(),
+                    "sample_start": i32(),
+                    "sample_end": i32(),
+                    "file_path": tfds.features.Text(),
+                }
+            ),
+        }
+    )
 
 
-def standardize(raw: Mapping[str, Any], dataset_name: str, episode_id: int,
-                cameras: Mapping[str, str | None] | None = None) -> schema.StdEpisode:
+def standardize(
+    raw: Mapping[str, Any],
+    dataset_name: str,
+    episode_id: int,
+    cameras: Mapping[str, str | None] | None = None,
+) -> schema.StdEpisode:
     """Converted AgiBot segment record -> StdEpisode (state 16, action 16, sample range)."""
     steps, meta = raw["steps"], raw["episode_metadata"]
     state = np.asarray(steps["observation"]["state"], np.float32)
     action = np.asarray(steps["action"], np.float32)
     if state.shape[1:] != (STATE_DIM,) or action.shape[1:] != (STATE_DIM,):
-        raise schema.SchemaError(f"AgiBot records need state/action [T,16], got {state.shape}, "
-                                 f"{action.shape}")
+        raise schema.SchemaError(
+            f"AgiBot records need state/action [T,16], got {state.shape}, {action.shape}"
+        )
     return schema.StdEpisode(
-        dataset_name=dataset_name, episode_id=episode_id,
+        dataset_name=dataset_name,
+        episode_id=episode_id,
         images=schema.select_cameras(steps["observation"], cameras or DEFAULT_CAMERAS),
-        state=state, action=action,
+        state=state,
+        action=action,
         language=schema.as_text(steps["language_instruction"][0]),
-        sample_range=(int(meta["sample_start"]), int(meta["sample_end"])))
+        sample_range=(int(meta["sample_start"]), int(meta["sample_end"])),
+    )
 
 
 # ----------------------------------------------------------------------------- raw reading
@@ -103,8 +130,9 @@ def _dense(values: np.ndarray, index: np.ndarray | None, fallback: np.ndarray) -
     """Action rows placed at their frame `index` (when sparser than states), others = state."""
     if index is None:
         if len(values) != len(fallback):
-            raise schema.SchemaError(f"{len(values)} action rows for {len(fallback)} frames and no "
-                                     "index to place them")
+            raise schema.SchemaError(
+                f"{len(values)} action rows for {len(fallback)} frames and no index to place them"
+            )
         return np.asarray(values, np.float32)
     out = np.array(fallback, np.float32, copy=True)
     out[np.asarray(index, np.int64)] = values
@@ -114,6 +142,7 @@ def _dense(values: np.ndarray, index: np.ndarray | None, fallback: np.ndarray) -
 def read_proprio(h5_path: str) -> tuple[np.ndarray, np.ndarray]:
     """proprio_stats.h5 -> (state [T,16], action [T,16]) before the +1 shift."""
     import h5py
+
     if not os.path.exists(h5_path):
         raise FileNotFoundError(f"missing AgiBot proprio file {h5_path}")
     with h5py.File(h5_path, "r") as f:
@@ -124,8 +153,10 @@ def read_proprio(h5_path: str) -> tuple[np.ndarray, np.ndarray]:
         j_idx = np.asarray(f["action/joint/index"]) if "action/joint/index" in f else None
         e_idx = np.asarray(f["action/effector/index"]) if "action/effector/index" in f else None
     if joint.shape[1:] != (14,) or eff.shape[1:] != (2,):
-        raise schema.SchemaError(f"{h5_path}: state joint {joint.shape} / effector {eff.shape}, "
-                                 "expected [T,14] / [T,2] (dexterous-hand episodes unsupported)")
+        raise schema.SchemaError(
+            f"{h5_path}: state joint {joint.shape} / effector {eff.shape}, "
+            "expected [T,14] / [T,2] (dexterous-hand episodes unsupported)"
+        )
     if len(a_joint) > len(joint) or len(a_eff) > len(eff):
         raise schema.SchemaError(f"{h5_path}: more action rows than state rows")
     a_joint = _dense(a_joint, j_idx, joint)
@@ -158,11 +189,14 @@ def iter_video_frames(mp4_path: str) -> Iterator[np.ndarray]:
             yield from _ffmpeg_frames(mp4_path)
             return
         if not os.path.isdir(frame_dir):
-            raise RuntimeError(f"cannot decode {mp4_path}: install PyAV (`pip install av`) "
-                               f"or ffmpeg, or extract frames into {frame_dir}/")
+            raise RuntimeError(
+                f"cannot decode {mp4_path}: install PyAV (`pip install av`) "
+                f"or ffmpeg, or extract frames into {frame_dir}/"
+            )
     if not os.path.isdir(frame_dir):
         raise FileNotFoundError(f"no video {mp4_path} nor frame folder {frame_dir}/")
     from PIL import Image
+
     for name in sorted(os.listdir(frame_dir)):
         with Image.open(os.path.join(frame_dir, name)) as im:
             yield np.asarray(im.convert("RGB"))
@@ -178,8 +212,7 @@ def _av_frames(av, path: str) -> Iterator[np.ndarray]:
         raise RuntimeError(f"cannot decode {path} (corrupt or truncated mp4?): {e}") from e
     with container:
         if not container.streams.video:
-            raise RuntimeError(f"cannot decode {path}: no video stream (corrupt or truncated "
-                               "mp4?)")
+            raise RuntimeError(f"cannot decode {path}: no video stream (corrupt or truncated mp4?)")
         try:
             for fr in container.decode(container.streams.video[0]):
                 yield fr.to_ndarray(format="rgb24")
@@ -189,15 +222,32 @@ def _av_frames(av, path: str) -> Iterator[np.ndarray]:
 
 def _ffmpeg_frames(path: str) -> Iterator[np.ndarray]:
     try:
-        probe = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0",
-                                "-show_entries", "stream=width,height", "-of", "csv=p=0", path],
-                               check=True, capture_output=True, text=True).stdout.strip()
+        probe = subprocess.run(
+            [
+                "ffprobe",
+                "-v",
+                "error",
+                "-select_streams",
+                "v:0",
+                "-show_entries",
+                "stream=width,height",
+                "-of",
+                "csv=p=0",
+                path,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         w, h = (int(v) for v in probe.split(",")[:2])
     except (subprocess.CalledProcessError, ValueError) as e:
-        raise RuntimeError(f"cannot decode {path} (corrupt or truncated mp4?): "
-                           f"{getattr(e, 'stderr', None) or e}") from e
-    proc = subprocess.Popen(["ffmpeg", "-v", "error", "-i", path, "-f", "rawvideo", "-pix_fmt",
-                             "rgb24", "-"], stdout=subprocess.PIPE)
+        raise RuntimeError(
+            f"cannot decode {path} (corrupt or truncated mp4?): {getattr(e, 'stderr', None) or e}"
+        ) from e
+    proc = subprocess.Popen(
+        ["ffmpeg", "-v", "error", "-i", path, "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+        stdout=subprocess.PIPE,
+    )
     n = w * h * 3
     try:
         while True:
@@ -212,6 +262,7 @@ def _ffmpeg_frames(path: str) -> Iterator[np.ndarray]:
 
 def _encode_jpeg(img: np.ndarray, short_side: int) -> bytes:
     from PIL import Image
+
     pil = Image.fromarray(img)
     w, h = pil.size
     scale = short_side / min(w, h)
@@ -222,8 +273,9 @@ def _encode_jpeg(img: np.ndarray, short_side: int) -> bytes:
     return buf.getvalue()
 
 
-def segment_bounds(length: int, segment_len: int, context_before: int, context_after: int
-                   ) -> list[tuple[int, int, int, int]]:
+def segment_bounds(
+    length: int, segment_len: int, context_before: int, context_after: int
+) -> list[tuple[int, int, int, int]]:
     """[(record_start, record_end, sample_start, sample_end)] in episode frames, covering every
     frame exactly once as a sample while each record keeps its neighbouring context frames."""
     out = []
@@ -233,9 +285,17 @@ def segment_bounds(length: int, segment_len: int, context_before: int, context_a
     return out
 
 
-def episode_segments(task_id: int, episode_id: int, task_name: str, raw_root: str,
-                     segment_len: int, context_before: int, context_after: int,
-                     image_size: int, frame_stride: int = 1) -> list[dict[str, Any]]:
+def episode_segments(
+    task_id: int,
+    episode_id: int,
+    task_name: str,
+    raw_root: str,
+    segment_len: int,
+    context_before: int,
+    context_after: int,
+    image_size: int,
+    frame_stride: int = 1,
+) -> list[dict[str, Any]]:
     """One raw episode -> list of segment records (TFDS example dicts, images JPEG bytes)."""
     h5 = os.path.join(raw_root, "proprio_stats", str(task_id), str(episode_id), "proprio_stats.h5")
     state, action = read_proprio(h5)
@@ -243,9 +303,11 @@ def episode_segments(task_id: int, episode_id: int, task_name: str, raw_root: st
     video_dir = os.path.join(raw_root, "observations", str(task_id), str(episode_id), "videos")
     frames = {}
     for cam in CAMERA_KEYS:
-        enc = [_encode_jpeg(f, image_size) for k, f in
-               enumerate(iter_video_frames(os.path.join(video_dir, f"{cam}_color.mp4")))
-               if k % frame_stride == 0]
+        enc = [
+            _encode_jpeg(f, image_size)
+            for k, f in enumerate(iter_video_frames(os.path.join(video_dir, f"{cam}_color.mp4")))
+            if k % frame_stride == 0
+        ]
         frames[cam] = enc
     state, action = state[::frame_stride], action[::frame_stride]
     n = min(len(state), *(len(v) for v in frames.values()))
@@ -257,21 +319,39 @@ def episode_segments(task_id: int, episode_id: int, task_name: str, raw_root: st
     text = instruction_from_task_name(task_name)
     records = []
     for k, (rs, re_, ss, se) in enumerate(
-        segment_bounds(n, segment_len, context_before, context_after)):
-        steps = [{
-            "observation": {**{cam: frames[cam][t] for cam in CAMERA_KEYS}, "state": state[t]},
-            "action": action[t], "language_instruction": text,
-            "is_first": t == 0, "is_last": t == n - 1, "is_terminal": t == n - 1,
-        } for t in range(rs, re_)]
-        records.append({"steps": steps, "episode_metadata": {
-            "task_id": task_id, "episode_id": episode_id, "segment_index": k, "frame_start": rs,
-            "sample_start": ss - rs, "sample_end": se - rs,
-            "file_path": f"{task_id}/{episode_id}"}})
+        segment_bounds(n, segment_len, context_before, context_after)
+    ):
+        steps = [
+            {
+                "observation": {**{cam: frames[cam][t] for cam in CAMERA_KEYS}, "state": state[t]},
+                "action": action[t],
+                "language_instruction": text,
+                "is_first": t == 0,
+                "is_last": t == n - 1,
+                "is_terminal": t == n - 1,
+            }
+            for t in range(rs, re_)
+        ]
+        records.append(
+            {
+                "steps": steps,
+                "episode_metadata": {
+                    "task_id": task_id,
+                    "episode_id": episode_id,
+                    "segment_index": k,
+                    "frame_start": rs,
+                    "sample_start": ss - rs,
+                    "sample_end": se - rs,
+                    "file_path": f"{task_id}/{episode_id}",
+                },
+            }
+        )
     return records
 
 
-def list_episodes(raw_root: str, task_ids: Sequence[int] | None = None
-                  ) -> Iterator[tuple[int, int, str]]:
+def list_episodes(
+    raw_root: str, task_ids: Sequence[int] | None = None
+) -> Iterator[tuple[int, int, str]]:
     """(task_id, episode_id, task_name) of all episodes in task_info/, skipping broken tasks."""
     info_dir = os.path.join(raw_root, "task_info")
     if not os.path.isdir(info_dir):
@@ -279,7 +359,7 @@ def list_episodes(raw_root: str, task_ids: Sequence[int] | None = None
     for name in sorted(os.listdir(info_dir)):
         if not (name.startswith("task_") and name.endswith(".json")):
             continue
-        task_id = int(name[len("task_"):-len(".json")])
+        task_id = int(name[len("task_") : -len(".json")])
         if task_ids is not None and task_id not in task_ids:
             continue
         if task_id in BROKEN_TASK_IDS:
@@ -289,23 +369,40 @@ def list_episodes(raw_root: str, task_ids: Sequence[int] | None = None
                 yield task_id, int(ep["episode_id"]), str(ep["task_name"])
 
 
-def convert(raw_root: str, out_dir: str, task_ids: Sequence[int] | None = None,
-            segment_len: int = 128, context_before: int = 9, context_after: int = 52,
-            image_size: int = 256, frame_stride: int = 1) -> dict[str, Any]:
+def convert(
+    raw_root: str,
+    out_dir: str,
+    task_ids: Sequence[int] | None = None,
+    segment_len: int = 128,
+    context_before: int = 9,
+    context_after: int = 52,
+    image_size: int = 256,
+    frame_stride: int = 1,
+) -> dict[str, Any]:
     """Converts raw AgiBot episodes to `out_dir/agibot_world/1.0.0` (TFRecord segment records).
 
     Episodes with missing/undecodable files are skipped and reported; broken tasks are skipped.
     Returns {"episodes", "segments", "skipped": [[task, episode, reason], ...], "path"}.
     """
     import tensorflow_datasets as tfds
+
     skipped, counts = [], {"episodes": 0, "segments": 0}
     skipped_tasks = sorted(t for t in BROKEN_TASK_IDS if task_ids is None or t in task_ids)
 
     def examples():
         for task_id, episode_id, task_name in list_episodes(raw_root, task_ids):
             try:
-                records = episode_segments(task_id, episode_id, task_name, raw_root, segment_len,
-                                           context_before, context_after, image_size, frame_stride)
+                records = episode_segments(
+                    task_id,
+                    episode_id,
+                    task_name,
+                    raw_root,
+                    segment_len,
+                    context_before,
+                    context_after,
+                    image_size,
+                    frame_stride,
+                )
             except (OSError, KeyError, ValueError, RuntimeError) as e:
                 skipped.append([task_id, episode_id, f"{type(e).__name__}: {e}"])
                 continue
@@ -315,7 +412,16 @@ def convert(raw_root: str, out_dir: str, task_ids: Sequence[int] | None = None,
                 yield f"{task_id}_{episode_id}_{rec['episode_metadata']['segment_index']}", rec
 
     tfds.dataset_builders.store_as_tfds_dataset(
-        name=DATASET_NAME, version="1.0.0", features=feature_spec(), data_dir=out_dir,
-        split_datasets={"train": examples()}, file_format="tfrecord")
-    return {**counts, "skipped": skipped, "skipped_broken_tasks": skipped_tasks,
-            "path": os.path.join(out_dir, DATASET_NAME, "1.0.0")}
+        name=DATASET_NAME,
+        version="1.0.0",
+        features=feature_spec(),
+        data_dir=out_dir,
+        split_datasets={"train": examples()},
+        file_format="tfrecord",
+    )
+    return {
+        **counts,
+        "skipped": skipped,
+        "skipped_broken_tasks": skipped_tasks,
+        "path": os.path.join(out_dir, DATASET_NAME, "1.0.0"),
+    }

@@ -32,32 +32,44 @@ CLOSED_THRESHOLD = 0.05
 def feature_spec(image_size: tuple[int, int] = (256, 256)):
     """The TFDS feature spec of Rail's `bridge_dataset` 1.0.0 release."""
     import tensorflow_datasets as tfds
+
     img = tfds.features.Image(shape=(*image_size, 3), dtype=np.uint8, encoding_format="jpeg")
-    return tfds.features.FeaturesDict({
-        "steps": tfds.features.Dataset({
-            "observation": tfds.features.FeaturesDict({
-                "image_0": img, "image_1": img, "image_2": img, "image_3": img,
-                "state": tfds.features.Tensor(shape=(7,), dtype=np.float32),
-            }),
-            "action": tfds.features.Tensor(shape=(7,), dtype=np.float32),
-            "discount": tfds.features.Scalar(dtype=np.float32),
-            "reward": tfds.features.Scalar(dtype=np.float32),
-            "is_first": tfds.features.Scalar(dtype=np.bool_),
-            "is_last": tfds.features.Scalar(dtype=np.bool_),
-            "is_terminal": tfds.features.Scalar(dtype=np.bool_),
-            "language_instruction": tfds.features.Text(),
-            "language_embedding": tfds.features.Tensor(shape=(512,), dtype=np.float32),
-        }),
-        "episode_metadata": tfds.features.FeaturesDict({
-            "file_path": tfds.features.Text(),
-            "episode_id": tfds.features.Scalar(dtype=np.int32),
-            "has_image_0": tfds.features.Scalar(dtype=np.bool_),
-            "has_image_1": tfds.features.Scalar(dtype=np.bool_),
-            "has_image_2": tfds.features.Scalar(dtype=np.bool_),
-            "has_image_3": tfds.features.Scalar(dtype=np.bool_),
-            "has_language": tfds.features.Scalar(dtype=np.bool_),
-        }),
-    })
+    return tfds.features.FeaturesDict(
+        {
+            "steps": tfds.features.Dataset(
+                {
+                    "observation": tfds.features.FeaturesDict(
+                        {
+                            "image_0": img,
+                            "image_1": img,
+                            "image_2": img,
+                            "image_3": img,
+                            "state": tfds.features.Tensor(shape=(7,), dtype=np.float32),
+                        }
+                    ),
+                    "action": tfds.features.Tensor(shape=(7,), dtype=np.float32),
+                    "discount": tfds.features.Scalar(dtype=np.float32),
+                    "reward": tfds.features.Scalar(dtype=np.float32),
+                    "is_first": tfds.features.Scalar(dtype=np.bool_),
+                    "is_last": tfds.features.Scalar(dtype=np.bool_),
+                    "is_terminal": tfds.features.Scalar(dtype=np.bool_),
+                    "language_instruction": tfds.features.Text(),
+                    "language_embedding": tfds.features.Tensor(shape=(512,), dtype=np.float32),
+                }
+            ),
+            "episode_metadata": tfds.features.FeaturesDict(
+                {
+                    "file_path": tfds.features.Text(),
+                    "episode_id": tfds.features.Scalar(dtype=np.int32),
+                    "has_image_0": tfds.features.Scalar(dtype=np.bool_),
+                    "has_image_1": tfds.features.Scalar(dtype=np.bool_),
+                    "has_image_2": tfds.features.Scalar(dtype=np.bool_),
+                    "has_image_3": tfds.features.Scalar(dtype=np.bool_),
+                    "has_language": tfds.features.Scalar(dtype=np.bool_),
+                }
+            ),
+        }
+    )
 
 
 def binarize_gripper(gripper: np.ndarray) -> np.ndarray:
@@ -79,8 +91,12 @@ def binarize_gripper(gripper: np.ndarray) -> np.ndarray:
     return out
 
 
-def standardize(raw: Mapping[str, Any], dataset_name: str, episode_id: int,
-                cameras: Mapping[str, str | None] | None = None) -> schema.StdEpisode:
+def standardize(
+    raw: Mapping[str, Any],
+    dataset_name: str,
+    episode_id: int,
+    cameras: Mapping[str, str | None] | None = None,
+) -> schema.StdEpisode:
     """Decoded Bridge episode -> StdEpisode, relabelled (T-2 steps, state 8, action 7)."""
     steps = raw["steps"]
     obs = steps["observation"]
@@ -88,20 +104,22 @@ def standardize(raw: Mapping[str, Any], dataset_name: str, episode_id: int,
     action = np.asarray(steps["action"], np.float32)[1:]
     if len(state) < 2:
         raise schema.SchemaError(
-            f"Bridge episode {episode_id} has {len(state) + 1} steps; need >= 3 to relabel")
+            f"Bridge episode {episode_id} has {len(state) + 1} steps; need >= 3 to relabel"
+        )
     gripper = binarize_gripper(action[:, 6])
     movement = state[1:, :6] - state[:-1, :6]
     new_action = np.concatenate([movement, gripper[:-1, None]], axis=1)
     t = len(new_action)
     new_state = np.concatenate(
-        [state[:t, :6], np.zeros((t, 1), np.float32), state[:t, 6:7]], axis=1)
+        [state[:t, :6], np.zeros((t, 1), np.float32), state[:t, 6:7]], axis=1
+    )
     cameras = dict(cameras or DEFAULT_CAMERAS)
     meta = raw.get("episode_metadata", {})
     for name, key in list(cameras.items()):
         flag = meta.get(f"has_{key}") if key and key != "image_0" else None
         if flag is not None and not bool(flag):
             cameras[name] = None
-    images = {k: v[1:1 + t] for k, v in schema.select_cameras(obs, cameras).items()}
+    images = {k: v[1 : 1 + t] for k, v in schema.select_cameras(obs, cameras).items()}
     return schema.StdEpisode(
         dataset_name=dataset_name,
         episode_id=episode_id,

@@ -25,61 +25,75 @@ DEFAULT_CAMERAS: Mapping[str, str | None] = {"primary": "image"}
 def feature_spec(image_size: tuple[int, int] = (256, 320)):
     """The TFDS feature spec of `fractal20220817_data` 0.1.0 (RT-1)."""
     import tensorflow_datasets as tfds
+
     t = tfds.features.Tensor
-    return tfds.features.FeaturesDict({
-        "aspects": tfds.features.FeaturesDict({
-            "already_success": tfds.features.Scalar(dtype=np.bool_),
-            "feasible": tfds.features.Scalar(dtype=np.bool_),
-            "has_aspects": tfds.features.Scalar(dtype=np.bool_),
-            "success": tfds.features.Scalar(dtype=np.bool_),
-            "undesirable": tfds.features.Scalar(dtype=np.bool_),
-        }),
-        "attributes": tfds.features.FeaturesDict({
-            "collection_mode": tfds.features.Scalar(dtype=np.int32),
-            "collection_mode_name": tfds.features.Text(),
-            "data_type": tfds.features.Scalar(dtype=np.int32),
-            "data_type_name": tfds.features.Text(),
-            "env": tfds.features.Scalar(dtype=np.int32),
-            "env_name": tfds.features.Text(),
-            "location": tfds.features.Scalar(dtype=np.int32),
-            "location_name": tfds.features.Text(),
-            "objects_family": tfds.features.Scalar(dtype=np.int32),
-            "objects_family_name": tfds.features.Text(),
-            "task_family": tfds.features.Scalar(dtype=np.int32),
-            "task_family_name": tfds.features.Text(),
-        }),
-        "steps": tfds.features.Dataset({
-            "action": tfds.features.FeaturesDict({
-                "base_displacement_vector": t(shape=(2,), dtype=np.float32),
-                "base_displacement_vertical_rotation": t(shape=(1,), dtype=np.float32),
-                "gripper_closedness_action": t(shape=(1,), dtype=np.float32),
-                "rotation_delta": t(shape=(3,), dtype=np.float32),
-                "terminate_episode": t(shape=(3,), dtype=np.int32),
-                "world_vector": t(shape=(3,), dtype=np.float32),
-            }),
-            "is_first": tfds.features.Scalar(dtype=np.bool_),
-            "is_last": tfds.features.Scalar(dtype=np.bool_),
-            "is_terminal": tfds.features.Scalar(dtype=np.bool_),
-            "observation": tfds.features.FeaturesDict({
-                "base_pose_tool_reached": t(shape=(7,), dtype=np.float32),
-                "gripper_closed": t(shape=(1,), dtype=np.float32),
-                "gripper_closedness_commanded": t(shape=(1,), dtype=np.float32),
-                "height_to_bottom": t(shape=(1,), dtype=np.float32),
-                "image": tfds.features.Image(shape=(*image_size, 3), dtype=np.uint8,
-                                             encoding_format="jpeg"),
-                "natural_language_embedding": t(shape=(512,), dtype=np.float32),
-                "natural_language_instruction": tfds.features.Text(),
-                "orientation_box": t(shape=(2, 3), dtype=np.float32),
-                "orientation_start": t(shape=(4,), dtype=np.float32),
-                "robot_orientation_positions_box": t(shape=(3, 3), dtype=np.float32),
-                "rotation_delta_to_go": t(shape=(3,), dtype=np.float32),
-                "src_rotation": t(shape=(4,), dtype=np.float32),
-                "vector_to_go": t(shape=(3,), dtype=np.float32),
-                "workspace_bounds": t(shape=(3, 3), dtype=np.float32),
-            }),
-            "reward": tfds.features.Scalar(dtype=np.float32),
-        }),
-    })
+    return tfds.features.FeaturesDict(
+        {
+            "aspects": tfds.features.FeaturesDict(
+                {
+                    "already_success": tfds.features.Scalar(dtype=np.bool_),
+                    "feasible": tfds.features.Scalar(dtype=np.bool_),
+                    "has_aspects": tfds.features.Scalar(dtype=np.bool_),
+                    "success": tfds.features.Scalar(dtype=np.bool_),
+                    "undesirable": tfds.features.Scalar(dtype=np.bool_),
+                }
+            ),
+            "attributes": tfds.features.FeaturesDict(
+                {
+                    "collection_mode": tfds.features.Scalar(dtype=np.int32),
+                    "collection_mode_name": tfds.features.Text(),
+                    "data_type": tfds.features.Scalar(dtype=np.int32),
+                    "data_type_name": tfds.features.Text(),
+                    "env": tfds.features.Scalar(dtype=np.int32),
+                    "env_name": tfds.features.Text(),
+                    "location": tfds.features.Scalar(dtype=np.int32),
+                    "location_name": tfds.features.Text(),
+                    "objects_family": tfds.features.Scalar(dtype=np.int32),
+                    "objects_family_name": tfds.features.Text(),
+                    "task_family": tfds.features.Scalar(dtype=np.int32),
+                    "task_family_name": tfds.features.Text(),
+                }
+            ),
+            "steps": tfds.features.Dataset(
+                {
+                    "action": tfds.features.FeaturesDict(
+                        {
+                            "base_displacement_vector": t(shape=(2,), dtype=np.float32),
+                            "base_displacement_vertical_rotation": t(shape=(1,), dtype=np.float32),
+                            "gripper_closedness_action": t(shape=(1,), dtype=np.float32),
+                            "rotation_delta": t(shape=(3,), dtype=np.float32),
+                            "terminate_episode": t(shape=(3,), dtype=np.int32),
+                            "world_vector": t(shape=(3,), dtype=np.float32),
+                        }
+                    ),
+                    "is_first": tfds.features.Scalar(dtype=np.bool_),
+                    "is_last": tfds.features.Scalar(dtype=np.bool_),
+                    "is_terminal": tfds.features.Scalar(dtype=np.bool_),
+                    "observation": tfds.features.FeaturesDict(
+                        {
+                            "base_pose_tool_reached": t(shape=(7,), dtype=np.float32),
+                            "gripper_closed": t(shape=(1,), dtype=np.float32),
+                            "gripper_closedness_commanded": t(shape=(1,), dtype=np.float32),
+                            "height_to_bottom": t(shape=(1,), dtype=np.float32),
+                            "image": tfds.features.Image(
+                                shape=(*image_size, 3), dtype=np.uint8, encoding_format="jpeg"
+                            ),
+                            "natural_language_embedding": t(shape=(512,), dtype=np.float32),
+                            "natural_language_instruction": tfds.features.Text(),
+                            "orientation_box": t(shape=(2, 3), dtype=np.float32),
+                            "orientation_start": t(shape=(4,), dtype=np.float32),
+                            "robot_orientation_positions_box": t(shape=(3, 3), dtype=np.float32),
+                            "rotation_delta_to_go": t(shape=(3,), dtype=np.float32),
+                            "src_rotation": t(shape=(4,), dtype=np.float32),
+                            "vector_to_go": t(shape=(3,), dtype=np.float32),
+                            "workspace_bounds": t(shape=(3, 3), dtype=np.float32),
+                        }
+                    ),
+                    "reward": tfds.features.Scalar(dtype=np.float32),
+                }
+            ),
+        }
+    )
 
 
 def relative_to_absolute_gripper(rel: np.ndarray) -> np.ndarray:
@@ -102,16 +116,22 @@ def relative_to_absolute_gripper(rel: np.ndarray) -> np.ndarray:
     return (out / 2 + 0.5).astype(np.float32)
 
 
-def standardize(raw: Mapping[str, Any], dataset_name: str, episode_id: int,
-                cameras: Mapping[str, str | None] | None = None) -> schema.StdEpisode:
+def standardize(
+    raw: Mapping[str, Any],
+    dataset_name: str,
+    episode_id: int,
+    cameras: Mapping[str, str | None] | None = None,
+) -> schema.StdEpisode:
     """Decoded Fractal episode -> StdEpisode (state 8, action 7)."""
     steps = raw["steps"]
     obs, act = steps["observation"], steps["action"]
     gripper = relative_to_absolute_gripper(np.asarray(act["gripper_closedness_action"])[:, 0])
     action = np.concatenate(
-        [act["world_vector"], act["rotation_delta"], gripper[:, None]], axis=1).astype(np.float32)
-    state = np.concatenate(
-        [obs["base_pose_tool_reached"], obs["gripper_closed"]], axis=1).astype(np.float32)
+        [act["world_vector"], act["rotation_delta"], gripper[:, None]], axis=1
+    ).astype(np.float32)
+    state = np.concatenate([obs["base_pose_tool_reached"], obs["gripper_closed"]], axis=1).astype(
+        np.float32
+    )
     return schema.StdEpisode(
         dataset_name=dataset_name,
         episode_id=episode_id,

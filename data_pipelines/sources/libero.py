@@ -29,29 +29,41 @@ ACTION_DIM = 7
 def feature_spec(image_size: tuple[int, int] = (256, 256)):
     """The exact TFDS feature spec of the LIBERO RLDS release (for writers and test fixtures)."""
     import tensorflow_datasets as tfds  # TF/TFDS only where data is written or read.
+
     img = tfds.features.Image(shape=(*image_size, 3), dtype=np.uint8, encoding_format="jpeg")
-    return tfds.features.FeaturesDict({
-        "steps": tfds.features.Dataset({
-            "observation": tfds.features.FeaturesDict({
-                "image": img,
-                "wrist_image": img,
-                "state": tfds.features.Tensor(shape=(8,), dtype=np.float32),
-                "joint_state": tfds.features.Tensor(shape=(7,), dtype=np.float32),
-            }),
-            "action": tfds.features.Tensor(shape=(7,), dtype=np.float32),
-            "discount": tfds.features.Scalar(dtype=np.float32),
-            "reward": tfds.features.Scalar(dtype=np.float32),
-            "is_first": tfds.features.Scalar(dtype=np.bool_),
-            "is_last": tfds.features.Scalar(dtype=np.bool_),
-            "is_terminal": tfds.features.Scalar(dtype=np.bool_),
-            "language_instruction": tfds.features.Text(),
-        }),
-        "episode_metadata": tfds.features.FeaturesDict({"file_path": tfds.features.Text()}),
-    })
+    return tfds.features.FeaturesDict(
+        {
+            "steps": tfds.features.Dataset(
+                {
+                    "observation": tfds.features.FeaturesDict(
+                        {
+                            "image": img,
+                            "wrist_image": img,
+                            "state": tfds.features.Tensor(shape=(8,), dtype=np.float32),
+                            "joint_state": tfds.features.Tensor(shape=(7,), dtype=np.float32),
+                        }
+                    ),
+                    "action": tfds.features.Tensor(shape=(7,), dtype=np.float32),
+                    "discount": tfds.features.Scalar(dtype=np.float32),
+                    "reward": tfds.features.Scalar(dtype=np.float32),
+                    "is_first": tfds.features.Scalar(dtype=np.bool_),
+                    "is_last": tfds.features.Scalar(dtype=np.bool_),
+                    "is_terminal": tfds.features.Scalar(dtype=np.bool_),
+                    "language_instruction": tfds.features.Text(),
+                }
+            ),
+            "episode_metadata": tfds.features.FeaturesDict({"file_path": tfds.features.Text()}),
+        }
+    )
 
 
-def write_dataset(data_dir: str, name: str, episodes: Iterable[dict[str, Any]],
-                  image_size: tuple[int, int] = (256, 256), file_format: str = "tfrecord") -> str:
+def write_dataset(
+    data_dir: str,
+    name: str,
+    episodes: Iterable[dict[str, Any]],
+    image_size: tuple[int, int] = (256, 256),
+    file_format: str = "tfrecord",
+) -> str:
     """Writes episodes in the LIBERO RLDS schema as a TFDS dataset; returns its version dir.
 
     Each episode is {"steps": [step dict per feature_spec, ...], "episode_metadata":
@@ -59,15 +71,25 @@ def write_dataset(data_dir: str, name: str, episodes: Iterable[dict[str, Any]],
     built-in simulated task and by tests; the result is read like the released datasets.
     """
     import tensorflow_datasets as tfds
+
     examples = ((f"episode_{i:06d}", ep) for i, ep in enumerate(episodes))
     tfds.dataset_builders.store_as_tfds_dataset(
-        name=name, version="1.0.0", features=feature_spec(image_size), data_dir=data_dir,
-        split_datasets={"train": examples}, file_format=file_format)
+        name=name,
+        version="1.0.0",
+        features=feature_spec(image_size),
+        data_dir=data_dir,
+        split_datasets={"train": examples},
+        file_format=file_format,
+    )
     return os.path.join(data_dir, name, "1.0.0")
 
 
-def standardize(raw: Mapping[str, Any], dataset_name: str, episode_id: int,
-                cameras: Mapping[str, str | None] | None = None) -> schema.StdEpisode:
+def standardize(
+    raw: Mapping[str, Any],
+    dataset_name: str,
+    episode_id: int,
+    cameras: Mapping[str, str | None] | None = None,
+) -> schema.StdEpisode:
     """Decoded LIBERO episode (steps stacked [T, ...]) -> StdEpisode (state 8, action 7)."""
     steps = raw["steps"]
     obs = steps["observation"]
@@ -75,7 +97,8 @@ def standardize(raw: Mapping[str, Any], dataset_name: str, episode_id: int,
     action = np.asarray(steps["action"], np.float32)
     if state.shape[1:] != (STATE_DIM,) or action.shape[1:] != (ACTION_DIM,):
         raise schema.SchemaError(
-            f"LIBERO expects state [T,8] and action [T,7], got {state.shape} and {action.shape}")
+            f"LIBERO expects state [T,8] and action [T,7], got {state.shape} and {action.shape}"
+        )
     return schema.StdEpisode(
         dataset_name=dataset_name,
         episode_id=episode_id,

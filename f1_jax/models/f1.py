@@ -20,10 +20,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from f1_jax.models import masks
-from f1_jax.models.action import (ActionConfig, ActionInputs, euler_sample, flow_matching_loss,
-                                  noisy_actions, sample_flow_time)
-from f1_jax.models.foresight import (ForesightConfig, ForesightIO, mix_mask_embedding,
-                                     sample_top_k_top_p)
+from f1_jax.models.action import (
+    ActionConfig,
+    ActionInputs,
+    euler_sample,
+    flow_matching_loss,
+    noisy_actions,
+    sample_flow_time,
+)
+from f1_jax.models.foresight import (
+    ForesightConfig,
+    ForesightIO,
+    mix_mask_embedding,
+    sample_top_k_top_p,
+)
 from f1_jax.models.gemma import Embedder, ExpertConfig, ExpertStack, KVCache
 from f1_jax.models.precision import get_precision
 from f1_jax.models.siglip import SiglipConfig, SiglipEncoder
@@ -35,315 +45,368 @@ Batch = dict[str, jax.Array]
 
 @dataclasses.dataclass(frozen=True)
 class F1Config:
-  """Every size and switch of the model. `configs/models.py` holds the named sizes."""
+    """Every size and switch of the model. `configs/models.py` holds the named sizes."""
 
-  siglip: SiglipConfig
-  und: ExpertConfig
-  gen: ExpertConfig
-  act: ExpertConfig
-  vocab_size: int
-  vqvae: VQVAEConfig
-  foresight: ForesightConfig
-  action: ActionConfig
-  precision: str = "default"
-  remat_policy: str = "none"
-  # "sampled": the original stage-2/3 path, coarser scales are sampled from the model's own logits.
-  # "teacher_forcing": ground-truth next-scale inputs with the mask-embedding mixture (stage 1).
-  foresight_training: str = "sampled"
-  action_loss_weight: float = 1.0
-  foresight_loss_weight: float = 0.1
+    siglip: SiglipConfig
+    und: ExpertConfig
+    gen: ExpertConfig
+    act: ExpertConfig
+    vocab_size: int
+    vqvae: VQVAEConfig
+    foresight: ForesightConfig
+    action: ActionConfig
+    precision: str = "default"
+    remat_policy: str = "none"
+    # "sampled": the original stage-2/3 path, coarser scales are sampled from the model's own logits.
+    # "teacher_forcing": ground-truth next-scale inputs with the mask-embedding mixture (stage 1).
+    foresight_training: str = "sampled"
+    action_loss_weight: float = 1.0
+    foresight_loss_weight: float = 0.1
 
-  def __post_init__(self):
-    checks = {
-        "siglip.out_width == und.width": self.siglip.out_width == self.und.width,
-        "foresight.width == gen.width": self.foresight.width == self.gen.width,
-        "action.width == act.width": self.action.width == self.act.width,
-        "foresight.patch_nums == vqvae.patch_nums":
-            tuple(self.foresight.patch_nums) == tuple(self.vqvae.patch_nums),
-        "foresight.z_channels == vqvae.z_channels":
-            self.foresight.z_channels == self.vqvae.z_channels,
-        "foresight.vocab_size == vqvae.vocab_size":
-            self.foresight.vocab_size == self.vqvae.vocab_size,
-        "expert names are und, gen, act": (self.und.name, self.gen.name, self.act.name) == (
-            "und", "gen", "act"),
-    }
-    broken = [name for name, ok in checks.items() if not ok]
-    if broken:
-      raise ValueError(f"Inconsistent F1Config: {broken} must hold.")
-    if self.foresight_training not in FORESIGHT_TRAINING_MODES:
-      raise ValueError(f"foresight_training must be one of {FORESIGHT_TRAINING_MODES}, "
-                       f"got {self.foresight_training!r}.")
+    def __post_init__(self):
+        checks = {
+            "siglip.out_width == und.width": self.siglip.out_width == self.und.width,
+            "foresight.width == gen.width": self.foresight.width == self.gen.width,
+            "action.width == act.width": self.action.width == self.act.width,
+            "foresight.patch_nums == vqvae.patch_nums": tuple(self.foresight.patch_nums)
+            == tuple(self.vqvae.patch_nums),
+            "foresight.z_channels == vqvae.z_channels": self.foresight.z_channels
+            == self.vqvae.z_channels,
+            "foresight.vocab_size == vqvae.vocab_size": self.foresight.vocab_size
+            == self.vqvae.vocab_size,
+            "expert names are und, gen, act": (self.und.name, self.gen.name, self.act.name)
+            == ("und", "gen", "act"),
+        }
+        broken = [name for name, ok in checks.items() if not ok]
+        if broken:
+            raise ValueError(f"Inconsistent F1Config: {broken} must hold.")
+        if self.foresight_training not in FORESIGHT_TRAINING_MODES:
+            raise ValueError(
+                f"foresight_training must be one of {FORESIGHT_TRAINING_MODES}, "
+                f"got {self.foresight_training!r}."
+            )
 
-  @property
-  def experts(self) -> tuple[ExpertConfig, ExpertConfig, ExpertConfig]:
-    return (self.und, self.gen, self.act)
+    @property
+    def experts(self) -> tuple[ExpertConfig, ExpertConfig, ExpertConfig]:
+        return (self.und, self.gen, self.act)
 
 
 # ---------------------------------------------------------------------------------------------
 # Sequence layout: which token is real and where each attention block starts.
 
+
 def generation_block_starts(config: ForesightConfig) -> np.ndarray:
-  """Block starts of the generation tokens: the 680-token prefix then scales 1 .. S-1. [709]."""
-  starts = [0] * config.num_cond + [1]
-  for length in config.scale_lengths[1:]:
-    starts += [1] + [0] * (length - 1)
-  return np.asarray(starts, np.int32)
+    """Block starts of the generation tokens: the 680-token prefix then scales 1 .. S-1. [709]."""
+    starts = [0] * config.num_cond + [1]
+    for length in config.scale_lengths[1:]:
+        starts += [1] + [0] * (length - 1)
+    return np.asarray(starts, np.int32)
 
 
-def sequence_layout(und_pad: jax.Array, foresight: ForesightConfig,
-                    chunk_size: int | None) -> tuple[jax.Array, jax.Array]:
-  """Pad mask and block starts of [understanding | generation | action (if chunk_size)].
+def sequence_layout(
+    und_pad: jax.Array, foresight: ForesightConfig, chunk_size: int | None
+) -> tuple[jax.Array, jax.Array]:
+    """Pad mask and block starts of [understanding | generation | action (if chunk_size)].
 
-  Args:
-    und_pad: [B, U] bool, the understanding tokens' pad mask.
-  Returns:
-    pad [B, N] bool and block_start [B, N] int32.
-  """
-  batch = und_pad.shape[0]
-  gen_starts = generation_block_starts(foresight)
-  groups_pad = [und_pad.astype(bool), jnp.ones((batch, gen_starts.size), bool)]
-  groups_start = [jnp.zeros(und_pad.shape, jnp.int32),
-                  jnp.broadcast_to(jnp.asarray(gen_starts), (batch, gen_starts.size))]
-  if chunk_size is not None:
-    act_starts = np.zeros(1 + chunk_size, np.int32)
-    act_starts[:2] = 1  # the state token is one block, the action chunk another
-    groups_pad.append(jnp.ones((batch, 1 + chunk_size), bool))
-    groups_start.append(jnp.broadcast_to(jnp.asarray(act_starts), (batch, 1 + chunk_size)))
-  return jnp.concatenate(groups_pad, axis=1), jnp.concatenate(groups_start, axis=1)
+    Args:
+      und_pad: [B, U] bool, the understanding tokens' pad mask.
+    Returns:
+      pad [B, N] bool and block_start [B, N] int32.
+    """
+    batch = und_pad.shape[0]
+    gen_starts = generation_block_starts(foresight)
+    groups_pad = [und_pad.astype(bool), jnp.ones((batch, gen_starts.size), bool)]
+    groups_start = [
+        jnp.zeros(und_pad.shape, jnp.int32),
+        jnp.broadcast_to(jnp.asarray(gen_starts), (batch, gen_starts.size)),
+    ]
+    if chunk_size is not None:
+        act_starts = np.zeros(1 + chunk_size, np.int32)
+        act_starts[:2] = 1  # the state token is one block, the action chunk another
+        groups_pad.append(jnp.ones((batch, 1 + chunk_size), bool))
+        groups_start.append(jnp.broadcast_to(jnp.asarray(act_starts), (batch, 1 + chunk_size)))
+    return jnp.concatenate(groups_pad, axis=1), jnp.concatenate(groups_start, axis=1)
 
 
 def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Mean token cross-entropy in fp32. logits [B, n, V], labels [B, n]."""
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  return -jnp.mean(jnp.take_along_axis(log_probs, labels[..., None], axis=-1))
+    """Mean token cross-entropy in fp32. logits [B, n, V], labels [B, n]."""
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return -jnp.mean(jnp.take_along_axis(log_probs, labels[..., None], axis=-1))
 
 
 # ---------------------------------------------------------------------------------------------
 
+
 class F1(nn.Module):
-  """F1: SigLIP + three Gemma experts in one joint attention + foresight + flow matching.
+    """F1: SigLIP + three Gemma experts in one joint attention + foresight + flow matching.
 
-  Inputs are dicts of arrays (all images NHWC floats in [-1, 1]):
-    images [B, C, H, W, 3], image_masks [B, C] bool, tokens [B, L] int32, token_mask [B, L] bool,
-    state [B, state_dim], history [B, 4, h, w, 3] (oldest first);
-    training also: target_frame [B, h, w, 3], actions [B, chunk, action_dim],
-    action_is_pad [B, chunk] bool.
-  """
-
-  config: F1Config
-
-  def setup(self):
-    c = self.config
-    precision = get_precision(c.precision)
-    self.siglip = SiglipEncoder(c.siglip, precision, c.remat_policy)
-    self.embedder = Embedder(c.vocab_size, c.und.width)
-    self.stack = ExpertStack(c.experts, precision, remat_policy=c.remat_policy)
-    self.foresight = ForesightIO(c.foresight)
-    self.action_io = ActionInputs(c.action, precision)
-    self.vqvae = VQVAE(c.vqvae)
-    self._precision = precision
-
-  # --- token groups ----------------------------------------------------------------------------
-
-  def embed_understanding(self, obs: Batch) -> tuple[jax.Array, jax.Array]:
-    """Camera patch tokens then instruction tokens: [B, U, und.width] and pad [B, U]."""
-    images = obs["images"]
-    batch, cams = images.shape[:2]
-    patches = self.siglip(images.reshape(batch * cams, *images.shape[2:]))
-    patches = patches.reshape(batch, cams * patches.shape[1], patches.shape[2])
-    image_pad = jnp.repeat(obs["image_masks"].astype(bool), patches.shape[1] // cams, axis=1)
-    words = self._precision.cast(self.embedder(obs["tokens"]))
-    tokens = jnp.concatenate([self._precision.cast(patches), words], axis=1)
-    return tokens, jnp.concatenate([image_pad, obs["token_mask"].astype(bool)], axis=1)
-
-  def encode_frames(self, frames: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """The frozen VQ-VAE on [B, T, h, w, 3] frames.
-
-    Returns:
-      next-scale inputs [B, T, 679, z] (teacher-forcing layout) and code indices [B, T, 680].
+    Inputs are dicts of arrays (all images NHWC floats in [-1, 1]):
+      images [B, C, H, W, 3], image_masks [B, C] bool, tokens [B, L] int32, token_mask [B, L] bool,
+      state [B, state_dim], history [B, 4, h, w, 3] (oldest first);
+      training also: target_frame [B, h, w, 3], actions [B, chunk, action_dim],
+      action_is_pad [B, chunk] bool.
     """
-    batch, steps = frames.shape[:2]
-    idx_list = self.vqvae.img_to_idx_list(frames.reshape(batch * steps, *frames.shape[2:]))
-    var_input = self.vqvae.idx_list_to_var_input(idx_list)
-    codes = jnp.concatenate(idx_list, axis=1)
-    return (jax.lax.stop_gradient(var_input.reshape(batch, steps, *var_input.shape[1:])),
-            codes.reshape(batch, steps, -1))
 
-  def sample_foresight(self, und_tokens: jax.Array, und_pad: jax.Array, gen_prefix: jax.Array,
-                       rng: jax.Array) -> tuple[dict[str, jax.Array], KVCache, jax.Array]:
-    """Prefix pass, then next-scale sampling scale by scale on the growing KV cache.
+    config: F1Config
 
+    def setup(self):
+        c = self.config
+        precision = get_precision(c.precision)
+        self.siglip = SiglipEncoder(c.siglip, precision, c.remat_policy)
+        self.embedder = Embedder(c.vocab_size, c.und.width)
+        self.stack = ExpertStack(c.experts, precision, remat_policy=c.remat_policy)
+        self.foresight = ForesightIO(c.foresight)
+        self.action_io = ActionInputs(c.action, precision)
+        self.vqvae = VQVAE(c.vqvae)
+        self._precision = precision
+
+    # --- token groups ----------------------------------------------------------------------------
+
+    def embed_understanding(self, obs: Batch) -> tuple[jax.Array, jax.Array]:
+        """Camera patch tokens then instruction tokens: [B, U, und.width] and pad [B, U]."""
+        images = obs["images"]
+        batch, cams = images.shape[:2]
+        patches = self.siglip(images.reshape(batch * cams, *images.shape[2:]))
+        patches = patches.reshape(batch, cams * patches.shape[1], patches.shape[2])
+        image_pad = jnp.repeat(obs["image_masks"].astype(bool), patches.shape[1] // cams, axis=1)
+        words = self._precision.cast(self.embedder(obs["tokens"]))
+        tokens = jnp.concatenate([self._precision.cast(patches), words], axis=1)
+        return tokens, jnp.concatenate([image_pad, obs["token_mask"].astype(bool)], axis=1)
+
+    def encode_frames(self, frames: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The frozen VQ-VAE on [B, T, h, w, 3] frames.
+
+        Returns:
+          next-scale inputs [B, T, 679, z] (teacher-forcing layout) and code indices [B, T, 680].
+        """
+        batch, steps = frames.shape[:2]
+        idx_list = self.vqvae.img_to_idx_list(frames.reshape(batch * steps, *frames.shape[2:]))
+        var_input = self.vqvae.idx_list_to_var_input(idx_list)
+        codes = jnp.concatenate(idx_list, axis=1)
+        return (
+            jax.lax.stop_gradient(var_input.reshape(batch, steps, *var_input.shape[1:])),
+            codes.reshape(batch, steps, -1),
+        )
+
+    def sample_foresight(
+        self, und_tokens: jax.Array, und_pad: jax.Array, gen_prefix: jax.Array, rng: jax.Array
+    ) -> tuple[dict[str, jax.Array], KVCache, jax.Array]:
+        """Prefix pass, then next-scale sampling scale by scale on the growing KV cache.
+
+        Returns:
+          foresight: tokens [B, n] int32, logits [B, n, V], scale_inputs [B, n - s0, z] (the sampled
+            next-scale inputs fed back), f_hat [B, L, L, z]; n = tokens of the predicted scales.
+          The KV cache over understanding + all generation tokens, and its pad mask [B, P].
+        """
+        fc = self.config.foresight
+        pad, starts = sequence_layout(und_pad, fc, chunk_size=None)
+        mask = masks.block_attention_mask(pad, starts)
+        positions = masks.positions_from_pad(pad)
+        end = und_tokens.shape[1] + gen_prefix.shape[1]
+        (_, gen_out, _), cache = self.stack(
+            [und_tokens, gen_prefix, None], positions[:, :end], mask[:, :end, :end]
+        )
+        logits = self.foresight.logits(gen_out[:, -1:])
+        batch, z = und_tokens.shape[0], fc.z_channels
+        side = fc.patch_nums[-1]
+        f_hat = jnp.zeros((batch, side, side, z), jnp.float32)
+        all_tokens, all_logits, fed_back = [], [], []
+        for si in range(fc.num_scales):
+            if si > 0:
+                start = end
+                end = start + fc.scale_lengths[si]
+                x = self.foresight.embed_scale_inputs(
+                    next_input.reshape(batch, -1, z), fc.scale_starts[si]
+                )
+                fed_back.append(next_input.reshape(batch, -1, z))
+                (_, gen_out, _), cache = self.stack(
+                    [None, x, None],
+                    positions[:, start:end],
+                    mask[:, start:end, :end],
+                    kv_cache=cache,
+                )
+                logits = self.foresight.logits(gen_out)
+            idx = sample_top_k_top_p(jax.random.fold_in(rng, si), logits, fc.top_k, fc.top_p)
+            f_hat, next_input = self.vqvae.next_autoregressive_input(
+                si, f_hat, self.vqvae.embed_scale(idx)
+            )
+            all_tokens.append(idx)
+            all_logits.append(logits)
+        scale_inputs = (
+            jnp.concatenate(fed_back, axis=1) if fed_back else jnp.zeros((batch, 0, z), jnp.float32)
+        )
+        foresight = {
+            "tokens": jnp.concatenate(all_tokens, axis=1),
+            "logits": jnp.concatenate(all_logits, axis=1),
+            "scale_inputs": scale_inputs,
+            "f_hat": f_hat,
+        }
+        return foresight, cache, pad
+
+    # --- inference pieces (composed by `sample_actions`) ----------------------------------------
+
+    def encode_prefix(
+        self, obs: Batch, rng: jax.Array
+    ) -> tuple[dict[str, jax.Array], KVCache, jax.Array]:
+        """Everything before denoising: understanding, history, foresight. See `sample_foresight`."""
+        und_tokens, und_pad = self.embed_understanding(obs)
+        history, _ = self.encode_frames(obs["history"])
+        return self.sample_foresight(
+            und_tokens, und_pad, self.foresight.embed_history(history), rng
+        )
+
+    def velocity(
+        self, cache: KVCache, prefix_pad: jax.Array, state: jax.Array, x_t: jax.Array, t: jax.Array
+    ) -> jax.Array:
+        """One denoising evaluation: the action expert reads the prefix cache (never writes it)."""
+        batch, chunk = x_t.shape[:2]
+        suffix = self.action_io(self._pad_to(state, self.config.action.state_dim), x_t, t)
+        pad = jnp.ones((batch, 1 + chunk), bool)
+        starts = jnp.zeros((batch, 1 + chunk), jnp.int32).at[:, :2].set(1)
+        mask = masks.suffix_attention_mask(prefix_pad, pad, starts)
+        positions = masks.positions_from_pad(pad, offset=jnp.sum(prefix_pad, axis=1))
+        (_, _, out), _ = self.stack([None, None, suffix], positions, mask, kv_cache=cache)
+        return self.action_io.velocity(out[:, 1:])
+
+    def decode_foresight(self, f_hat: jax.Array) -> jax.Array:
+        """The foresight's accumulated latent decoded to an image [B, h, w, 3] in [-1, 1]."""
+        return self.vqvae.fhat_to_img(f_hat)
+
+    # --- training -----------------------------------------------------------------------------
+
+    def __call__(self, batch: Batch, rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """The training loss `w_a * action MSE + w_f * foresight CE` and metrics."""
+        c, fc = self.config, self.config.foresight
+        rng_fore, rng_mask, rng_time, rng_noise = jax.random.split(rng, 4)
+        und_tokens, und_pad = self.embed_understanding(batch)
+        frames = jnp.concatenate([batch["history"], batch["target_frame"][:, None]], axis=1)
+        var_inputs, codes = self.encode_frames(frames)
+        gen_prefix = self.foresight.embed_history(var_inputs[:, :-1])
+        targets = codes[:, -1, : fc.num_predicted]
+
+        num_fed = fc.num_predicted - fc.scale_lengths[0]
+        if c.foresight_training == "sampled":
+            foresight, _, _ = self.sample_foresight(und_tokens, und_pad, gen_prefix, rng_fore)
+            scale_inputs = jax.lax.stop_gradient(foresight["scale_inputs"])
+        else:
+            scale_inputs = mix_mask_embedding(
+                rng_mask,
+                var_inputs[:, -1, :num_fed],
+                self.foresight.mask_embedding_value(),
+                fc.mask_sample_prob,
+                fc.mask_token_prob,
+            )
+        gen_tokens = jnp.concatenate(
+            [gen_prefix, self.foresight.embed_scale_inputs(scale_inputs, fc.scale_lengths[0])],
+            axis=1,
+        )
+
+        with_actions = c.action_loss_weight > 0 or self.is_initializing()
+        act_tokens = None
+        if with_actions:
+            actions = self._pad_to(batch["actions"], c.action.action_dim)
+            t = sample_flow_time(rng_time, actions.shape[0])
+            noise = jax.random.normal(rng_noise, actions.shape, jnp.float32)
+            act_tokens = self.action_io(
+                self._pad_to(batch["state"], c.action.state_dim),
+                noisy_actions(actions, noise, t),
+                t,
+            )
+
+        pad, starts = sequence_layout(und_pad, fc, c.action.chunk_size if with_actions else None)
+        (_, gen_out, act_out), _ = self.stack(
+            [und_tokens, self._precision.cast(gen_tokens), act_tokens],
+            masks.positions_from_pad(pad),
+            masks.block_attention_mask(pad, starts),
+        )
+
+        first = fc.num_cond  # the scale-0 query is the last history token
+        logits = self.foresight.logits(gen_out[:, first : first + fc.num_predicted])
+        foresight_loss = _cross_entropy(logits, targets)
+        correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+        metrics = {
+            "foresight_loss": foresight_loss,
+            "wm_acc_mean": jnp.mean(correct),
+            "wm_acc_tail": jnp.mean(correct[:, -fc.scale_lengths[-1] :]),
+        }
+        loss = c.foresight_loss_weight * foresight_loss
+        if with_actions:
+            velocity = self.action_io.velocity(act_out[:, 1:])
+            action_loss = flow_matching_loss(velocity, noise, actions, batch["action_is_pad"])
+            metrics["action_loss"] = action_loss
+            loss = loss + c.action_loss_weight * action_loss
+        if self.is_initializing():
+            self.vqvae(frames[:, 0])  # creates the decoder and every Phi, unused by the loss
+        metrics["loss"] = loss
+        return loss, metrics
+
+    @staticmethod
+    def _pad_to(x: jax.Array, dim: int) -> jax.Array:
+        """Zero-pads the last axis to `dim` (states and actions are padded to 32 in F1)."""
+        if x.shape[-1] > dim:
+            raise ValueError(f"Got {x.shape[-1]} dims, more than the model's {dim}.")
+        return jnp.pad(x.astype(jnp.float32), [(0, 0)] * (x.ndim - 1) + [(0, dim - x.shape[-1])])
+
+
+def sample_actions(
+    model: F1,
+    params: Any,
+    obs: Batch,
+    rng: jax.Array,
+    noise: jax.Array | None = None,
+    *,
+    return_foresight: bool = False,
+) -> jax.Array | tuple[jax.Array, dict]:
+    """Prefix pass + foresight scales, then `num_steps` Euler steps on the cached prefix.
+
+    Args:
+      obs: the observation dict (see F1); rng: key for the foresight sampling and the noise.
+      noise: optional [B, chunk, action_dim] starting noise (not modified).
     Returns:
-      foresight: tokens [B, n] int32, logits [B, n, V], scale_inputs [B, n - s0, z] (the sampled
-        next-scale inputs fed back), f_hat [B, L, L, z]; n = tokens of the predicted scales.
-      The KV cache over understanding + all generation tokens, and its pad mask [B, P].
+      actions [B, chunk, action_dim] (normalised units), and with `return_foresight` a dict of the
+      foresight tokens [B, n], logits [B, n, V], f_hat and the decoded image [B, h, w, 3].
     """
-    fc = self.config.foresight
-    pad, starts = sequence_layout(und_pad, fc, chunk_size=None)
-    mask = masks.block_attention_mask(pad, starts)
-    positions = masks.positions_from_pad(pad)
-    end = und_tokens.shape[1] + gen_prefix.shape[1]
-    (_, gen_out, _), cache = self.stack([und_tokens, gen_prefix, None], positions[:, :end],
-                                        mask[:, :end, :end])
-    logits = self.foresight.logits(gen_out[:, -1:])
-    batch, z = und_tokens.shape[0], fc.z_channels
-    side = fc.patch_nums[-1]
-    f_hat = jnp.zeros((batch, side, side, z), jnp.float32)
-    all_tokens, all_logits, fed_back = [], [], []
-    for si in range(fc.num_scales):
-      if si > 0:
-        start = end
-        end = start + fc.scale_lengths[si]
-        x = self.foresight.embed_scale_inputs(next_input.reshape(batch, -1, z), fc.scale_starts[si])
-        fed_back.append(next_input.reshape(batch, -1, z))
-        (_, gen_out, _), cache = self.stack([None, x, None], positions[:, start:end],
-                                            mask[:, start:end, :end], kv_cache=cache)
-        logits = self.foresight.logits(gen_out)
-      idx = sample_top_k_top_p(jax.random.fold_in(rng, si), logits, fc.top_k, fc.top_p)
-      f_hat, next_input = self.vqvae.next_autoregressive_input(si, f_hat,
-                                                               self.vqvae.embed_scale(idx))
-      all_tokens.append(idx)
-      all_logits.append(logits)
-    scale_inputs = (jnp.concatenate(fed_back, axis=1) if fed_back
-                    else jnp.zeros((batch, 0, z), jnp.float32))
-    foresight = {"tokens": jnp.concatenate(all_tokens, axis=1),
-                 "logits": jnp.concatenate(all_logits, axis=1),
-                 "scale_inputs": scale_inputs, "f_hat": f_hat}
-    return foresight, cache, pad
+    c = model.config
+    rng_fore, rng_noise = jax.random.split(rng)
+    foresight, cache, prefix_pad = model.apply(params, obs, rng_fore, method=F1.encode_prefix)
+    batch = prefix_pad.shape[0]
+    if noise is None:
+        noise = jax.random.normal(rng_noise, (batch, c.action.chunk_size, c.action.action_dim))
 
-  # --- inference pieces (composed by `sample_actions`) ----------------------------------------
+    def velocity_fn(x_t, t):
+        return model.apply(params, cache, prefix_pad, obs["state"], x_t, t, method=F1.velocity)
 
-  def encode_prefix(self, obs: Batch, rng: jax.Array) -> tuple[dict[str, jax.Array], KVCache,
-                                                                jax.Array]:
-    """Everything before denoising: understanding, history, foresight. See `sample_foresight`."""
-    und_tokens, und_pad = self.embed_understanding(obs)
-    history, _ = self.encode_frames(obs["history"])
-    return self.sample_foresight(und_tokens, und_pad, self.foresight.embed_history(history), rng)
-
-  def velocity(self, cache: KVCache, prefix_pad: jax.Array, state: jax.Array, x_t: jax.Array,
-               t: jax.Array) -> jax.Array:
-    """One denoising evaluation: the action expert reads the prefix cache (never writes it)."""
-    batch, chunk = x_t.shape[:2]
-    suffix = self.action_io(self._pad_to(state, self.config.action.state_dim), x_t, t)
-    pad = jnp.ones((batch, 1 + chunk), bool)
-    starts = jnp.zeros((batch, 1 + chunk), jnp.int32).at[:, :2].set(1)
-    mask = masks.suffix_attention_mask(prefix_pad, pad, starts)
-    positions = masks.positions_from_pad(pad, offset=jnp.sum(prefix_pad, axis=1))
-    (_, _, out), _ = self.stack([None, None, suffix], positions, mask, kv_cache=cache)
-    return self.action_io.velocity(out[:, 1:])
-
-  def decode_foresight(self, f_hat: jax.Array) -> jax.Array:
-    """The foresight's accumulated latent decoded to an image [B, h, w, 3] in [-1, 1]."""
-    return self.vqvae.fhat_to_img(f_hat)
-
-  # --- training -----------------------------------------------------------------------------
-
-  def __call__(self, batch: Batch, rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The training loss `w_a * action MSE + w_f * foresight CE` and metrics."""
-    c, fc = self.config, self.config.foresight
-    rng_fore, rng_mask, rng_time, rng_noise = jax.random.split(rng, 4)
-    und_tokens, und_pad = self.embed_understanding(batch)
-    frames = jnp.concatenate([batch["history"], batch["target_frame"][:, None]], axis=1)
-    var_inputs, codes = self.encode_frames(frames)
-    gen_prefix = self.foresight.embed_history(var_inputs[:, :-1])
-    targets = codes[:, -1, :fc.num_predicted]
-
-    num_fed = fc.num_predicted - fc.scale_lengths[0]
-    if c.foresight_training == "sampled":
-      foresight, _, _ = self.sample_foresight(und_tokens, und_pad, gen_prefix, rng_fore)
-      scale_inputs = jax.lax.stop_gradient(foresight["scale_inputs"])
-    else:
-      scale_inputs = mix_mask_embedding(rng_mask, var_inputs[:, -1, :num_fed],
-                                        self.foresight.mask_embedding_value(),
-                                        fc.mask_sample_prob, fc.mask_token_prob)
-    gen_tokens = jnp.concatenate(
-        [gen_prefix, self.foresight.embed_scale_inputs(scale_inputs, fc.scale_lengths[0])], axis=1)
-
-    with_actions = c.action_loss_weight > 0 or self.is_initializing()
-    act_tokens = None
-    if with_actions:
-      actions = self._pad_to(batch["actions"], c.action.action_dim)
-      t = sample_flow_time(rng_time, actions.shape[0])
-      noise = jax.random.normal(rng_noise, actions.shape, jnp.float32)
-      act_tokens = self.action_io(self._pad_to(batch["state"], c.action.state_dim),
-                                  noisy_actions(actions, noise, t), t)
-
-    pad, starts = sequence_layout(und_pad, fc, c.action.chunk_size if with_actions else None)
-    (_, gen_out, act_out), _ = self.stack(
-        [und_tokens, self._precision.cast(gen_tokens), act_tokens],
-        masks.positions_from_pad(pad), masks.block_attention_mask(pad, starts))
-
-    first = fc.num_cond  # the scale-0 query is the last history token
-    logits = self.foresight.logits(gen_out[:, first:first + fc.num_predicted])
-    foresight_loss = _cross_entropy(logits, targets)
-    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
-    metrics = {"foresight_loss": foresight_loss,
-               "wm_acc_mean": jnp.mean(correct),
-               "wm_acc_tail": jnp.mean(correct[:, -fc.scale_lengths[-1]:])}
-    loss = c.foresight_loss_weight * foresight_loss
-    if with_actions:
-      velocity = self.action_io.velocity(act_out[:, 1:])
-      action_loss = flow_matching_loss(velocity, noise, actions, batch["action_is_pad"])
-      metrics["action_loss"] = action_loss
-      loss = loss + c.action_loss_weight * action_loss
-    if self.is_initializing():
-      self.vqvae(frames[:, 0])  # creates the decoder and every Phi, unused by the loss
-    metrics["loss"] = loss
-    return loss, metrics
-
-  @staticmethod
-  def _pad_to(x: jax.Array, dim: int) -> jax.Array:
-    """Zero-pads the last axis to `dim` (states and actions are padded to 32 in F1)."""
-    if x.shape[-1] > dim:
-      raise ValueError(f"Got {x.shape[-1]} dims, more than the model's {dim}.")
-    return jnp.pad(x.astype(jnp.float32), [(0, 0)] * (x.ndim - 1) + [(0, dim - x.shape[-1])])
+    actions = euler_sample(velocity_fn, noise, c.action.num_steps)
+    if not return_foresight:
+        return actions
+    foresight = dict(foresight)
+    foresight["image"] = model.apply(params, foresight["f_hat"], method=F1.decode_foresight)
+    return actions, foresight
 
 
-def sample_actions(model: F1, params: Any, obs: Batch, rng: jax.Array,
-                   noise: jax.Array | None = None, *,
-                   return_foresight: bool = False) -> jax.Array | tuple[jax.Array, dict]:
-  """Prefix pass + foresight scales, then `num_steps` Euler steps on the cached prefix.
-
-  Args:
-    obs: the observation dict (see F1); rng: key for the foresight sampling and the noise.
-    noise: optional [B, chunk, action_dim] starting noise (not modified).
-  Returns:
-    actions [B, chunk, action_dim] (normalised units), and with `return_foresight` a dict of the
-    foresight tokens [B, n], logits [B, n, V], f_hat and the decoded image [B, h, w, 3].
-  """
-  c = model.config
-  rng_fore, rng_noise = jax.random.split(rng)
-  foresight, cache, prefix_pad = model.apply(params, obs, rng_fore, method=F1.encode_prefix)
-  batch = prefix_pad.shape[0]
-  if noise is None:
-    noise = jax.random.normal(rng_noise, (batch, c.action.chunk_size, c.action.action_dim))
-
-  def velocity_fn(x_t, t):
-    return model.apply(params, cache, prefix_pad, obs["state"], x_t, t, method=F1.velocity)
-
-  actions = euler_sample(velocity_fn, noise, c.action.num_steps)
-  if not return_foresight:
-    return actions
-  foresight = dict(foresight)
-  foresight["image"] = model.apply(params, foresight["f_hat"], method=F1.decode_foresight)
-  return actions, foresight
-
-
-def example_batch(config: F1Config, batch_size: int, *, num_cameras: int = 2, num_tokens: int = 16,
-                  action_dim: int = 7, state_dim: int = 8, seed: int = 0) -> Batch:
-  """A random training batch with the shapes `config` expects (for init, tests, benchmarks)."""
-  rng = np.random.RandomState(seed)
-  side, frame = config.siglip.image_size, config.vqvae.image_size
-  uniform = lambda *shape: rng.uniform(-1, 1, shape).astype(np.float32)
-  chunk = config.action.chunk_size
-  return {
-      "images": uniform(batch_size, num_cameras, side, side, 3),
-      "image_masks": np.ones((batch_size, num_cameras), bool),
-      "tokens": rng.randint(0, config.vocab_size, (batch_size, num_tokens)).astype(np.int32),
-      "token_mask": np.arange(num_tokens)[None].repeat(batch_size, 0) < num_tokens - 3,
-      "state": uniform(batch_size, state_dim),
-      "history": uniform(batch_size, config.foresight.history_frames, frame, frame, 3),
-      "target_frame": uniform(batch_size, frame, frame, 3),
-      "actions": uniform(batch_size, chunk, action_dim),
-      "action_is_pad": np.arange(chunk)[None].repeat(batch_size, 0) >= chunk - 1,
-  }
+def example_batch(
+    config: F1Config,
+    batch_size: int,
+    *,
+    num_cameras: int = 2,
+    num_tokens: int = 16,
+    action_dim: int = 7,
+    state_dim: int = 8,
+    seed: int = 0,
+) -> Batch:
+    """A random training batch with the shapes `config` expects (for init, tests, benchmarks)."""
+    rng = np.random.RandomState(seed)
+    side, frame = config.siglip.image_size, config.vqvae.image_size
+    uniform = lambda *shape: rng.uniform(-1, 1, shape).astype(np.float32)
+    chunk = config.action.chunk_size
+    return {
+        "images": uniform(batch_size, num_cameras, side, side, 3),
+        "image_masks": np.ones((batch_size, num_cameras), bool),
+        "tokens": rng.randint(0, config.vocab_size, (batch_size, num_tokens)).astype(np.int32),
+        "token_mask": np.arange(num_tokens)[None].repeat(batch_size, 0) < num_tokens - 3,
+        "state": uniform(batch_size, state_dim),
+        "history": uniform(batch_size, config.foresight.history_frames, frame, frame, 3),
+        "target_frame": uniform(batch_size, frame, frame, 3),
+        "actions": uniform(batch_size, chunk, action_dim),
+        "action_is_pad": np.arange(chunk)[None].repeat(batch_size, 0) >= chunk - 1,
+    }

@@ -13,15 +13,15 @@ import jax.numpy as jnp
 
 @dataclasses.dataclass(frozen=True)
 class Precision:
-  """How a model computes: the dtype of matmul inputs and XLA's matmul precision."""
+    """How a model computes: the dtype of matmul inputs and XLA's matmul precision."""
 
-  name: str
-  compute_dtype: jnp.dtype
-  matmul_precision: jax.lax.Precision
+    name: str
+    compute_dtype: jnp.dtype
+    matmul_precision: jax.lax.Precision
 
-  def cast(self, x: jax.Array) -> jax.Array:
-    """Casts an activation or weight to the matmul input dtype."""
-    return x.astype(self.compute_dtype)
+    def cast(self, x: jax.Array) -> jax.Array:
+        """Casts an activation or weight to the matmul input dtype."""
+        return x.astype(self.compute_dtype)
 
 
 PRECISIONS = {
@@ -31,7 +31,7 @@ PRECISIONS = {
 
 
 def get_precision(name: str) -> Precision:
-  """Returns the precision setting called `name` ('default' or 'parity')."""
-  if name not in PRECISIONS:
-    raise ValueError(f"Unknown precision {name!r}; valid names: {sorted(PRECISIONS)}")
-  return PRECISIONS[name]
+    """Returns the precision setting called `name` ('default' or 'parity')."""
+    if name not in PRECISIONS:
+        raise ValueError(f"Unknown precision {name!r}; valid names: {sorted(PRECISIONS)}")
+    return PRECISIONS[name]

@@ -19,109 +19,145 @@ from f1_jax.models.precision import Precision
 
 @dataclasses.dataclass(frozen=True)
 class SiglipConfig:
-  """SigLIP So400m/14 at 224 px by default."""
+    """SigLIP So400m/14 at 224 px by default."""
 
-  image_size: int = 224
-  patch_size: int = 14
-  width: int = 1152
-  depth: int = 27
-  mlp_dim: int = 4304
-  num_heads: int = 16
-  eps: float = 1e-6
-  out_width: int = 2048
+    image_size: int = 224
+    patch_size: int = 14
+    width: int = 1152
+    depth: int = 27
+    mlp_dim: int = 4304
+    num_heads: int = 16
+    eps: float = 1e-6
+    out_width: int = 2048
 
-  @property
-  def num_patches(self) -> int:
-    return (self.image_size // self.patch_size) ** 2
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
 
 
 def _dense(features: int, axes: tuple[str, str], precision: Precision, name: str) -> nn.Dense:
-  return nn.Dense(features, dtype=precision.compute_dtype, param_dtype=jnp.float32,
-                  precision=precision.matmul_precision, name=name,
-                  kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes),
-                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), axes[1:]))
+    return nn.Dense(
+        features,
+        dtype=precision.compute_dtype,
+        param_dtype=jnp.float32,
+        precision=precision.matmul_precision,
+        name=name,
+        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), axes[1:]),
+    )
 
 
 def _layer_norm(eps: float, name: str) -> nn.LayerNorm:
-  # Two-pass variance, as torch computes it; fast variance loses digits at parity tolerance.
-  return nn.LayerNorm(epsilon=eps, dtype=jnp.float32, param_dtype=jnp.float32,
-                      use_fast_variance=False, name=name,
-                      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
-                      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)))
+    # Two-pass variance, as torch computes it; fast variance loses digits at parity tolerance.
+    return nn.LayerNorm(
+        epsilon=eps,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        use_fast_variance=False,
+        name=name,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
+    )
 
 
 class SiglipAttention(nn.Module):
-  """Bidirectional multi-head self-attention with biased q/k/v/out projections."""
+    """Bidirectional multi-head self-attention with biased q/k/v/out projections."""
 
-  config: SiglipConfig
-  precision: Precision
+    config: SiglipConfig
+    precision: Precision
 
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    c, p = self.config, self.precision
-    head_dim = c.width // c.num_heads
-    split = lambda t: t.reshape(*t.shape[:-1], c.num_heads, head_dim)
-    q = split(_dense(c.width, ("embed", "heads"), p, "q_proj")(x))
-    k = split(_dense(c.width, ("embed", "heads"), p, "k_proj")(x))
-    v = split(_dense(c.width, ("embed", "heads"), p, "v_proj")(x))
-    logits = jnp.einsum("BTNH,BSNH->BNTS", q, k, precision=p.matmul_precision,
-                        preferred_element_type=jnp.float32) * head_dim**-0.5
-    probs = p.cast(jax.nn.softmax(logits, axis=-1))
-    out = jnp.einsum("BNTS,BSNH->BTNH", probs, v, precision=p.matmul_precision)
-    return _dense(c.width, ("heads", "embed"), p, "out_proj")(out.reshape(*x.shape[:-1], c.width))
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c, p = self.config, self.precision
+        head_dim = c.width // c.num_heads
+        split = lambda t: t.reshape(*t.shape[:-1], c.num_heads, head_dim)
+        q = split(_dense(c.width, ("embed", "heads"), p, "q_proj")(x))
+        k = split(_dense(c.width, ("embed", "heads"), p, "k_proj")(x))
+        v = split(_dense(c.width, ("embed", "heads"), p, "v_proj")(x))
+        logits = (
+            jnp.einsum(
+                "BTNH,BSNH->BNTS",
+                q,
+                k,
+                precision=p.matmul_precision,
+                preferred_element_type=jnp.float32,
+            )
+            * head_dim**-0.5
+        )
+        probs = p.cast(jax.nn.softmax(logits, axis=-1))
+        out = jnp.einsum("BNTS,BSNH->BTNH", probs, v, precision=p.matmul_precision)
+        return _dense(c.width, ("heads", "embed"), p, "out_proj")(
+            out.reshape(*x.shape[:-1], c.width)
+        )
 
 
 class SiglipBlock(nn.Module):
-  """Pre-LN encoder layer; the scan carry is the token stream."""
+    """Pre-LN encoder layer; the scan carry is the token stream."""
 
-  config: SiglipConfig
-  precision: Precision
+    config: SiglipConfig
+    precision: Precision
 
-  @nn.compact
-  def __call__(self, x: jax.Array, _) -> tuple[jax.Array, None]:
-    c, p = self.config, self.precision
-    x = constrain_activations(x)
-    h = p.cast(_layer_norm(c.eps, "layer_norm1")(x))
-    x = x + SiglipAttention(c, p, name="self_attn")(h)
-    h = p.cast(_layer_norm(c.eps, "layer_norm2")(x))
-    h = _dense(c.mlp_dim, ("embed", "mlp"), p, "fc1")(h)
-    h = _dense(c.width, ("mlp", "embed"), p, "fc2")(jax.nn.gelu(h, approximate=True))
-    return x + h, None
+    @nn.compact
+    def __call__(self, x: jax.Array, _) -> tuple[jax.Array, None]:
+        c, p = self.config, self.precision
+        x = constrain_activations(x)
+        h = p.cast(_layer_norm(c.eps, "layer_norm1")(x))
+        x = x + SiglipAttention(c, p, name="self_attn")(h)
+        h = p.cast(_layer_norm(c.eps, "layer_norm2")(x))
+        h = _dense(c.mlp_dim, ("embed", "mlp"), p, "fc1")(h)
+        h = _dense(c.width, ("mlp", "embed"), p, "fc2")(jax.nn.gelu(h, approximate=True))
+        return x + h, None
 
 
 class SiglipEncoder(nn.Module):
-  """SigLIP tower + projector. The projector output is what the understanding expert consumes."""
+    """SigLIP tower + projector. The projector output is what the understanding expert consumes."""
 
-  config: SiglipConfig
-  precision: Precision
-  remat_policy: str = "none"
+    config: SiglipConfig
+    precision: Precision
+    remat_policy: str = "none"
 
-  @nn.compact
-  def __call__(self, images: jax.Array) -> jax.Array:
-    """[B, H, W, 3] in [-1, 1] -> [B, num_patches, out_width] in the compute dtype."""
-    c, p = self.config, self.precision
-    if images.shape[1:] != (c.image_size, c.image_size, 3):
-      raise ValueError(f"SigLIP expects images [B, {c.image_size}, {c.image_size}, 3], "
-                       f"got {images.shape}.")
-    patches = nn.Conv(c.width, (c.patch_size, c.patch_size), strides=c.patch_size,
-                      padding="VALID", dtype=jnp.float32, param_dtype=jnp.float32,
-                      precision=jax.lax.Precision.HIGHEST, name="patch_embedding",
-                      kernel_init=nn.with_logical_partitioning(
-                          nn.initializers.lecun_normal(), (None, None, None, "embed")),
-                      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(),
-                                                             ("embed",)))(images.astype(jnp.float32))
-    tokens = patches.reshape(patches.shape[0], -1, c.width)
-    position_embedding = self.param(
-        "position_embedding",
-        nn.with_logical_partitioning(nn.initializers.normal(1 / c.width**0.5), (None, "embed")),
-        (c.num_patches, c.width), jnp.float32)
-    x = p.cast(tokens + position_embedding[None])
+    @nn.compact
+    def __call__(self, images: jax.Array) -> jax.Array:
+        """[B, H, W, 3] in [-1, 1] -> [B, num_patches, out_width] in the compute dtype."""
+        c, p = self.config, self.precision
+        if images.shape[1:] != (c.image_size, c.image_size, 3):
+            raise ValueError(
+                f"SigLIP expects images [B, {c.image_size}, {c.image_size}, 3], got {images.shape}."
+            )
+        patches = nn.Conv(
+            c.width,
+            (c.patch_size, c.patch_size),
+            strides=c.patch_size,
+            padding="VALID",
+            dtype=jnp.float32,
+            param_dtype=jnp.float32,
+            precision=jax.lax.Precision.HIGHEST,
+            name="patch_embedding",
+            kernel_init=nn.with_logical_partitioning(
+                nn.initializers.lecun_normal(), (None, None, None, "embed")
+            ),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
+        )(images.astype(jnp.float32))
+        tokens = patches.reshape(patches.shape[0], -1, c.width)
+        position_embedding = self.param(
+            "position_embedding",
+            nn.with_logical_partitioning(nn.initializers.normal(1 / c.width**0.5), (None, "embed")),
+            (c.num_patches, c.width),
+            jnp.float32,
+        )
+        x = p.cast(tokens + position_embedding[None])
 
-    block = SiglipBlock
-    if REMAT_POLICIES[self.remat_policy] is not None:
-      block = nn.remat(SiglipBlock, prevent_cse=False, policy=REMAT_POLICIES[self.remat_policy])
-    x, _ = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
-                   length=c.depth, metadata_params={nn.PARTITION_NAME: "layers"})(
-                       c, p, name="layers")(x, None)
-    x = p.cast(_layer_norm(c.eps, "post_layernorm")(x))
-    return _dense(c.out_width, ("embed", "embed_out"), p, "projector")(x)
+        block = SiglipBlock
+        if REMAT_POLICIES[self.remat_policy] is not None:
+            block = nn.remat(
+                SiglipBlock, prevent_cse=False, policy=REMAT_POLICIES[self.remat_policy]
+            )
+        x, _ = nn.scan(
+            block,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            length=c.depth,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )(c, p, name="layers")(x, None)
+        x = p.cast(_layer_norm(c.eps, "post_layernorm")(x))
+        return _dense(c.out_width, ("embed", "embed_out"), p, "projector")(x)

@@ -86,10 +86,14 @@ class VQVAEConfig:
             # VAR builds the tokenizer in test_mode (eval), so dropout is never active.
             raise ValueError("this inference port supports dropout == 0.0 only")
         if len(self.patch_nums) < 2 or list(self.patch_nums) != sorted(set(self.patch_nums)):
-            raise ValueError(f"patch_nums must be >= 2 strictly increasing sizes: {self.patch_nums}")
+            raise ValueError(
+                f"patch_nums must be >= 2 strictly increasing sizes: {self.patch_nums}"
+            )
         for mult in self.ch_mult:
             if (self.ch * mult) % self.norm_groups:
-                raise ValueError(f"channels {self.ch * mult} not divisible by {self.norm_groups} groups")
+                raise ValueError(
+                    f"channels {self.ch * mult} not divisible by {self.norm_groups} groups"
+                )
 
     @property
     def num_scales(self) -> int:
@@ -519,9 +523,7 @@ class VectorQuantizer(nn.Module):
 
     # -- encode / decode ---------------------------------------------------------------
 
-    def quantize_latent(
-        self, f: jax.Array
-    ) -> tuple[list[jax.Array], list[jax.Array], jax.Array]:
+    def quantize_latent(self, f: jax.Array) -> tuple[list[jax.Array], list[jax.Array], jax.Array]:
         """VAR's ``f_to_idxBl_or_fhat`` for both outputs at once.
 
         Args:
@@ -648,9 +650,7 @@ class VQVAE(nn.Module):
         """``quant_conv(encoder(img))``: ``[B, H, W, 3]`` -> ``[B, H/16, W/16, z]`` fp32."""
         return self.quant_conv(self.encoder(img)).astype(jnp.float32)
 
-    def quantize_latent(
-        self, f: jax.Array
-    ) -> tuple[list[jax.Array], list[jax.Array], jax.Array]:
+    def quantize_latent(self, f: jax.Array) -> tuple[list[jax.Array], list[jax.Array], jax.Array]:
         """See :meth:`VectorQuantizer.quantize_latent`: (idx_list, fhat_list, f_rest)."""
         return self.quantize.quantize_latent(f)
 
@@ -658,7 +658,9 @@ class VQVAE(nn.Module):
         """VAR ``img_to_idxBl``: ``[B, H, W, 3]`` -> int32 ``[B, pn*pn]`` per scale."""
         return self.quantize.quantize_latent(self.encode_latent(img))[0]
 
-    def img_to_reconstructed_img(self, img: jax.Array, last_one: bool = False) -> jax.Array | list[jax.Array]:
+    def img_to_reconstructed_img(
+        self, img: jax.Array, last_one: bool = False
+    ) -> jax.Array | list[jax.Array]:
         """Decode the cumulative f_hat of every scale (or only the last): ``[B, H, W, 3]``."""
         fhat_list = self.quantize.quantize_latent(self.encode_latent(img))[1]
         if last_one:

@@ -17,71 +17,90 @@ from f1_jax.training.state import TrainState
 
 
 def _split_micro_batches(batch: dict[str, jax.Array], steps: int) -> dict[str, jax.Array]:
-  def split(x):
-    if x.shape[0] % steps:
-      raise ValueError(f"Batch size {x.shape[0]} is not divisible by {steps} accumulation steps.")
-    return x.reshape(steps, x.shape[0] // steps, *x.shape[1:])
-  return jax.tree.map(split, batch)
+    def split(x):
+        if x.shape[0] % steps:
+            raise ValueError(
+                f"Batch size {x.shape[0]} is not divisible by {steps} accumulation steps."
+            )
+        return x.reshape(steps, x.shape[0] // steps, *x.shape[1:])
+
+    return jax.tree.map(split, batch)
 
 
-def make_train_step(model: F1, tx: optax.GradientTransformation, labels: Any, seed: int,
-                    grad_accum_steps: int = 1, ema_decay: float | None = None
-                    ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-  """(state, data-pipeline batch) -> (new state, metrics). Jit it with donated state."""
+def make_train_step(
+    model: F1,
+    tx: optax.GradientTransformation,
+    labels: Any,
+    seed: int,
+    grad_accum_steps: int = 1,
+    ema_decay: float | None = None,
+) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """(state, data-pipeline batch) -> (new state, metrics). Jit it with donated state."""
 
-  def loss_fn(trainable, frozen, batch, rng):
-    params = opt.merge_frozen(trainable, frozen)
-    return model.apply({"params": params}, model_inputs(batch), rng)
+    def loss_fn(trainable, frozen, batch, rng):
+        params = opt.merge_frozen(trainable, frozen)
+        return model.apply({"params": params}, model_inputs(batch), rng)
 
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-    rng = jax.random.fold_in(jax.random.key(seed), state.step)
-    trainable, frozen = opt.split_frozen(state.params, labels)
-    if grad_accum_steps == 1:
-      (_, metrics), grads = grad_fn(trainable, frozen, batch, rng)
-    else:  # Sum gradients over micro-batches in a scan: activation memory of one micro-batch.
-      micro = _split_micro_batches(batch, grad_accum_steps)
+    def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        rng = jax.random.fold_in(jax.random.key(seed), state.step)
+        trainable, frozen = opt.split_frozen(state.params, labels)
+        if grad_accum_steps == 1:
+            (_, metrics), grads = grad_fn(trainable, frozen, batch, rng)
+        else:  # Sum gradients over micro-batches in a scan: activation memory of one micro-batch.
+            micro = _split_micro_batches(batch, grad_accum_steps)
 
-      def accumulate(carry, inputs):
-        index, micro_batch = inputs
-        (_, m), g = grad_fn(trainable, frozen, micro_batch, jax.random.fold_in(rng, index))
-        return jax.tree.map(jnp.add, carry, (g, m)), None
+            def accumulate(carry, inputs):
+                index, micro_batch = inputs
+                (_, m), g = grad_fn(trainable, frozen, micro_batch, jax.random.fold_in(rng, index))
+                return jax.tree.map(jnp.add, carry, (g, m)), None
 
-      zeros = jax.eval_shape(lambda: grad_fn(trainable, frozen,
-                                             jax.tree.map(lambda x: x[0], micro), rng))
-      zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), (zeros[1], zeros[0][1]))
-      (grads, metrics), _ = jax.lax.scan(accumulate, zeros,
-                                         (jnp.arange(grad_accum_steps), micro))
-      grads, metrics = jax.tree.map(lambda x: x / grad_accum_steps, (grads, metrics))
-    updates, opt_state = tx.update(grads, state.opt_state, trainable)
-    params = opt.merge_frozen(optax.apply_updates(trainable, updates), frozen)
-    ema_params = state.ema_params
-    if ema_decay is not None:
-      ema_params = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p,
-                                state.ema_params, params)
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads))
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state,
-                      ema_params=ema_params), metrics
+            zeros = jax.eval_shape(
+                lambda: grad_fn(trainable, frozen, jax.tree.map(lambda x: x[0], micro), rng)
+            )
+            zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), (zeros[1], zeros[0][1]))
+            (grads, metrics), _ = jax.lax.scan(
+                accumulate, zeros, (jnp.arange(grad_accum_steps), micro)
+            )
+            grads, metrics = jax.tree.map(lambda x: x / grad_accum_steps, (grads, metrics))
+        updates, opt_state = tx.update(grads, state.opt_state, trainable)
+        params = opt.merge_frozen(optax.apply_updates(trainable, updates), frozen)
+        ema_params = state.ema_params
+        if ema_decay is not None:
+            ema_params = jax.tree.map(
+                lambda e, p: ema_decay * e + (1 - ema_decay) * p, state.ema_params, params
+            )
+        metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+        return TrainState(
+            step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params
+        ), metrics
 
-  return step
+    return step
 
 
 def make_eval_step(model: F1, seed: int) -> Callable[[Any, dict], dict]:
-  """(params, batch) -> losses, foresight accuracy, sampled actions and the foresight image."""
+    """(params, batch) -> losses, foresight accuracy, sampled actions and the foresight image."""
 
-  def step(params: Any, batch: dict) -> dict:
-    inputs = model_inputs(batch)
-    rng = jax.random.key(seed)
-    _, metrics = model.apply({"params": params}, inputs, rng)
-    obs = {k: inputs[k] for k in ("images", "image_masks", "tokens", "token_mask", "state",
-                                  "history")}
-    actions, foresight = sample_actions(model, {"params": params}, obs, rng,
-                                        return_foresight=True)
-    valid = (~inputs["action_is_pad"])[..., None] & batch["action_mask"][:, None, :]
-    error = jnp.square(actions - inputs["actions"]) * valid
-    metrics["action_mse"] = jnp.sum(error) / jnp.maximum(jnp.sum(valid), 1)
-    return {"metrics": metrics, "actions": actions, "foresight_image": foresight["image"],
-            "target_frame": inputs["target_frame"]}
+    def step(params: Any, batch: dict) -> dict:
+        inputs = model_inputs(batch)
+        rng = jax.random.key(seed)
+        _, metrics = model.apply({"params": params}, inputs, rng)
+        obs = {
+            k: inputs[k]
+            for k in ("images", "image_masks", "tokens", "token_mask", "state", "history")
+        }
+        actions, foresight = sample_actions(
+            model, {"params": params}, obs, rng, return_foresight=True
+        )
+        valid = (~inputs["action_is_pad"])[..., None] & batch["action_mask"][:, None, :]
+        error = jnp.square(actions - inputs["actions"]) * valid
+        metrics["action_mse"] = jnp.sum(error) / jnp.maximum(jnp.sum(valid), 1)
+        return {
+            "metrics": metrics,
+            "actions": actions,
+            "foresight_image": foresight["image"],
+            "target_frame": inputs["target_frame"],
+        }
 
-  return step
+    return step

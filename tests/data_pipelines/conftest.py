@@ -8,8 +8,16 @@ import os
 
 import pytest
 
-from dp_fixtures import (BRIDGE_STATES, IMG, LIBERO_LENGTHS, LIBERO_TEXTS, bridge_episode,
-                         fractal_episode, libero_episode, write_rlds)
+from dp_fixtures import (
+    BRIDGE_STATES,
+    IMG,
+    LIBERO_LENGTHS,
+    LIBERO_TEXTS,
+    bridge_episode,
+    fractal_episode,
+    libero_episode,
+    write_rlds,
+)
 
 
 @pytest.fixture(scope="session")
@@ -20,6 +28,7 @@ def data_root(tmp_path_factory):
 @pytest.fixture(scope="session")
 def libero_dir(data_root):
     from data_pipelines.sources import libero
+
     eps = [libero_episode(n, i, LIBERO_TEXTS[i]) for i, n in enumerate(LIBERO_LENGTHS)]
     return libero.write_dataset(os.fspath(data_root), "libero_test_no_noops", eps, (IMG, IMG))
 
@@ -27,6 +36,7 @@ def libero_dir(data_root):
 @pytest.fixture(scope="session")
 def libero_array_record_dir(data_root, libero_dir):
     from data_pipelines import convert
+
     out = os.path.join(os.fspath(data_root), "libero_ar", "1.0.0")
     convert.tfrecord_to_array_record(libero_dir, out)
     return out
@@ -35,6 +45,7 @@ def libero_array_record_dir(data_root, libero_dir):
 @pytest.fixture(scope="session")
 def bridge_dir(data_root):
     from data_pipelines.sources import bridge
+
     eps = [bridge_episode(i) for i in range(len(BRIDGE_STATES))]
     return write_rlds(data_root, "bridge_dataset", bridge.feature_spec((IMG, IMG)), eps)
 
@@ -42,6 +53,7 @@ def bridge_dir(data_root):
 @pytest.fixture(scope="session")
 def fractal_dir(data_root):
     from data_pipelines.sources import fractal
+
     eps = [fractal_episode(i) for i in range(2)]
     return write_rlds(data_root, "fractal20220817_data", fractal.feature_spec((IMG, IMG + 4)), eps)
 
@@ -49,28 +61,38 @@ def fractal_dir(data_root):
 @pytest.fixture(scope="session")
 def tokenizer_path(tmp_path_factory):
     import sentencepiece as spm
+
     path = os.path.join(os.fspath(tmp_path_factory.mktemp("spm")), "tiny.model")
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(list(LIBERO_TEXTS) * 4 + ["put the spoon in the pot",
-                                                         "pick coke can"] * 4),
-        model_writer=buf, vocab_size=48, hard_vocab_limit=False, model_type="bpe",
-        pad_id=0, bos_id=1, eos_id=2, unk_id=3, minloglevel=2)
+        sentence_iterator=iter(
+            list(LIBERO_TEXTS) * 4 + ["put the spoon in the pot", "pick coke can"] * 4
+        ),
+        model_writer=buf,
+        vocab_size=48,
+        hard_vocab_limit=False,
+        model_type="bpe",
+        pad_id=0,
+        bos_id=1,
+        eos_id=2,
+        unk_id=3,
+        minloglevel=2,
+    )
     with open(path, "wb") as f:
         f.write(buf.getvalue())
     return path
-
-
 
 
 @pytest.fixture(scope="session")
 def agibot_dir(tmp_path_factory):
     from data_pipelines.sources import agibot
     from dp_fixtures import write_agibot_raw
+
     raw = write_agibot_raw(os.fspath(tmp_path_factory.mktemp("agibot_raw")))
     out = os.fspath(tmp_path_factory.mktemp("agibot_rlds"))
-    report = agibot.convert(raw, out, segment_len=10, context_before=3, context_after=4,
-                            image_size=8)
+    report = agibot.convert(
+        raw, out, segment_len=10, context_before=3, context_after=4, image_size=8
+    )
     return report
 
 
@@ -81,6 +103,7 @@ def corrupt_libero_dir(data_root, libero_dir):
     import shutil
 
     from data_pipelines.reader import scan_tfrecord
+
     dst = os.path.join(os.fspath(data_root), "libero_corrupt", "1.0.0")
     shutil.copytree(libero_dir, dst)
     for name in os.listdir(dst):

@@ -10,9 +10,17 @@ import pytest
 from data_pipelines import images
 from data_pipelines.reader import EpisodeReader
 from data_pipelines.sources import agibot
-from dp_fixtures import (AGIBOT_CAM_OFFSET, AGIBOT_EFF_INDEX, AGIBOT_MP4_CODEC,
-                         AGIBOT_MP4_FRAMES, AGIBOT_MP4_PROPRIO, AGIBOT_MP4_SIZE, AGIBOT_T,
-                         agibot_mp4_colour, write_agibot_mp4_raw)
+from dp_fixtures import (
+    AGIBOT_CAM_OFFSET,
+    AGIBOT_EFF_INDEX,
+    AGIBOT_MP4_CODEC,
+    AGIBOT_MP4_FRAMES,
+    AGIBOT_MP4_PROPRIO,
+    AGIBOT_MP4_SIZE,
+    AGIBOT_T,
+    agibot_mp4_colour,
+    write_agibot_mp4_raw,
+)
 
 
 def test_convert_report(agibot_dir):
@@ -37,14 +45,15 @@ def test_segments_state_action_shift_and_text(agibot_dir):
     # Reassemble the full episode from the sampleable parts and check it by hand.
     state = np.concatenate([s.state[slice(*s.sample_range)] for _, (_, s) in sorted(segs.items())])
     action = np.concatenate(
-        [s.action[slice(*s.sample_range)] for _, (_, s) in sorted(segs.items())])
+        [s.action[slice(*s.sample_range)] for _, (_, s) in sorted(segs.items())]
+    )
     assert state.shape == action.shape == (AGIBOT_T, 16)
     t = np.arange(AGIBOT_T, dtype=np.float32)
     j = np.arange(14, dtype=np.float32) / 100
-    np.testing.assert_allclose(state[:, :7], t[:, None] + j[:7], atol=1e-5)      # left arm
-    np.testing.assert_allclose(state[:, 7], t / 10, atol=1e-6)                   # left gripper
-    np.testing.assert_allclose(state[:, 8:15], t[:, None] + j[7:], atol=1e-5)    # right arm
-    np.testing.assert_allclose(state[:, 15], -t / 10, atol=1e-6)                 # right gripper
+    np.testing.assert_allclose(state[:, :7], t[:, None] + j[:7], atol=1e-5)  # left arm
+    np.testing.assert_allclose(state[:, 7], t / 10, atol=1e-6)  # left gripper
+    np.testing.assert_allclose(state[:, 8:15], t[:, None] + j[7:], atol=1e-5)  # right arm
+    np.testing.assert_allclose(state[:, 15], -t / 10, atol=1e-6)  # right gripper
     nxt = np.minimum(t + 1, AGIBOT_T - 1)  # +1 action shift, last frame repeats
     np.testing.assert_allclose(action[:, :7], 1000 + nxt[:, None] + j[:7], atol=1e-3)
     # Effector actions exist only at AGIBOT_EFF_INDEX frames; others are back-filled from state.
@@ -72,6 +81,7 @@ def test_segment_bounds_cover_each_frame_once():
 def test_agibot_stats_count_each_frame_once(agibot_dir, tmp_path):
     from data_pipelines import summary
     from data_pipelines.config import DatasetConfig
+
     ds = DatasetConfig("agibot", "agibot", agibot_dir["path"])
     s = summary.load_or_compute(EpisodeReader(ds.path), ds, str(tmp_path), progress=False)
     assert s.state_stats["count"] == AGIBOT_T == s.num_transitions
@@ -88,14 +98,17 @@ MP4_TOL = 8  # max |decoded - written| per channel after mpeg4/yuv420p (+ JPEG q
 def agibot_mp4(tmp_path_factory):
     """Raw tree with real mp4 cameras encoded at test time, converted end-to-end."""
     av = pytest.importorskip(
-        "av", reason="PyAV (`pip install av`, in the `test` extra) is needed to encode the mp4 "
-                     "fixture and to test the converter's PyAV decoding path")
+        "av",
+        reason="PyAV (`pip install av`, in the `test` extra) is needed to encode the mp4 "
+        "fixture and to test the converter's PyAV decoding path",
+    )
     if AGIBOT_MP4_CODEC not in av.codecs_available:
         pytest.skip(f"this PyAV build has no {AGIBOT_MP4_CODEC!r} codec")
     raw = write_agibot_mp4_raw(os.fspath(tmp_path_factory.mktemp("agibot_mp4_raw")))
     out = os.fspath(tmp_path_factory.mktemp("agibot_mp4_rlds"))
-    report = agibot.convert(raw, out, segment_len=4, context_before=1, context_after=2,
-                            image_size=12)
+    report = agibot.convert(
+        raw, out, segment_len=4, context_before=1, context_after=2, image_size=12
+    )
     return raw, report
 
 
@@ -147,7 +160,8 @@ def test_mp4_segments_state_action_and_images(agibot_mp4):
 
     state = np.concatenate([s.state[slice(*s.sample_range)] for _, (_, s) in sorted(segs.items())])
     action = np.concatenate(
-        [s.action[slice(*s.sample_range)] for _, (_, s) in sorted(segs.items())])
+        [s.action[slice(*s.sample_range)] for _, (_, s) in sorted(segs.items())]
+    )
     assert state.shape == action.shape == (n, 16)
     t = np.arange(n, dtype=np.float32)
     j = np.arange(14, dtype=np.float32) / 100

@@ -15,12 +15,16 @@ from dp_fixtures import LIBERO_LENGTHS, small_config
 @pytest.fixture(scope="module")
 def mixture(libero_dir, bridge_dir, fractal_dir, agibot_dir, tokenizer_path, tmp_path_factory):
     stats_dir = str(tmp_path_factory.mktemp("stats"))
-    return small_config([
-        DatasetConfig("libero", "libero", libero_dir, weight=2.0),
-        DatasetConfig("bridge", "bridge", bridge_dir, weight=1.0, norm_mode="quantile"),
-        DatasetConfig("fractal", "fractal", fractal_dir, weight=1.0),
-        DatasetConfig("agibot", "agibot", agibot_dir["path"], weight=1.0),
-    ], tokenizer_path, stats_dir=stats_dir)
+    return small_config(
+        [
+            DatasetConfig("libero", "libero", libero_dir, weight=2.0),
+            DatasetConfig("bridge", "bridge", bridge_dir, weight=1.0, norm_mode="quantile"),
+            DatasetConfig("fractal", "fractal", fractal_dir, weight=1.0),
+            DatasetConfig("agibot", "agibot", agibot_dir["path"], weight=1.0),
+        ],
+        tokenizer_path,
+        stats_dir=stats_dir,
+    )
 
 
 def take(it, n):
@@ -39,13 +43,20 @@ def test_batch_keys_shapes_dtypes(mixture):
     B, H, F = 4, mixture.chunk_size, len(mixture.frame_offsets)
     und, crop = mixture.und_image_size, mixture.gen_crop
     expected = {
-        "images": ((B, 3, und, und, 3), np.uint8), "image_mask": ((B, 3), bool),
-        "gen_frames": ((B, F, crop, crop, 3), np.uint8), "gen_frames_is_pad": ((B, F), bool),
-        "state": ((B, 32), np.float32), "state_mask": ((B, 32), bool),
-        "actions": ((B, H, 32), np.float32), "action_mask": ((B, 32), bool),
-        "action_is_pad": ((B, H), bool), "tokens": ((B, 48), np.int32),
-        "token_mask": ((B, 48), bool), "dataset_index": ((B,), np.int32),
-        "episode_index": ((B,), np.int32), "step_index": ((B,), np.int32),
+        "images": ((B, 3, und, und, 3), np.uint8),
+        "image_mask": ((B, 3), bool),
+        "gen_frames": ((B, F, crop, crop, 3), np.uint8),
+        "gen_frames_is_pad": ((B, F), bool),
+        "state": ((B, 32), np.float32),
+        "state_mask": ((B, 32), bool),
+        "actions": ((B, H, 32), np.float32),
+        "action_mask": ((B, 32), bool),
+        "action_is_pad": ((B, H), bool),
+        "tokens": ((B, 48), np.int32),
+        "token_mask": ((B, 48), bool),
+        "dataset_index": ((B,), np.int32),
+        "episode_index": ((B,), np.int32),
+        "step_index": ((B,), np.int32),
     }
     assert set(b) == set(expected) == set(pipeline.BATCH_SPEC)
     for k, (shape, dtype) in expected.items():
@@ -59,9 +70,18 @@ def test_batch_keys_shapes_dtypes(mixture):
 
 
 def test_window_content_matches_episode(libero_dir, tokenizer_path, tmp_path):
-    cfg = small_config([DatasetConfig("libero", "libero", libero_dir)], tokenizer_path,
-                       stats_dir=str(tmp_path), train=False, shuffle=False, num_epochs=1,
-                       batch_size=1, chunk_size=4, gen_resize=16, gen_crop=16)
+    cfg = small_config(
+        [DatasetConfig("libero", "libero", libero_dir)],
+        tokenizer_path,
+        stats_dir=str(tmp_path),
+        train=False,
+        shuffle=False,
+        num_epochs=1,
+        batch_size=1,
+        chunk_size=4,
+        gen_resize=16,
+        gen_crop=16,
+    )
     it = pipeline.make_train_iterator(cfg, seed=0)
     stats = pipeline.dataset_statistics(cfg)["libero"]
     seen = 0
@@ -91,13 +111,21 @@ def test_same_seed_same_batches(mixture):
     c = take(pipeline.make_train_iterator(mixture, seed=4), 3)
     for x, y in zip(a, b):
         assert_batches_equal(x, y)
-    assert any(not np.array_equal(x["step_index"], z["step_index"]) or
-               not np.array_equal(x["images"], z["images"]) for x, z in zip(a, c))
+    assert any(
+        not np.array_equal(x["step_index"], z["step_index"])
+        or not np.array_equal(x["images"], z["images"])
+        for x, z in zip(a, c)
+    )
 
 
 def test_hosts_read_disjoint_slices_covering_the_data(libero_dir, tokenizer_path, tmp_path):
-    cfg = small_config([DatasetConfig("libero", "libero", libero_dir)], tokenizer_path,
-                       stats_dir=str(tmp_path), num_epochs=1, batch_size=2)
+    cfg = small_config(
+        [DatasetConfig("libero", "libero", libero_dir)],
+        tokenizer_path,
+        stats_dir=str(tmp_path),
+        num_epochs=1,
+        batch_size=2,
+    )
     per_host = []
     for host in range(2):
         frames = set()
@@ -159,19 +187,25 @@ def test_bad_config_errors(libero_dir, tokenizer_path):
         small_config([DatasetConfig("a", "libero", libero_dir)] * 2, tokenizer_path)
     with pytest.raises(ValueError, match="unknown DataConfig fields"):
         DataConfig.from_mapping({"datasets": [], "tokenizer_path": tokenizer_path, "bach": 1})
-    cfg = DataConfig.from_mapping({"datasets": [{"name": "a", "source": "libero",
-                                                 "path": libero_dir}],
-                                   "tokenizer_path": tokenizer_path, "history_offsets": [-2, 0]})
+    cfg = DataConfig.from_mapping(
+        {
+            "datasets": [{"name": "a", "source": "libero", "path": libero_dir}],
+            "tokenizer_path": tokenizer_path,
+            "history_offsets": [-2, 0],
+        }
+    )
     assert cfg.frame_offsets == (-2, 0, 3)
     with pytest.raises(ValueError, match="not divisible"):
-        pipeline.make_train_iterator(small_config([DatasetConfig("a", "libero", libero_dir)],
-                                                  tokenizer_path), 0, 0, 3)
+        pipeline.make_train_iterator(
+            small_config([DatasetConfig("a", "libero", libero_dir)], tokenizer_path), 0, 0, 3
+        )
 
 
 def test_orbax_round_trip_of_iterator_state(mixture, tmp_path):
     """The iterator state saved by Orbax next to a model checkpoint restores the next batch."""
     import grain
     import orbax.checkpoint as ocp
+
     reference = take(pipeline.make_train_iterator(mixture, seed=5), 3)
     it = pipeline.make_train_iterator(mixture, seed=5)
     take(it, 2)
@@ -184,19 +218,27 @@ def test_orbax_round_trip_of_iterator_state(mixture, tmp_path):
     assert_batches_equal(next(restored), reference[2])
 
 
-def test_array_record_copy_feeds_the_pipeline(libero_dir, libero_array_record_dir,
-                                              tokenizer_path, tmp_path):
+def test_array_record_copy_feeds_the_pipeline(
+    libero_dir, libero_array_record_dir, tokenizer_path, tmp_path
+):
     def batches(path):
-        cfg = small_config([DatasetConfig("libero", "libero", path)], tokenizer_path,
-                           stats_dir=str(tmp_path / path.replace("/", "_")))
+        cfg = small_config(
+            [DatasetConfig("libero", "libero", path)],
+            tokenizer_path,
+            stats_dir=str(tmp_path / path.replace("/", "_")),
+        )
         return take(pipeline.make_train_iterator(cfg, seed=1), 2)
+
     for a, b in zip(batches(libero_dir), batches(libero_array_record_dir)):
         assert_batches_equal(a, b)
 
 
 def test_eval_mode_is_seed_independent(libero_dir, tokenizer_path, tmp_path):
-    cfg = pipeline.eval_config(small_config([DatasetConfig("libero", "libero", libero_dir)],
-                                            tokenizer_path, stats_dir=str(tmp_path)))
+    cfg = pipeline.eval_config(
+        small_config(
+            [DatasetConfig("libero", "libero", libero_dir)], tokenizer_path, stats_dir=str(tmp_path)
+        )
+    )
     a = list(pipeline.make_train_iterator(cfg, seed=0))
     b = list(pipeline.make_train_iterator(cfg, seed=99))
     assert len(a) == len(b) == -(-sum(LIBERO_LENGTHS) // cfg.batch_size)
@@ -210,21 +252,34 @@ def _gradient_episode(length: int):
     from PIL import Image
 
     from data_pipelines import schema
+
     y, x = np.mgrid[0:16, 0:16]
     img = np.stack([x * 16, y * 16, (x + y) * 8], -1).astype(np.uint8)
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="PNG")  # lossless: frames compare exactly
     frames = np.empty(length, object)
     frames[:] = [buf.getvalue()] * length
-    return schema.StdEpisode("g", 0, {"primary": frames}, np.zeros((length, 8), np.float32),
-                             np.zeros((length, 7), np.float32), "pick up the black bowl",
-                             (0, length))
+    return schema.StdEpisode(
+        "g",
+        0,
+        {"primary": frames},
+        np.zeros((length, 8), np.float32),
+        np.zeros((length, 7), np.float32),
+        "pick up the black bowl",
+        (0, length),
+    )
 
 
 def test_one_crop_shared_by_all_generation_frames(libero_dir, tokenizer_path, tmp_path):
     from data_pipelines.sample import SampleBuilder
-    cfg = small_config([DatasetConfig("libero", "libero", libero_dir)], tokenizer_path,
-                       stats_dir=str(tmp_path), gen_resize=24, gen_crop=16)
+
+    cfg = small_config(
+        [DatasetConfig("libero", "libero", libero_dir)],
+        tokenizer_path,
+        stats_dir=str(tmp_path),
+        gen_resize=24,
+        gen_crop=16,
+    )
     readers, summaries = pipeline.load_summaries(cfg, progress=False)
     builder = SampleBuilder(cfg, readers, summaries)
     builder.episode = lambda d, record: _gradient_episode(12)

@@ -28,12 +28,14 @@ def test_array_record_copy_reads_the_same(libero_dir, libero_array_record_dir):
     for i in range(len(tf_reader)):
         assert ar_reader.serialized(i) == tf_reader.serialized(i)
         a, b = tf_reader.decode(i), ar_reader.decode(i)
-        np.testing.assert_array_equal(a["steps"]["observation"]["state"],
-                                      b["steps"]["observation"]["state"])
+        np.testing.assert_array_equal(
+            a["steps"]["observation"]["state"], b["steps"]["observation"]["state"]
+        )
 
 
 def test_convert_cli(libero_dir, tmp_path):
     from data_pipelines import convert
+
     dst = str(tmp_path / "x" / "1.0.0")
     assert convert.main(["array-record", "--src", libero_dir, "--dst", dst]) == 0
     with open(os.path.join(dst, "dataset_info.json")) as f:
@@ -71,6 +73,7 @@ def test_stats_by_hand_and_cache(libero_dir, tmp_path, monkeypatch):
 
     def fail(*a, **k):
         raise AssertionError("stats recomputed although cached")
+
     monkeypatch.setattr(summary, "scan", fail)
     again = summary.load_or_compute(reader, ds, stats_dir=str(tmp_path), progress=False)
     assert again.state_stats == s.state_stats
@@ -80,8 +83,13 @@ def test_stats_by_hand_and_cache(libero_dir, tmp_path, monkeypatch):
 
 def test_stats_cli(bridge_dir, tmp_path, capsys):
     from data_pipelines import convert
-    assert convert.main(["stats", "--source", "bridge", "--path", bridge_dir,
-                         "--stats_dir", str(tmp_path)]) == 0
+
+    assert (
+        convert.main(
+            ["stats", "--source", "bridge", "--path", bridge_dir, "--stats_dir", str(tmp_path)]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     # 3 episodes: 6 and 4 steps relabel to 4 and 2 transitions; the 2-step one is unusable.
     assert out["episodes"] == 2 and out["transitions"] == 6 and out["unusable"] == 1

@@ -46,17 +46,25 @@ def test_bridge_relabel_and_gripper(bridge_dir):
     # Step 0 dropped; movement = reached-state deltas of steps 1..5; gripper [1,.5,.7,.01,.3]
     # binarised by hand: 1 -> open, .5/.7 take the next decided value (.01 -> closed), trailing
     # .3 undecided -> closed; the last step (no successor) is dropped.
-    expected_action = np.array([
-        [1, 2, 3, .1, .2, .3, 1],
-        [2, 0, -2, .1, -.1, -.3, 0],
-        [1, 1, 1, .2, .2, .2, 0],
-        [2, 0, -2, 0, 0, 0, 0]], np.float32)
+    expected_action = np.array(
+        [
+            [1, 2, 3, 0.1, 0.2, 0.3, 1],
+            [2, 0, -2, 0.1, -0.1, -0.3, 0],
+            [1, 1, 1, 0.2, 0.2, 0.2, 0],
+            [2, 0, -2, 0, 0, 0, 0],
+        ],
+        np.float32,
+    )
     np.testing.assert_allclose(std.action, expected_action, atol=1e-6)
-    expected_state = np.array([
-        [1, 2, 3, .1, .2, .3, 0, 1],
-        [2, 4, 6, .2, .4, .6, 0, .9],
-        [4, 4, 4, .3, .3, .3, 0, .5],
-        [5, 5, 5, .5, .5, .5, 0, .2]], np.float32)
+    expected_state = np.array(
+        [
+            [1, 2, 3, 0.1, 0.2, 0.3, 0, 1],
+            [2, 4, 6, 0.2, 0.4, 0.6, 0, 0.9],
+            [4, 4, 4, 0.3, 0.3, 0.3, 0, 0.5],
+            [5, 5, 5, 0.5, 0.5, 0.5, 0, 0.2],
+        ],
+        np.float32,
+    )
     np.testing.assert_allclose(std.state, expected_state, atol=1e-6)
     assert set(std.images) == {"primary", "secondary"}
     # Images follow the dropped first step: image_0 of raw steps 1..4 = 20, 40, 60, 80.
@@ -66,13 +74,15 @@ def test_bridge_relabel_and_gripper(bridge_dir):
     std1 = bridge.standardize(reader.decode(rec[1]), "bridge", 1)
     assert set(std1.images) == {"primary"}  # has_image_1 False: dummy secondary camera dropped
     # gripper [.99, .6, .98] after the drop: .6 undecided -> next decided (open).
-    np.testing.assert_allclose(std1.action, [[0, 1, 0, 0, 0, 1, 1], [2, 0, 0, 0, 0, 0, 1]],
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        std1.action, [[0, 1, 0, 0, 0, 1, 1], [2, 0, 0, 0, 0, 0, 1]], atol=1e-6
+    )
 
 
 def test_bridge_binarize_gripper_by_hand():
-    np.testing.assert_array_equal(bridge.binarize_gripper(np.array([.2, .99, .5, .03, .6])),
-                                  [1, 1, 0, 0, 0])
+    np.testing.assert_array_equal(
+        bridge.binarize_gripper(np.array([0.2, 0.99, 0.5, 0.03, 0.6])), [1, 1, 0, 0, 0]
+    )
 
 
 def test_bridge_too_short_episode_is_rejected(bridge_dir):
@@ -95,7 +105,7 @@ def test_fractal_standardize(fractal_dir):
     np.testing.assert_array_equal(std.action[:, 6], [1, 1, 0, 0, 1, 1])
     t = np.arange(6, dtype=np.float32)[:, None]
     np.testing.assert_allclose(std.action[:, :3], t * [1, 2, 3])
-    np.testing.assert_allclose(std.action[:, 3:6], t * np.float32([.1, .2, .3]), atol=1e-6)
+    np.testing.assert_allclose(std.action[:, 3:6], t * np.float32([0.1, 0.2, 0.3]), atol=1e-6)
     np.testing.assert_allclose(std.state[:, :7], np.arange(7) + t)
     np.testing.assert_array_equal(std.state[:, 7], [0, 0, 1, 1, 0, 0])
     assert std.language == "pick coke can"
@@ -107,8 +117,9 @@ def test_fractal_standardize(fractal_dir):
 
 def test_camera_mapping_override(libero_dir):
     reader = EpisodeReader(libero_dir)
-    std = libero.standardize(reader.decode(0), "libero", 0,
-                             {"primary": "wrist_image", "wrist": None})
+    std = libero.standardize(
+        reader.decode(0), "libero", 0, {"primary": "wrist_image", "wrist": None}
+    )
     assert set(std.images) == {"primary"}
     with pytest.raises(ValueError, match="not in observation"):
         libero.standardize(reader.decode(0), "libero", 0, {"primary": "image_9"})

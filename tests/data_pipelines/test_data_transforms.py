@@ -31,7 +31,7 @@ def test_pad_to_32():
 
 
 def test_normalize_modes_and_inverse():
-    stats = normalize.array_stats(np.array([[0., 10.], [2., 10.], [4., 10.]]))
+    stats = normalize.array_stats(np.array([[0.0, 10.0], [2.0, 10.0], [4.0, 10.0]]))
     assert stats["mean"] == [2.0, 10.0] and stats["count"] == 3
     x = np.array([[4.0, 10.0]], np.float32)
     y = normalize.normalize(x, stats, "mean_std")
@@ -81,7 +81,7 @@ def test_box_resize_crop_matches_resize_then_crop(shape):
     full = images.resize_short_side(img, 72)
     for origin in [(0, 0), (full.shape[0] - 64, full.shape[1] - 64), (3, 5)]:
         part = images.resize_short_side_and_crop(img, 72, 64, origin)
-        ref = full[origin[0]:origin[0] + 64, origin[1]:origin[1] + 64]
+        ref = full[origin[0] : origin[0] + 64, origin[1] : origin[1] + 64]
         diff = np.abs(part.astype(int) - ref)
         assert diff.max() <= 1 and (diff > 0).mean() < 0.01
 
@@ -102,8 +102,8 @@ def test_tokenizer_pads_to_48(tokenizer_path):
     ids = tok.sp.encode("pick up the black bowl", add_bos=True) + tok.sp.encode("\n")
     assert tokens.shape == mask.shape == (48,) and tokens.dtype == np.int32
     assert mask.sum() == len(ids) and tokens[0] == tok.sp.bos_id()
-    np.testing.assert_array_equal(tokens[:len(ids)], ids)
-    assert (tokens[len(ids):] == 0).all()
+    np.testing.assert_array_equal(tokens[: len(ids)], ids)
+    assert (tokens[len(ids) :] == 0).all()
     long_tokens, long_mask = Tokenizer(tokenizer_path, 4).encode("pick up the black bowl " * 5)
     assert long_mask.all() and long_tokens.shape == (4,)
     with pytest.raises(FileNotFoundError):
@@ -113,8 +113,15 @@ def test_tokenizer_pads_to_48(tokenizer_path):
 def test_step_record_standard_schema():
     frames = np.empty(3, object)
     frames[:] = [b"a", b"b", b"c"]
-    ep = schema.StdEpisode("bridge", 4, {"primary": frames}, np.ones((3, 8), np.float32),
-                           np.ones((3, 7), np.float32), "wipe", (0, 3))
+    ep = schema.StdEpisode(
+        "bridge",
+        4,
+        {"primary": frames},
+        np.ones((3, 8), np.float32),
+        np.ones((3, 7), np.float32),
+        "wipe",
+        (0, 3),
+    )
     rec = schema.step_record(ep, 1)
     assert rec["dataset_name"] == "bridge" and rec["episode_id"] == 4 and rec["step_id"] == 1
     assert rec["images"] == {"primary": b"b", "secondary": b"", "wrist": b""}

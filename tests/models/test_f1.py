@@ -18,125 +18,142 @@ TINY = get_model_config("tiny", precision="parity")
 GROUPS = ["img", "lang", "hist", "q0", "s1", "s2", "s3", "state", "act"]
 # VISIBLE[query][key]: may a token of group `query` attend to a token of group `key`?
 VISIBLE = {
-    "img":   "111000000",
-    "lang":  "111000000",
-    "hist":  "111000000",  # history tokens and understanding tokens see each other both ways
-    "q0":    "111100000",  # the last history token, doubling as the scale-0 query
-    "s1":    "111110000",
-    "s2":    "111111000",
-    "s3":    "111111100",
+    "img": "111000000",
+    "lang": "111000000",
+    "hist": "111000000",  # history tokens and understanding tokens see each other both ways
+    "q0": "111100000",  # the last history token, doubling as the scale-0 query
+    "s1": "111110000",
+    "s2": "111111000",
+    "s3": "111111100",
     "state": "111111110",
-    "act":   "111111111",
+    "act": "111111111",
 }
 
 
 def test_mask_matches_the_hand_written_table():
-  fc = TINY.foresight
-  num_img, num_lang, chunk = 8, 5, TINY.action.chunk_size
-  und_pad = jnp.asarray([[True] * num_img + [True, True, True, False, False]])
-  pad, starts = sequence_layout(und_pad, fc, chunk)
-  mask = np.asarray(masks.block_attention_mask(pad, starts))[0]
-  labels = (["img"] * num_img + ["lang"] * num_lang + ["hist"] * fc.num_cond + ["q0"] +
-            ["s1"] * 4 + ["s2"] * 9 + ["s3"] * 16 + ["state"] + ["act"] * chunk)
-  labels = np.asarray(labels)
-  assert len(labels) == mask.shape[0]
-  real = np.asarray(pad[0])
-  for qi, query in enumerate(GROUPS):
-    for ki, key in enumerate(GROUPS):
-      block = mask[np.ix_((labels == query) & real, (labels == key) & real)]
-      assert block.size and (block == (VISIBLE[query][ki] == "1")).all(), (query, key)
-  assert not mask[:, ~real].any()  # padded language tokens are invisible as keys
-  positions = np.asarray(masks.positions_from_pad(pad))[0]
-  assert positions[-1] == real.sum() - 1 and positions[num_img + 3] == positions[num_img + 2]
+    fc = TINY.foresight
+    num_img, num_lang, chunk = 8, 5, TINY.action.chunk_size
+    und_pad = jnp.asarray([[True] * num_img + [True, True, True, False, False]])
+    pad, starts = sequence_layout(und_pad, fc, chunk)
+    mask = np.asarray(masks.block_attention_mask(pad, starts))[0]
+    labels = (
+        ["img"] * num_img
+        + ["lang"] * num_lang
+        + ["hist"] * fc.num_cond
+        + ["q0"]
+        + ["s1"] * 4
+        + ["s2"] * 9
+        + ["s3"] * 16
+        + ["state"]
+        + ["act"] * chunk
+    )
+    labels = np.asarray(labels)
+    assert len(labels) == mask.shape[0]
+    real = np.asarray(pad[0])
+    for qi, query in enumerate(GROUPS):
+        for ki, key in enumerate(GROUPS):
+            block = mask[np.ix_((labels == query) & real, (labels == key) & real)]
+            assert block.size and (block == (VISIBLE[query][ki] == "1")).all(), (query, key)
+    assert not mask[:, ~real].any()  # padded language tokens are invisible as keys
+    positions = np.asarray(masks.positions_from_pad(pad))[0]
+    assert positions[-1] == real.sum() - 1 and positions[num_img + 3] == positions[num_img + 2]
 
 
 @pytest.fixture(scope="module")
 def tiny_model():
-  model = F1(TINY)
-  batch = example_batch(TINY, 2)
-  params = nn.unbox(jax.jit(model.init)(jax.random.key(0), batch, jax.random.key(1)))
-  return model, params, batch
+    model = F1(TINY)
+    batch = example_batch(TINY, 2)
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(0), batch, jax.random.key(1)))
+    return model, params, batch
 
 
 def test_forward_loss_and_metrics(tiny_model):
-  model, params, batch = tiny_model
-  loss, metrics = jax.jit(model.apply)(params, batch, jax.random.key(2))
-  assert np.isfinite(loss)
-  for name in ("action_loss", "foresight_loss", "wm_acc_mean", "wm_acc_tail"):
-    assert np.isfinite(metrics[name]), name
-  np.testing.assert_allclose(loss, metrics["action_loss"] + 0.1 * metrics["foresight_loss"],
-                             rtol=1e-6)
-  grads = jax.jit(jax.grad(lambda p: model.apply(p, batch, jax.random.key(2))[0]))(params)
-  assert float(jnp.abs(grads["params"]["stack"]["layers"]["gen"]["q_einsum"]).max()) > 0
-  assert float(jnp.abs(grads["params"]["vqvae"]["quantize"]["embedding"]).max()) == 0  # frozen
+    model, params, batch = tiny_model
+    loss, metrics = jax.jit(model.apply)(params, batch, jax.random.key(2))
+    assert np.isfinite(loss)
+    for name in ("action_loss", "foresight_loss", "wm_acc_mean", "wm_acc_tail"):
+        assert np.isfinite(metrics[name]), name
+    np.testing.assert_allclose(
+        loss, metrics["action_loss"] + 0.1 * metrics["foresight_loss"], rtol=1e-6
+    )
+    grads = jax.jit(jax.grad(lambda p: model.apply(p, batch, jax.random.key(2))[0]))(params)
+    assert float(jnp.abs(grads["params"]["stack"]["layers"]["gen"]["q_einsum"]).max()) > 0
+    assert float(jnp.abs(grads["params"]["vqvae"]["quantize"]["embedding"]).max()) == 0  # frozen
 
 
 def test_training_logits_equal_the_cached_sampling_logits(tiny_model):
-  """The loss's joint pass and the cached scale-by-scale passes see the same tokens."""
-  model, params, batch = tiny_model
-  rng = jax.random.key(3)
-  _, metrics = model.apply(params, batch, rng)
-  rng_fore = jax.random.split(rng, 4)[0]
+    """The loss's joint pass and the cached scale-by-scale passes see the same tokens."""
+    model, params, batch = tiny_model
+    rng = jax.random.key(3)
+    _, metrics = model.apply(params, batch, rng)
+    rng_fore = jax.random.split(rng, 4)[0]
 
-  def cached_ce(module):
-    und, und_pad = module.embed_understanding(batch)
-    frames = jnp.concatenate([batch["history"], batch["target_frame"][:, None]], axis=1)
-    var_inputs, codes = module.encode_frames(frames)
-    foresight, _, _ = module.sample_foresight(
-        und, und_pad, module.foresight.embed_history(var_inputs[:, :-1]), rng_fore)
-    targets = codes[:, -1, :TINY.foresight.num_predicted]
-    logp = jax.nn.log_softmax(foresight["logits"], -1)
-    return -jnp.mean(jnp.take_along_axis(logp, targets[..., None], -1))
+    def cached_ce(module):
+        und, und_pad = module.embed_understanding(batch)
+        frames = jnp.concatenate([batch["history"], batch["target_frame"][:, None]], axis=1)
+        var_inputs, codes = module.encode_frames(frames)
+        foresight, _, _ = module.sample_foresight(
+            und, und_pad, module.foresight.embed_history(var_inputs[:, :-1]), rng_fore
+        )
+        targets = codes[:, -1, : TINY.foresight.num_predicted]
+        logp = jax.nn.log_softmax(foresight["logits"], -1)
+        return -jnp.mean(jnp.take_along_axis(logp, targets[..., None], -1))
 
-  np.testing.assert_allclose(nn.apply(cached_ce, model)(params), metrics["foresight_loss"],
-                             rtol=1e-5)
+    np.testing.assert_allclose(
+        nn.apply(cached_ce, model)(params), metrics["foresight_loss"], rtol=1e-5
+    )
 
 
 def test_teacher_forcing_mode_runs_and_differs(tiny_model):
-  model, params, batch = tiny_model
-  teacher = F1(dataclasses.replace(TINY, foresight_training="teacher_forcing",
-                                   action_loss_weight=0.0))
-  loss, metrics = jax.jit(teacher.apply)(params, batch, jax.random.key(2))
-  assert "action_loss" not in metrics
-  np.testing.assert_allclose(loss, 0.1 * metrics["foresight_loss"], rtol=1e-6)
+    model, params, batch = tiny_model
+    teacher = F1(
+        dataclasses.replace(TINY, foresight_training="teacher_forcing", action_loss_weight=0.0)
+    )
+    loss, metrics = jax.jit(teacher.apply)(params, batch, jax.random.key(2))
+    assert "action_loss" not in metrics
+    np.testing.assert_allclose(loss, 0.1 * metrics["foresight_loss"], rtol=1e-6)
 
 
 def test_sample_actions_and_foresight(tiny_model):
-  model, params, batch = tiny_model
-  obs = {k: batch[k] for k in ("images", "image_masks", "tokens", "token_mask", "state", "history")}
-  noise = jax.random.normal(jax.random.key(5), (2, TINY.action.chunk_size, 32))
-  run = jax.jit(lambda p, o, r, n: sample_actions(model, p, o, r, n, return_foresight=True))
-  actions, foresight = run(params, obs, jax.random.key(4), noise)
-  assert actions.shape == (2, TINY.action.chunk_size, 32) and np.isfinite(actions).all()
-  assert foresight["tokens"].shape == (2, TINY.foresight.num_predicted)
-  assert foresight["image"].shape == (2, 32, 32, 3)
-  again, _ = run(params, obs, jax.random.key(4), noise)
-  np.testing.assert_array_equal(actions, again)  # explicit keys: same key, same actions
+    model, params, batch = tiny_model
+    obs = {
+        k: batch[k] for k in ("images", "image_masks", "tokens", "token_mask", "state", "history")
+    }
+    noise = jax.random.normal(jax.random.key(5), (2, TINY.action.chunk_size, 32))
+    run = jax.jit(lambda p, o, r, n: sample_actions(model, p, o, r, n, return_foresight=True))
+    actions, foresight = run(params, obs, jax.random.key(4), noise)
+    assert actions.shape == (2, TINY.action.chunk_size, 32) and np.isfinite(actions).all()
+    assert foresight["tokens"].shape == (2, TINY.foresight.num_predicted)
+    assert foresight["image"].shape == (2, 32, 32, 3)
+    again, _ = run(params, obs, jax.random.key(4), noise)
+    np.testing.assert_array_equal(actions, again)  # explicit keys: same key, same actions
 
 
 def test_default_precision_runs_in_bf16():
-  config = get_model_config("tiny")
-  model, batch = F1(config), example_batch(config, 1)
-  params = nn.unbox(jax.jit(model.init)(jax.random.key(0), batch, jax.random.key(1)))
-  loss, _ = jax.jit(model.apply)(params, batch, jax.random.key(2))
-  assert np.isfinite(loss)
-  assert params["params"]["stack"]["layers"]["und"]["q_einsum"].dtype == jnp.float32
+    config = get_model_config("tiny")
+    model, batch = F1(config), example_batch(config, 1)
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(0), batch, jax.random.key(1)))
+    loss, _ = jax.jit(model.apply)(params, batch, jax.random.key(2))
+    assert np.isfinite(loss)
+    assert params["params"]["stack"]["layers"]["und"]["q_einsum"].dtype == jnp.float32
 
 
 def test_full_size_parameter_counts():
-  config = get_model_config("full")
-  batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                       example_batch(dataclasses.replace(config), 1, num_tokens=48))
-  shapes = nn.unbox(jax.eval_shape(F1(config).init, jax.random.key(0), batch, jax.random.key(1)))
-  p = shapes["params"]
-  count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
-  siglip = {k: v for k, v in p["siglip"].items() if k != "projector"}
-  assert abs(count(siglip) - 412.45e6) < 0.01e6           # SigLIP So400m/14: 412.45 M
-  assert count(p["siglip"]["projector"]) == 2_361_344      # projector: 2.36 M
-  assert count(p["stack"]["layers"]["und"]) == 1_981_882_368  # Gemma-2B layers: 1981.88 M
-  assert count(p["embedder"]) == 526_647_296               # embedding: 526.65 M
-  assert count(p["stack"]["layers"]["gen"]) == 311_463_936  # generation expert: 311.46 M
-  assert count(p["stack"]["layers"]["act"]) == 311_463_936  # action expert: 311.46 M
-  assert count(p["action_io"]) == 3_248_160                # action/state projections: 3.25 M
-  assert count(p["vqvae"]) == 108_948_355                  # VAR VQ-VAE (frozen)
-  assert abs(count(p["foresight"]) - 5.66e6) < 0.005e6     # foresight extras: 5.66 M
+    config = get_model_config("full")
+    batch = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+        example_batch(dataclasses.replace(config), 1, num_tokens=48),
+    )
+    shapes = nn.unbox(jax.eval_shape(F1(config).init, jax.random.key(0), batch, jax.random.key(1)))
+    p = shapes["params"]
+    count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+    siglip = {k: v for k, v in p["siglip"].items() if k != "projector"}
+    assert abs(count(siglip) - 412.45e6) < 0.01e6  # SigLIP So400m/14: 412.45 M
+    assert count(p["siglip"]["projector"]) == 2_361_344  # projector: 2.36 M
+    assert count(p["stack"]["layers"]["und"]) == 1_981_882_368  # Gemma-2B layers: 1981.88 M
+    assert count(p["embedder"]) == 526_647_296  # embedding: 526.65 M
+    assert count(p["stack"]["layers"]["gen"]) == 311_463_936  # generation expert: 311.46 M
+    assert count(p["stack"]["layers"]["act"]) == 311_463_936  # action expert: 311.46 M
+    assert count(p["action_io"]) == 3_248_160  # action/state projections: 3.25 M
+    assert count(p["vqvae"]) == 108_948_355  # VAR VQ-VAE (frozen)
+    assert abs(count(p["foresight"]) - 5.66e6) < 0.005e6  # foresight extras: 5.66 M

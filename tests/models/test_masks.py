@@ -8,34 +8,37 @@ from f1_jax.models import masks
 
 
 def test_block_mask_by_hand():
-  pad = jnp.asarray([[True, True, False, True, True, True]])
-  starts = jnp.asarray([[0, 0, 0, 1, 1, 0]])
-  got = np.asarray(masks.block_attention_mask(pad, starts))[0].astype(int)
-  want = np.array([
-      [1, 1, 0, 0, 0, 0],  # prefix block: bidirectional, blind to padding and later blocks
-      [1, 1, 0, 0, 0, 0],
-      [0, 0, 0, 0, 0, 0],  # a padded query sees nothing
-      [1, 1, 0, 1, 0, 0],  # second block: prefix + itself
-      [1, 1, 0, 1, 1, 1],  # third block: everything before + itself, both ways
-      [1, 1, 0, 1, 1, 1],
-  ])
-  np.testing.assert_array_equal(got, want)
+    pad = jnp.asarray([[True, True, False, True, True, True]])
+    starts = jnp.asarray([[0, 0, 0, 1, 1, 0]])
+    got = np.asarray(masks.block_attention_mask(pad, starts))[0].astype(int)
+    want = np.array(
+        [
+            [1, 1, 0, 0, 0, 0],  # prefix block: bidirectional, blind to padding and later blocks
+            [1, 1, 0, 0, 0, 0],
+            [0, 0, 0, 0, 0, 0],  # a padded query sees nothing
+            [1, 1, 0, 1, 0, 0],  # second block: prefix + itself
+            [1, 1, 0, 1, 1, 1],  # third block: everything before + itself, both ways
+            [1, 1, 0, 1, 1, 1],
+        ]
+    )
+    np.testing.assert_array_equal(got, want)
 
 
 def test_suffix_mask_sees_real_prefix_only():
-  prefix_pad = jnp.asarray([[True, False, True]])
-  got = np.asarray(masks.suffix_attention_mask(prefix_pad, jnp.ones((1, 3), bool),
-                                               jnp.asarray([[1, 1, 0]])))[0].astype(int)
-  np.testing.assert_array_equal(got, [[1, 0, 1, 1, 0, 0], [1, 0, 1, 1, 1, 1], [1, 0, 1, 1, 1, 1]])
+    prefix_pad = jnp.asarray([[True, False, True]])
+    got = np.asarray(
+        masks.suffix_attention_mask(prefix_pad, jnp.ones((1, 3), bool), jnp.asarray([[1, 1, 0]]))
+    )[0].astype(int)
+    np.testing.assert_array_equal(got, [[1, 0, 1, 1, 0, 0], [1, 0, 1, 1, 1, 1], [1, 0, 1, 1, 1, 1]])
 
 
 def test_positions_skip_padding_and_continue():
-  pad = jnp.asarray([[True, True, False, True], [True, False, False, True]])
-  np.testing.assert_array_equal(masks.positions_from_pad(pad), [[0, 1, 1, 2], [0, 0, 0, 1]])
-  later = masks.positions_from_pad(jnp.ones((2, 2), bool), offset=jnp.sum(pad, axis=1))
-  np.testing.assert_array_equal(later, [[3, 4], [2, 3]])
+    pad = jnp.asarray([[True, True, False, True], [True, False, False, True]])
+    np.testing.assert_array_equal(masks.positions_from_pad(pad), [[0, 1, 1, 2], [0, 0, 0, 1]])
+    later = masks.positions_from_pad(jnp.ones((2, 2), bool), offset=jnp.sum(pad, axis=1))
+    np.testing.assert_array_equal(later, [[3, 4], [2, 3]])
 
 
 def test_shape_errors():
-  with pytest.raises(ValueError, match=r"must both be \[B, N\]"):
-    masks.block_attention_mask(jnp.ones((2, 3), bool), jnp.ones((2, 4), jnp.int32))
+    with pytest.raises(ValueError, match=r"must both be \[B, N\]"):
+        masks.block_attention_mask(jnp.ones((2, 3), bool), jnp.ones((2, 4), jnp.int32))

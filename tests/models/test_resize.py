@@ -29,9 +29,11 @@ def _torch_resize(x: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray
 
 @pytest.mark.parametrize("in_size,out_size", AREA_PAIRS)
 def test_area_matches_torch(in_size: int, out_size: int) -> None:
-    x = np.random.default_rng(in_size * 100 + out_size).standard_normal(
-        (2, in_size, in_size, 8)
-    ).astype(np.float32)
+    x = (
+        np.random.default_rng(in_size * 100 + out_size)
+        .standard_normal((2, in_size, in_size, 8))
+        .astype(np.float32)
+    )
     want = _torch_resize(x, (out_size, out_size), "area")
     got = np.asarray(resize_area(jnp.asarray(x), (out_size, out_size)))
     assert got.shape == want.shape
@@ -40,9 +42,11 @@ def test_area_matches_torch(in_size: int, out_size: int) -> None:
 
 @pytest.mark.parametrize("in_size,out_size", BICUBIC_PAIRS)
 def test_bicubic_matches_torch(in_size: int, out_size: int) -> None:
-    x = np.random.default_rng(in_size * 100 + out_size).standard_normal(
-        (2, in_size, in_size, 8)
-    ).astype(np.float32)
+    x = (
+        np.random.default_rng(in_size * 100 + out_size)
+        .standard_normal((2, in_size, in_size, 8))
+        .astype(np.float32)
+    )
     want = _torch_resize(x, (out_size, out_size), "bicubic")
     got = np.asarray(resize_bicubic(jnp.asarray(x), (out_size, out_size)))
     assert got.shape == want.shape
@@ -51,9 +55,11 @@ def test_bicubic_matches_torch(in_size: int, out_size: int) -> None:
 
 @pytest.mark.parametrize("in_size,out_size", BICUBIC_INEXACT_PAIRS)
 def test_bicubic_inexact_ratios_match_torch_to_rounding(in_size: int, out_size: int) -> None:
-    x = np.random.default_rng(in_size * 100 + out_size).standard_normal(
-        (2, in_size, in_size, 8)
-    ).astype(np.float32)
+    x = (
+        np.random.default_rng(in_size * 100 + out_size)
+        .standard_normal((2, in_size, in_size, 8))
+        .astype(np.float32)
+    )
     got = np.asarray(resize_bicubic(jnp.asarray(x), (out_size, out_size)))
     want32 = _torch_resize(x, (out_size, out_size), "bicubic")
     want64 = _torch_resize(x.astype(np.float64), (out_size, out_size), "bicubic")

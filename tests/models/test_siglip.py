@@ -12,74 +12,98 @@ from f1_jax.models.siglip import SiglipConfig, SiglipEncoder
 torch = pytest.importorskip("torch", reason="parity tests need the optional torch extra")
 transformers = pytest.importorskip("transformers", reason="parity tests need transformers")
 
-CONFIG = SiglipConfig(image_size=28, patch_size=7, width=32, depth=2, mlp_dim=48, num_heads=4,
-                      out_width=40)
+CONFIG = SiglipConfig(
+    image_size=28, patch_size=7, width=32, depth=2, mlp_dim=48, num_heads=4, out_width=40
+)
 
 
 def _hf_model(config: SiglipConfig):
-  torch.manual_seed(0)
-  hf_config = transformers.SiglipVisionConfig(
-      hidden_size=config.width, intermediate_size=config.mlp_dim,
-      num_hidden_layers=config.depth, num_attention_heads=config.num_heads,
-      image_size=config.image_size, patch_size=config.patch_size,
-      layer_norm_eps=config.eps, hidden_act="gelu_pytorch_tanh", vision_use_head=False,
-      attn_implementation="eager")
-  model = transformers.SiglipVisionModel(hf_config).eval()
-  with torch.no_grad():  # Non-trivial norms and biases, so every weight matters.
-    for p in model.parameters():
-      p.add_(0.1 * torch.randn_like(p))
-  return model
+    torch.manual_seed(0)
+    hf_config = transformers.SiglipVisionConfig(
+        hidden_size=config.width,
+        intermediate_size=config.mlp_dim,
+        num_hidden_layers=config.depth,
+        num_attention_heads=config.num_heads,
+        image_size=config.image_size,
+        patch_size=config.patch_size,
+        layer_norm_eps=config.eps,
+        hidden_act="gelu_pytorch_tanh",
+        vision_use_head=False,
+        attn_implementation="eager",
+    )
+    model = transformers.SiglipVisionModel(hf_config).eval()
+    with torch.no_grad():  # Non-trivial norms and biases, so every weight matters.
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model
 
 
 def siglip_params_from_hf(state: dict, depth: int, projector_w, projector_b) -> dict:
-  """Maps a transformers SiglipVisionModel state dict onto our parameter tree."""
-  # transformers < 5 prefixes every key with "vision_model."; newer versions do not.
-  state = {k.removeprefix("vision_model."): v for k, v in state.items()}
-  get = lambda k: state[k].detach().numpy()
-  per_layer = lambda k, f=lambda a: a: np.stack(
-      [f(get(f"encoder.layers.{i}.{k}")) for i in range(depth)])
-  linear = lambda name: {"kernel": per_layer(f"{name}.weight", np.transpose),
-                         "bias": per_layer(f"{name}.bias")}
-  norm = lambda name: {"scale": per_layer(f"{name}.weight"), "bias": per_layer(f"{name}.bias")}
-  layers = {"layer_norm1": norm("layer_norm1"), "layer_norm2": norm("layer_norm2"),
-            "self_attn": {n: linear(f"self_attn.{n}") for n in ("q_proj", "k_proj", "v_proj",
-                                                                 "out_proj")},
-            "fc1": linear("mlp.fc1"), "fc2": linear("mlp.fc2")}
-  emb = "embeddings."
-  return {"params": {
-      "patch_embedding": {"kernel": get(emb + "patch_embedding.weight").transpose(2, 3, 1, 0),
-                          "bias": get(emb + "patch_embedding.bias")},
-      "position_embedding": get(emb + "position_embedding.weight"),
-      "layers": layers,
-      "post_layernorm": {"scale": get("post_layernorm.weight"),
-                         "bias": get("post_layernorm.bias")},
-      "projector": {"kernel": projector_w.T, "bias": projector_b},
-  }}
+    """Maps a transformers SiglipVisionModel state dict onto our parameter tree."""
+    # transformers < 5 prefixes every key with "vision_model."; newer versions do not.
+    state = {k.removeprefix("vision_model."): v for k, v in state.items()}
+    get = lambda k: state[k].detach().numpy()
+    per_layer = lambda k, f=lambda a: a: np.stack(
+        [f(get(f"encoder.layers.{i}.{k}")) for i in range(depth)]
+    )
+    linear = lambda name: {
+        "kernel": per_layer(f"{name}.weight", np.transpose),
+        "bias": per_layer(f"{name}.bias"),
+    }
+    norm = lambda name: {"scale": per_layer(f"{name}.weight"), "bias": per_layer(f"{name}.bias")}
+    layers = {
+        "layer_norm1": norm("layer_norm1"),
+        "layer_norm2": norm("layer_norm2"),
+        "self_attn": {
+            n: linear(f"self_attn.{n}") for n in ("q_proj", "k_proj", "v_proj", "out_proj")
+        },
+        "fc1": linear("mlp.fc1"),
+        "fc2": linear("mlp.fc2"),
+    }
+    emb = "embeddings."
+    return {
+        "params": {
+            "patch_embedding": {
+                "kernel": get(emb + "patch_embedding.weight").transpose(2, 3, 1, 0),
+                "bias": get(emb + "patch_embedding.bias"),
+            },
+            "position_embedding": get(emb + "position_embedding.weight"),
+            "layers": layers,
+            "post_layernorm": {
+                "scale": get("post_layernorm.weight"),
+                "bias": get("post_layernorm.bias"),
+            },
+            "projector": {"kernel": projector_w.T, "bias": projector_b},
+        }
+    }
 
 
 def test_matches_transformers_siglip_and_projector():
-  model = _hf_model(CONFIG)
-  rng = np.random.RandomState(0)
-  images = rng.uniform(-1, 1, (2, CONFIG.image_size, CONFIG.image_size, 3)).astype(np.float32)
-  projector_w = rng.normal(0, 0.2, (CONFIG.out_width, CONFIG.width)).astype(np.float32)
-  projector_b = rng.normal(0, 0.2, (CONFIG.out_width,)).astype(np.float32)
-  with torch.no_grad():
-    hidden = model(pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2))).last_hidden_state
-    expected = torch.nn.functional.linear(hidden, torch.from_numpy(projector_w),
-                                          torch.from_numpy(projector_b)).numpy()
+    model = _hf_model(CONFIG)
+    rng = np.random.RandomState(0)
+    images = rng.uniform(-1, 1, (2, CONFIG.image_size, CONFIG.image_size, 3)).astype(np.float32)
+    projector_w = rng.normal(0, 0.2, (CONFIG.out_width, CONFIG.width)).astype(np.float32)
+    projector_b = rng.normal(0, 0.2, (CONFIG.out_width,)).astype(np.float32)
+    with torch.no_grad():
+        hidden = model(
+            pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2))
+        ).last_hidden_state
+        expected = torch.nn.functional.linear(
+            hidden, torch.from_numpy(projector_w), torch.from_numpy(projector_b)
+        ).numpy()
 
-  params = siglip_params_from_hf(model.state_dict(), CONFIG.depth, projector_w, projector_b)
-  ours = SiglipEncoder(CONFIG, get_precision("parity"))
-  ref_shapes = jax.tree.map(jnp.shape, nn.unbox(ours.init(jax.random.key(0), images)))
-  assert jax.tree.map(jnp.shape, params) == ref_shapes
-  got = np.asarray(ours.apply(params, images))
+    params = siglip_params_from_hf(model.state_dict(), CONFIG.depth, projector_w, projector_b)
+    ours = SiglipEncoder(CONFIG, get_precision("parity"))
+    ref_shapes = jax.tree.map(jnp.shape, nn.unbox(ours.init(jax.random.key(0), images)))
+    assert jax.tree.map(jnp.shape, params) == ref_shapes
+    got = np.asarray(ours.apply(params, images))
 
-  assert got.shape == (2, CONFIG.num_patches, CONFIG.out_width)
-  rel = np.abs(got - expected).max() / np.abs(expected).max()
-  assert rel < 1e-5, rel
+    assert got.shape == (2, CONFIG.num_patches, CONFIG.out_width)
+    rel = np.abs(got - expected).max() / np.abs(expected).max()
+    assert rel < 1e-5, rel
 
 
 def test_rejects_wrong_image_size():
-  ours = SiglipEncoder(CONFIG, get_precision("parity"))
-  with pytest.raises(ValueError, match="SigLIP expects images"):
-    ours.init(jax.random.key(0), jnp.zeros((1, 30, 30, 3)))
+    ours = SiglipEncoder(CONFIG, get_precision("parity"))
+    with pytest.raises(ValueError, match="SigLIP expects images"):
+        ours.init(jax.random.key(0), jnp.zeros((1, 30, 30, 3)))

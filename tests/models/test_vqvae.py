@@ -149,7 +149,11 @@ def t_decoder(z, p, cfg: VQVAEConfig):
 
 
 def t_phi_index(si: int, sn: int, k: int) -> int:
-    ticks = np.linspace(1 / 3 / k, 1 - 1 / 3 / k, k) if k == 4 else np.linspace(1 / 2 / k, 1 - 1 / 2 / k, k)
+    ticks = (
+        np.linspace(1 / 3 / k, 1 - 1 / 3 / k, k)
+        if k == 4
+        else np.linspace(1 / 2 / k, 1 - 1 / 2 / k, k)
+    )
     return int(np.argmin(np.abs(ticks - si / (sn - 1))))
 
 
@@ -194,7 +198,9 @@ def t_var_input(idxs, qp, cfg: VQVAEConfig):
         h = emb[idxs[si]].transpose(1, 2).reshape(b, c, pn, pn)
         f_hat = f_hat + t_phi(F.interpolate(h, size=(L, L), mode="bicubic"), qp, si, cfg)
         nxt = cfg.patch_nums[si + 1]
-        out.append(F.interpolate(f_hat, size=(nxt, nxt), mode="area").view(b, c, -1).transpose(1, 2))
+        out.append(
+            F.interpolate(f_hat, size=(nxt, nxt), mode="area").view(b, c, -1).transpose(1, 2)
+        )
     return torch.cat(out, 1)
 
 
@@ -265,7 +271,9 @@ def test_upsample() -> None:
 def test_phi_index_schedule() -> None:
     assert [vq.phi_index(si, 10, 4) for si in range(10)] == [0, 0, 1, 1, 1, 2, 2, 3, 3, 3]
     for k in (1, 3, 6):  # non-4 K uses the 1/(2K) margin
-        assert [vq.phi_index(si, 10, k) for si in range(10)] == [t_phi_index(si, 10, k) for si in range(10)]
+        assert [vq.phi_index(si, 10, k) for si in range(10)] == [
+            t_phi_index(si, 10, k) for si in range(10)
+        ]
 
 
 # ------------------------------------------------------------------- tiny full model
@@ -323,7 +331,9 @@ def test_tiny_quantizer_matches_torch(tiny) -> None:
         assert tiny["idx"][si].shape == (2, pn * pn) and tiny["idx"][si].dtype == np.int32
         np.testing.assert_array_equal(tiny["idx"][si], idxs[si].numpy())
         np.testing.assert_allclose(tiny["fhat"][si], _nhwc(fhats[si]), rtol=0, atol=ATOL)
-    np.testing.assert_allclose(tiny["var_in"], t_var_input(idxs, qp, cfg).numpy(), rtol=0, atol=ATOL)
+    np.testing.assert_allclose(
+        tiny["var_in"], t_var_input(idxs, qp, cfg).numpy(), rtol=0, atol=ATOL
+    )
 
 
 def test_residual_decomposition(tiny) -> None:
@@ -387,7 +397,18 @@ def test_full_config_constants() -> None:
     cfg = VQVAEConfig.full()
     assert cfg.image_size == 256 and cfg.latent_size == 16
     assert cfg.num_tokens == 680 and cfg.var_input_len == 679
-    assert [vq.phi_index(si, cfg.num_scales, cfg.num_phis) for si in range(10)] == [0, 0, 1, 1, 1, 2, 2, 3, 3, 3]
+    assert [vq.phi_index(si, cfg.num_scales, cfg.num_phis) for si in range(10)] == [
+        0,
+        0,
+        1,
+        1,
+        1,
+        2,
+        2,
+        3,
+        3,
+        3,
+    ]
 
 
 def test_full_param_count_and_names() -> None:

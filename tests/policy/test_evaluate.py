@@ -12,33 +12,39 @@ from f1_jax import evaluate
 
 
 def test_wilson_interval():
-  lo, hi = evaluate.wilson_interval(5, 10)
-  assert lo == pytest.approx(0.2366, abs=1e-4) and hi == pytest.approx(0.7634, abs=1e-4)
-  lo, hi = evaluate.wilson_interval(0, 10)
-  assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)
-  assert evaluate.wilson_interval(0, 0) == (0.0, 1.0)
-  summary = evaluate.summarize([("reach", True), ("push", False), ("reach", False)])
-  assert summary["overall"]["successes"] == 1 and summary["per_task"]["reach"]["episodes"] == 2
+    lo, hi = evaluate.wilson_interval(5, 10)
+    assert lo == pytest.approx(0.2366, abs=1e-4) and hi == pytest.approx(0.7634, abs=1e-4)
+    lo, hi = evaluate.wilson_interval(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)
+    assert evaluate.wilson_interval(0, 0) == (0.0, 1.0)
+    summary = evaluate.summarize([("reach", True), ("push", False), ("reach", False)])
+    assert summary["overall"]["successes"] == 1 and summary["per_task"]["reach"]["episodes"] == 2
 
 
 def test_run_writes_results_strips_and_gif(sim_run, tmp_path):
-  out = str(tmp_path / "evaluation")
-  results = evaluate.run(os.path.join(sim_run["workdir"], "checkpoints"), 2, out,
-                         action_horizon=2, max_steps=10, progress=False)
-  with open(os.path.join(out, "results.json")) as f:
-    saved = json.load(f)
-  for name in ("policy", "noop", "random"):
-    overall = saved[name]["overall"]
-    assert overall["episodes"] == 2 and 0 <= overall["rate"] <= 1
-    assert 0 <= overall["ci95"][0] <= overall["rate"] <= overall["ci95"][1] <= 1
-    # the same held-out seeds (tasks cycle with the seed) for every policy
-    assert set(saved[name]["per_task"]) == {task_for_seed(s) for s in eval_seeds(2)}
-  assert saved["noop"]["overall"]["successes"] == 0
-  assert saved["meta"]["image_size"] == 32 and saved["meta"]["action_horizon"] == 2
-  assert results["policy"] == saved["policy"]
-  strips = sorted(os.listdir(os.path.join(out, "strips")))
-  assert strips == ["episode_000.png", "episode_001.png"]
-  strip = np.asarray(Image.open(os.path.join(out, "strips", strips[0])))
-  assert strip.ndim == 3 and strip.shape[0] > 96
-  with Image.open(os.path.join(out, "rollouts.gif")) as gif:
-    assert gif.n_frames > 2
+    out = str(tmp_path / "evaluation")
+    results = evaluate.run(
+        os.path.join(sim_run["workdir"], "checkpoints"),
+        2,
+        out,
+        action_horizon=2,
+        max_steps=10,
+        progress=False,
+    )
+    with open(os.path.join(out, "results.json")) as f:
+        saved = json.load(f)
+    for name in ("policy", "noop", "random"):
+        overall = saved[name]["overall"]
+        assert overall["episodes"] == 2 and 0 <= overall["rate"] <= 1
+        assert 0 <= overall["ci95"][0] <= overall["rate"] <= overall["ci95"][1] <= 1
+        # the same held-out seeds (tasks cycle with the seed) for every policy
+        assert set(saved[name]["per_task"]) == {task_for_seed(s) for s in eval_seeds(2)}
+    assert saved["noop"]["overall"]["successes"] == 0
+    assert saved["meta"]["image_size"] == 32 and saved["meta"]["action_horizon"] == 2
+    assert results["policy"] == saved["policy"]
+    strips = sorted(os.listdir(os.path.join(out, "strips")))
+    assert strips == ["episode_000.png", "episode_001.png"]
+    strip = np.asarray(Image.open(os.path.join(out, "strips", strips[0])))
+    assert strip.ndim == 3 and strip.shape[0] > 96
+    with Image.open(os.path.join(out, "rollouts.gif")) as gif:
+        assert gif.n_frames > 2

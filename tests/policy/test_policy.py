@@ -13,127 +13,133 @@ from f1_jax.policy import FrameHistory, Policy, read_checkpoint_info
 
 
 def _episode(policy, episode: int = 0):
-  """The standardised stored episode `episode` of the policy's first dataset."""
-  readers, summaries = load_summaries(policy.data_config, progress=False)
-  return SampleBuilder(policy.data_config, readers, summaries).episode(0, episode)
+    """The standardised stored episode `episode` of the policy's first dataset."""
+    readers, summaries = load_summaries(policy.data_config, progress=False)
+    return SampleBuilder(policy.data_config, readers, summaries).episode(0, episode)
 
 
 def _observation(ep, t: int) -> dict:
-  return {"primary": images.decode_image(ep.images["primary"][t]),
-          "wrist_image": images.decode_image(ep.images["wrist"][t]),  # dataset key also works
-          "state": ep.state[t], "instruction": ep.language}
+    return {
+        "primary": images.decode_image(ep.images["primary"][t]),
+        "wrist_image": images.decode_image(ep.images["wrist"][t]),  # dataset key also works
+        "state": ep.state[t],
+        "instruction": ep.language,
+    }
 
 
 def _pipeline_examples(policy, episode: int, steps: set[int]) -> dict[int, dict]:
-  """The data pipeline's eval examples of (dataset 0, episode, t) for t in steps."""
-  cfg = dataclasses.replace(policy.data_config, batch_size=1)
-  found = {}
-  for batch in make_train_iterator(cfg, seed=0):
-    if int(batch["dataset_index"][0]) == 0 and int(batch["episode_index"][0]) == episode:
-      t = int(batch["step_index"][0])
-      if t in steps:
-        found[t] = {k: v[0] for k, v in batch.items()}
-    if len(found) == len(steps):
-      return found
-  raise AssertionError(f"steps {steps - set(found)} not in the pipeline")
+    """The data pipeline's eval examples of (dataset 0, episode, t) for t in steps."""
+    cfg = dataclasses.replace(policy.data_config, batch_size=1)
+    found = {}
+    for batch in make_train_iterator(cfg, seed=0):
+        if int(batch["dataset_index"][0]) == 0 and int(batch["episode_index"][0]) == episode:
+            t = int(batch["step_index"][0])
+            if t in steps:
+                found[t] = {k: v[0] for k, v in batch.items()}
+        if len(found) == len(steps):
+            return found
+    raise AssertionError(f"steps {steps - set(found)} not in the pipeline")
 
 
 def test_preprocessing_matches_the_data_pipeline(policy):
-  ep = _episode(policy)
-  steps = {0, 2, min(11, ep.length - 1)}  # clamped history at the start, then a full window
-  expected = _pipeline_examples(policy, 0, steps)
-  policy.reset()
-  for t in range(max(steps) + 1):
-    obs = _observation(ep, t)
-    if t not in steps:
-      policy.observe(obs)
-      continue
-    got = policy.preprocess(obs)
-    want = expected[t]
-    np.testing.assert_array_equal(got["tokens"], want["tokens"])
-    np.testing.assert_array_equal(got["token_mask"], want["token_mask"])
-    np.testing.assert_array_equal(got["image_mask"], want["image_mask"])
-    np.testing.assert_array_equal(got["state"], want["state"])
-    np.testing.assert_array_equal(got["gen_frames_is_pad"], want["gen_frames_is_pad"][:4])
-    for key, ours, theirs in (("images", got["images"], want["images"]),
-                              ("gen_frames", got["gen_frames"], want["gen_frames"][:4])):
-      assert ours.shape == theirs.shape and ours.dtype == theirs.dtype, key
-      assert np.abs(ours.astype(int) - theirs.astype(int)).max() <= 1, (key, t)
-  policy.reset()
+    ep = _episode(policy)
+    steps = {0, 2, min(11, ep.length - 1)}  # clamped history at the start, then a full window
+    expected = _pipeline_examples(policy, 0, steps)
+    policy.reset()
+    for t in range(max(steps) + 1):
+        obs = _observation(ep, t)
+        if t not in steps:
+            policy.observe(obs)
+            continue
+        got = policy.preprocess(obs)
+        want = expected[t]
+        np.testing.assert_array_equal(got["tokens"], want["tokens"])
+        np.testing.assert_array_equal(got["token_mask"], want["token_mask"])
+        np.testing.assert_array_equal(got["image_mask"], want["image_mask"])
+        np.testing.assert_array_equal(got["state"], want["state"])
+        np.testing.assert_array_equal(got["gen_frames_is_pad"], want["gen_frames_is_pad"][:4])
+        for key, ours, theirs in (
+            ("images", got["images"], want["images"]),
+            ("gen_frames", got["gen_frames"], want["gen_frames"][:4]),
+        ):
+            assert ours.shape == theirs.shape and ours.dtype == theirs.dtype, key
+            assert np.abs(ours.astype(int) - theirs.astype(int)).max() <= 1, (key, t)
+    policy.reset()
 
 
 def test_actions_are_unnormalised_with_the_training_statistics(policy):
-  ep = _episode(policy)
-  obs = _observation(ep, 0)
-  stats = policy.info.dataset_stats
-  policy.reset()
-  normalised = policy.infer_normalized(policy.preprocess(obs), jax.random.key(7),
-                                       return_foresight=True)["actions"]
-  policy.reset()
-  out = policy.infer(obs, jax.random.key(7), return_foresight=True)
-  chunk = policy.model.config.action.chunk_size
-  assert normalised.shape == (chunk, 32)
-  assert out["actions"].shape == (chunk, 7) and out["actions"].dtype == np.float32
-  assert np.isfinite(normalised).all() and np.isfinite(out["actions"]).all()
-  np.testing.assert_allclose(out["actions"], unnormalize_actions(normalised, stats), rtol=1e-5,
-                             atol=1e-5)
-  mean, std = np.asarray(stats["action"]["mean"]), np.asarray(stats["action"]["std"])
-  np.testing.assert_allclose(out["actions"], normalised[:, :7] * std + mean, rtol=1e-4,
-                             atol=1e-4)
-  assert not np.allclose(out["actions"], normalised[:, :7])  # the statistics are not trivial
-  assert out["foresight_image"].dtype == np.uint8
-  assert out["foresight_image"].shape == (32, 32, 3)
-  assert out["foresight_tokens"].ndim == 1
-  policy.reset()
+    ep = _episode(policy)
+    obs = _observation(ep, 0)
+    stats = policy.info.dataset_stats
+    policy.reset()
+    normalised = policy.infer_normalized(
+        policy.preprocess(obs), jax.random.key(7), return_foresight=True
+    )["actions"]
+    policy.reset()
+    out = policy.infer(obs, jax.random.key(7), return_foresight=True)
+    chunk = policy.model.config.action.chunk_size
+    assert normalised.shape == (chunk, 32)
+    assert out["actions"].shape == (chunk, 7) and out["actions"].dtype == np.float32
+    assert np.isfinite(normalised).all() and np.isfinite(out["actions"]).all()
+    np.testing.assert_allclose(
+        out["actions"], unnormalize_actions(normalised, stats), rtol=1e-5, atol=1e-5
+    )
+    mean, std = np.asarray(stats["action"]["mean"]), np.asarray(stats["action"]["std"])
+    np.testing.assert_allclose(out["actions"], normalised[:, :7] * std + mean, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(out["actions"], normalised[:, :7])  # the statistics are not trivial
+    assert out["foresight_image"].dtype == np.uint8
+    assert out["foresight_image"].shape == (32, 32, 3)
+    assert out["foresight_tokens"].ndim == 1
+    policy.reset()
 
 
 def test_inference_is_compiled_once(policy):
-  ep = _episode(policy)
-  policy.reset()
-  before = policy.compiled_count()
-  for t in range(3):
-    policy.infer(_observation(ep, t), jax.random.key(t), return_foresight=True)
-  assert before <= 1 and policy.compiled_count() == 1  # every test uses return_foresight=True
-  policy.reset()
+    ep = _episode(policy)
+    policy.reset()
+    before = policy.compiled_count()
+    for t in range(3):
+        policy.infer(_observation(ep, t), jax.random.key(t), return_foresight=True)
+    assert before <= 1 and policy.compiled_count() == 1  # every test uses return_foresight=True
+    policy.reset()
 
 
 def test_dataset_choice_and_clear_errors(sim_run, tmp_path):
-  info = read_checkpoint_info(sim_run["workdir"] + "/checkpoints", dataset="sim_b")
-  assert info.dataset_name == "sim_b" and info.dataset_stats["norm_mode"] == "quantile"
-  assert info.cameras == {"primary": "image", "wrist": "wrist_image"}
-  with pytest.raises(KeyError, match="sim_a"):
-    read_checkpoint_info(sim_run["workdir"], dataset="nope")
-  with pytest.raises(FileNotFoundError, match="No checkpoint directory"):
-    Policy.from_checkpoint(str(tmp_path / "missing"))
-  with pytest.raises(FileNotFoundError, match="No complete checkpoint"):
-    read_checkpoint_info(str(tmp_path))
-  with pytest.raises(FileNotFoundError, match="step 99"):
-    read_checkpoint_info(sim_run["workdir"], step=99)
+    info = read_checkpoint_info(sim_run["workdir"] + "/checkpoints", dataset="sim_b")
+    assert info.dataset_name == "sim_b" and info.dataset_stats["norm_mode"] == "quantile"
+    assert info.cameras == {"primary": "image", "wrist": "wrist_image"}
+    with pytest.raises(KeyError, match="sim_a"):
+        read_checkpoint_info(sim_run["workdir"], dataset="nope")
+    with pytest.raises(FileNotFoundError, match="No checkpoint directory"):
+        Policy.from_checkpoint(str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="No complete checkpoint"):
+        read_checkpoint_info(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="step 99"):
+        read_checkpoint_info(sim_run["workdir"], step=99)
 
 
 def test_bad_observations_are_rejected(policy):
-  policy.reset()
-  ep = _episode(policy)
-  obs = _observation(ep, 0)
-  with pytest.raises(ValueError, match="uint8"):
-    policy.preprocess(dict(obs, primary=obs["primary"] / 255.0))
-  with pytest.raises(KeyError, match="wrist"):
-    policy.preprocess({k: v for k, v in obs.items() if k != "wrist_image"})
-  with pytest.raises(ValueError, match="8"):
-    policy.preprocess(dict(obs, state=np.zeros(5)))
-  assert policy.history.count == 0  # a rejected observation leaves no frame behind
+    policy.reset()
+    ep = _episode(policy)
+    obs = _observation(ep, 0)
+    with pytest.raises(ValueError, match="uint8"):
+        policy.preprocess(dict(obs, primary=obs["primary"] / 255.0))
+    with pytest.raises(KeyError, match="wrist"):
+        policy.preprocess({k: v for k, v in obs.items() if k != "wrist_image"})
+    with pytest.raises(ValueError, match="8"):
+        policy.preprocess(dict(obs, state=np.zeros(5)))
+    assert policy.history.count == 0  # a rejected observation leaves no frame behind
 
 
 def test_frame_history_clamps_like_training_windows():
-  offsets = (-9, -6, -3, 0)
-  history = FrameHistory(offsets)
-  frames = [np.full((2, 2, 3), i, np.uint8) for i in range(25)]
-  for t, frame in enumerate(frames):
-    history.push(frame)
-    got, pad = history.window()
-    idx, want_pad = windows.frame_indices(t, t + 1, offsets)
-    np.testing.assert_array_equal(got[:, 0, 0, 0], idx)
-    np.testing.assert_array_equal(pad, want_pad)
-  history.reset()
-  with pytest.raises(RuntimeError):
-    history.window()
+    offsets = (-9, -6, -3, 0)
+    history = FrameHistory(offsets)
+    frames = [np.full((2, 2, 3), i, np.uint8) for i in range(25)]
+    for t, frame in enumerate(frames):
+        history.push(frame)
+        got, pad = history.window()
+        idx, want_pad = windows.frame_indices(t, t + 1, offsets)
+        np.testing.assert_array_equal(got[:, 0, 0, 0], idx)
+        np.testing.assert_array_equal(pad, want_pad)
+    history.reset()
+    with pytest.raises(RuntimeError):
+        history.window()

@@ -9,8 +9,13 @@ import pytest
 
 from data_pipelines.sim import world as W
 from data_pipelines.sim.env import SimEnv, eval_seeds, task_for_seed
-from data_pipelines.sim.expert import (expert_action, expert_policy, noop_policy, random_policy,
-                                       rollout)
+from data_pipelines.sim.expert import (
+    expert_action,
+    expert_policy,
+    noop_policy,
+    random_policy,
+    rollout,
+)
 from data_pipelines.sim.tasks import TASK_NAMES, TEMPLATES
 
 SEEDS_PER_TASK = 20
@@ -59,10 +64,15 @@ def test_observation_and_action_spaces():
 
 
 def _world(gripper, blocks, closed=False, held=-1) -> W.World:
-    return W.World(gripper=np.array(gripper, float), closed=closed, held=held,
-                   blocks=np.array(blocks, float), block_colors=("red", "blue")[:len(blocks)],
-                   targets=np.array([[0.8, 0.8], [0.2, 0.8]]),
-                   target_colors=("green", "yellow"))
+    return W.World(
+        gripper=np.array(gripper, float),
+        closed=closed,
+        held=held,
+        blocks=np.array(blocks, float),
+        block_colors=("red", "blue")[: len(blocks)],
+        targets=np.array([[0.8, 0.8], [0.2, 0.8]]),
+        target_colors=("green", "yellow"),
+    )
 
 
 def _act(dx, dy, grip):
@@ -75,8 +85,10 @@ def test_physics_push_hover_grasp_release():
     np.testing.assert_allclose(w.gripper, [0.5, 0.5 - W.CONTACT + W.MAX_STEP])
     np.testing.assert_allclose(w.blocks[0], [0.5, 0.5 + W.MAX_STEP])
     # Pushed blocks push the blocks in front of them.
-    w = W.step_world(_world([0.5, 0.5 - W.CONTACT], [[0.5, 0.5], [0.5, 0.5 + 2 * W.BLOCK_HALF]],
-                            closed=True), _act(0, 1, 1))
+    w = W.step_world(
+        _world([0.5, 0.5 - W.CONTACT], [[0.5, 0.5], [0.5, 0.5 + 2 * W.BLOCK_HALF]], closed=True),
+        _act(0, 1, 1),
+    )
     np.testing.assert_allclose(w.blocks[1], [0.5, 0.5 + 2 * W.BLOCK_HALF + W.MAX_STEP])
     # Open gripper hovers over blocks; speed is clipped to MAX_STEP.
     w = W.step_world(_world([0.5, 0.45], [[0.5, 0.5]]), _act(0, 5, -1))

@@ -70,8 +70,7 @@ def test_existing_dataset_is_reused_not_rewritten(sim_dataset):
     root, path = sim_dataset
     shard = [f for f in os.listdir(path) if ".tfrecord" in f][0]
     mtime = os.path.getmtime(os.path.join(path, shard))
-    assert writer.generate_dataset(root, "f1_sim_test", NUM_EPISODES, SEED,
-                                   progress=False) == path
+    assert writer.generate_dataset(root, "f1_sim_test", NUM_EPISODES, SEED, progress=False) == path
     assert os.path.getmtime(os.path.join(path, shard)) == mtime
     with open(os.path.join(path, "f1_sim_generation.json")) as f:
         assert json.load(f)["num_episodes"] == NUM_EPISODES
@@ -80,8 +79,9 @@ def test_existing_dataset_is_reused_not_rewritten(sim_dataset):
 
 
 def test_cli_writes_a_dataset(tmp_path):
-    out = writer.main(["--data_dir", os.fspath(tmp_path), "--episodes", "2", "--seed", "1",
-                       "--image_size", "64"])
+    out = writer.main(
+        ["--data_dir", os.fspath(tmp_path), "--episodes", "2", "--seed", "1", "--image_size", "64"]
+    )
     reader = EpisodeReader(out)
     assert len(reader) == 2
     std = libero.standardize(reader.decode(0), "f1_sim", 0)

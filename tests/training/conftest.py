@@ -11,56 +11,63 @@ TEXTS = ("push the red block", "open the drawer")
 
 
 def _episode(length: int, ep: int) -> dict:
-  rng = np.random.RandomState(ep)
-  steps = []
-  for t in range(length):
-    steps.append({
-        "observation": {
-            "image": rng.randint(0, 255, (32, 32, 3), dtype=np.uint8),
-            "wrist_image": rng.randint(0, 255, (32, 32, 3), dtype=np.uint8),
-            "state": rng.normal(size=8).astype(np.float32),
-            "joint_state": np.zeros(7, np.float32),
-        },
-        "action": rng.normal(size=7).astype(np.float32),
-        "discount": 1.0, "reward": float(t == length - 1),
-        "is_first": t == 0, "is_last": t == length - 1, "is_terminal": t == length - 1,
-        "language_instruction": TEXTS[ep % 2],
-    })
-  return {"steps": steps, "episode_metadata": {"file_path": f"/sim/{ep}"}}
+    rng = np.random.RandomState(ep)
+    steps = []
+    for t in range(length):
+        steps.append(
+            {
+                "observation": {
+                    "image": rng.randint(0, 255, (32, 32, 3), dtype=np.uint8),
+                    "wrist_image": rng.randint(0, 255, (32, 32, 3), dtype=np.uint8),
+                    "state": rng.normal(size=8).astype(np.float32),
+                    "joint_state": np.zeros(7, np.float32),
+                },
+                "action": rng.normal(size=7).astype(np.float32),
+                "discount": 1.0,
+                "reward": float(t == length - 1),
+                "is_first": t == 0,
+                "is_last": t == length - 1,
+                "is_terminal": t == length - 1,
+                "language_instruction": TEXTS[ep % 2],
+            }
+        )
+    return {"steps": steps, "episode_metadata": {"file_path": f"/sim/{ep}"}}
 
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
-  from data_pipelines.sources import libero
-  from data_pipelines.tokenizer import train_tokenizer
-  root = os.fspath(tmp_path_factory.mktemp("train_data"))
-  train = libero.write_dataset(root, "tiny_train", [_episode(12, i) for i in range(4)], (32, 32))
-  held_out = libero.write_dataset(root, "tiny_eval", [_episode(10, 10 + i) for i in range(2)],
-                                  (32, 32))
-  tokenizer = train_tokenizer(list(TEXTS) * 4, os.path.join(root, "tok.model"), 40)
-  return {"train": train, "eval": held_out, "tokenizer": tokenizer, "stats": root}
+    from data_pipelines.sources import libero
+    from data_pipelines.tokenizer import train_tokenizer
+
+    root = os.fspath(tmp_path_factory.mktemp("train_data"))
+    train = libero.write_dataset(root, "tiny_train", [_episode(12, i) for i in range(4)], (32, 32))
+    held_out = libero.write_dataset(
+        root, "tiny_eval", [_episode(10, 10 + i) for i in range(2)], (32, 32)
+    )
+    tokenizer = train_tokenizer(list(TEXTS) * 4, os.path.join(root, "tok.model"), 40)
+    return {"train": train, "eval": held_out, "tokenizer": tokenizer, "stats": root}
 
 
 def tiny_config(data: dict, steps: int = 4, mesh=(1, 1, 1)):
-  c = base_config()
-  c.model.size = "tiny"
-  c.model.precision = "parity"
-  c.model.remat_policy = "none"
-  c.model.chunk_size = 4
-  c.model.foresight_training = "teacher_forcing"  # smaller graph, faster compiles
-  c.data.datasets = [{"name": "tiny", "source": "libero", "path": data["train"]}]
-  c.data.tokenizer_path = data["tokenizer"]
-  c.data.batch_size = 8
-  c.data.num_workers = 0
-  c.data.max_token_len = 8
-  c.data.stats_dir = data["stats"]
-  c.mesh.shape = mesh
-  c.mesh.num_devices = int(np.prod(mesh))
-  c.optimizer.lr = {"vision": 1e-3, "und": 1e-3, "gen": 1e-3, "act": 1e-3}
-  c.optimizer.frozen = ("vision", "vqvae")
-  c.train.steps = steps
-  c.train.log_every = 1
-  c.train.checkpoint_every = 2
-  c.train.eval_every = 1000
-  c.train.async_checkpoints = False
-  return c
+    c = base_config()
+    c.model.size = "tiny"
+    c.model.precision = "parity"
+    c.model.remat_policy = "none"
+    c.model.chunk_size = 4
+    c.model.foresight_training = "teacher_forcing"  # smaller graph, faster compiles
+    c.data.datasets = [{"name": "tiny", "source": "libero", "path": data["train"]}]
+    c.data.tokenizer_path = data["tokenizer"]
+    c.data.batch_size = 8
+    c.data.num_workers = 0
+    c.data.max_token_len = 8
+    c.data.stats_dir = data["stats"]
+    c.mesh.shape = mesh
+    c.mesh.num_devices = int(np.prod(mesh))
+    c.optimizer.lr = {"vision": 1e-3, "und": 1e-3, "gen": 1e-3, "act": 1e-3}
+    c.optimizer.frozen = ("vision", "vqvae")
+    c.train.steps = steps
+    c.train.log_every = 1
+    c.train.checkpoint_every = 2
+    c.train.eval_every = 1000
+    c.train.async_checkpoints = False
+    return c

@@ -15,22 +15,24 @@ from f1_jax.training import state as st
 
 @pytest.mark.parametrize("name", launch.RECIPES)
 def test_recipe_builds(name):
-  config = launch.load_config(name)
-  model_config = trainer.model_config_from(config)
-  if config.sim.enabled:
-    return  # the debug recipe's data paths exist only after builtin_task.prepare
-  trainer.data_config_from(config.data, model_config)
-  labels = opt.param_labels(nn.unbox(st.abstract_params(F1(model_config))),
-                            config.optimizer.frozen)
-  opt.make_optimizer(config.optimizer.to_dict(), config.train.steps,
-                     opt.split_frozen(labels, labels)[0])
+    config = launch.load_config(name)
+    model_config = trainer.model_config_from(config)
+    if config.sim.enabled:
+        return  # the debug recipe's data paths exist only after builtin_task.prepare
+    trainer.data_config_from(config.data, model_config)
+    labels = opt.param_labels(
+        nn.unbox(st.abstract_params(F1(model_config))), config.optimizer.frozen
+    )
+    opt.make_optimizer(
+        config.optimizer.to_dict(), config.train.steps, opt.split_frozen(labels, labels)[0]
+    )
 
 
 @pytest.mark.parametrize("name", ["stage1", "stage2"])
 def test_full_size_train_step_lowers_and_compiles(name):
-  config = launch.load_config(name)
-  lowered = trainer.lower_train_step(config, sharding.make_mesh((1, 8, 1)), batch_size=8)
-  if name == "stage2":
-    memory = lowered.compile().memory_analysis()
-    # 3.55 B fp32 params + Adam moments, FSDP over 8 devices: > 5 GB of arguments per device.
-    assert memory.argument_size_in_bytes > 5e9
+    config = launch.load_config(name)
+    lowered = trainer.lower_train_step(config, sharding.make_mesh((1, 8, 1)), batch_size=8)
+    if name == "stage2":
+        memory = lowered.compile().memory_analysis()
+        # 3.55 B fp32 params + Adam moments, FSDP over 8 devices: > 5 GB of arguments per device.
+        assert memory.argument_size_in_bytes > 5e9
