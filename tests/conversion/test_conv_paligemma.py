@@ -12,7 +12,9 @@ from conversion.cli import main
 from conversion.io import ConversionError
 
 torch = pytest.importorskip("torch", reason="PaliGemma fixtures are built with transformers")
-transformers = pytest.importorskip("transformers")
+transformers = pytest.importorskip(
+    "transformers", reason="conversion fixtures are built with transformers (the test extra)"
+)
 
 FOREIGN_VOCAB = 320  # longer than ours (256), like PaliGemma's 257216 vs pi0's 257152
 

@@ -16,8 +16,12 @@ from conversion.cli import main
 from conversion.io import ConversionError, save_orbax
 from tests.conversion.test_conv_paligemma import HUB_NAMES, NEW_NAMES, rename, tiny_paligemma
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+torch = pytest.importorskip(
+    "torch", reason="conversion fixtures are built with torch (the test extra)"
+)
+transformers = pytest.importorskip(
+    "transformers", reason="conversion fixtures are built with transformers (the test extra)"
+)
 PROJ = (
     "state_proj",
     "action_in_proj",

@@ -13,7 +13,9 @@ from conversion.io import ConversionError
 from tests.conversion import official_layout as layout
 from tests.conversion.conftest import random_tensors
 
-torch = pytest.importorskip("torch")
+torch = pytest.importorskip(
+    "torch", reason="conversion fixtures are built with torch (the test extra)"
+)
 
 
 @pytest.fixture(scope="module")
