@@ -157,3 +157,32 @@ def test_full_size_parameter_counts():
     assert count(p["action_io"]) == 3_248_160  # action/state projections: 3.25 M
     assert count(p["vqvae"]) == 108_948_355  # VAR VQ-VAE (frozen)
     assert abs(count(p["foresight"]) - 5.66e6) < 0.005e6  # foresight extras: 5.66 M
+
+
+def test_cached_velocity_equals_the_joint_pass(tiny_model):
+    """The denoising step on the cached prefix computes what the training pass computes."""
+    model, params, batch = tiny_model
+    x_t = jax.random.normal(jax.random.key(5), (2, TINY.action.chunk_size, 32))
+    t = jnp.asarray([0.7, 0.3])
+
+    def both(module):
+        und, und_pad = module.embed_understanding(batch)
+        history, _ = module.encode_frames(batch["history"])
+        prefix = module.foresight.embed_history(history)
+        foresight, cache, prefix_pad = module.sample_foresight(
+            und, und_pad, prefix, jax.random.key(1)
+        )
+        cached = module.velocity(cache, prefix_pad, batch["state"], x_t, t)
+        scale_tokens = module.foresight.embed_scale_inputs(foresight["scale_inputs"], 1)
+        gen = jnp.concatenate([prefix, scale_tokens], axis=1)
+        act = module.action_io(module._pad_to(batch["state"], 32), x_t, t)
+        pad, starts = sequence_layout(und_pad, TINY.foresight, TINY.action.chunk_size)
+        (_, _, out), _ = module.stack(
+            [und, gen, act],
+            masks.positions_from_pad(pad),
+            masks.block_attention_mask(pad, starts),
+        )
+        return cached, module.action_io.velocity(out[:, 1:])
+
+    cached, joint = jax.jit(nn.apply(both, model))(params)
+    np.testing.assert_allclose(cached, joint, atol=1e-5)
