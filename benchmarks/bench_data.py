@@ -12,7 +12,6 @@ Prints one JSON line per measurement.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import shutil
@@ -77,25 +76,10 @@ def write_fixture(root: str, episodes: int, steps: int, size: int) -> str:
 
 
 def write_tokenizer(root: str) -> str:
-    import sentencepiece as spm
+    from data_pipelines.tokenizer import train_tokenizer
 
-    buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(["put the black bowl on the plate", "open the drawer"] * 8),
-        model_writer=buf,
-        vocab_size=40,
-        hard_vocab_limit=False,
-        model_type="bpe",
-        pad_id=0,
-        bos_id=1,
-        eos_id=2,
-        unk_id=3,
-        minloglevel=2,
-    )
-    path = os.path.join(root, "tok.model")
-    with open(path, "wb") as f:
-        f.write(buf.getvalue())
-    return path
+    texts = ["put the black bowl on the plate", "open the drawer"] * 8
+    return train_tokenizer(texts, os.path.join(root, "tok.model"), vocab_size=40)
 
 
 def time_batches(it, batch_size: int, batches: int, warmup: int = 2) -> float:
