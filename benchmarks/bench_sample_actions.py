@@ -9,7 +9,6 @@ The original reports 235 ms in total on an RTX 4090 (full size, bf16).
 
 import argparse
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 

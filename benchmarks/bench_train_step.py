@@ -23,7 +23,6 @@ import numpy as np
 from benchmarks.common import emit, time_call
 from configs.base import base_config
 from f1_jax.models.f1 import F1
-from f1_jax.training import optimizer as opt
 from f1_jax.training import sharding
 from f1_jax.training import state as st
 from f1_jax.training import step as steps
@@ -75,11 +74,11 @@ def bench(size: str, batch_size: int, num_steps: int, peak: float, peak_source: 
     model = F1(model_config)
     mesh = sharding.make_mesh((1, -1, 1))
     rules = sharding.rules_from_config(config.sharding_rules)
-    labels = opt.param_labels(nn.unbox(st.abstract_params(model)), config.optimizer.frozen)
-    tx, _ = opt.make_optimizer(
-        config.optimizer.to_dict(), 1000, opt.split_frozen(labels, labels)[0]
+    boxed = st.abstract_params(model)
+    labels, tx, _, _ = trainer.optimization_from(config, boxed)
+    init_fn, _, state_sh = st.make_state_fns(
+        model, tx, labels, mesh, rules, ema=False, boxed_params=boxed
     )
-    init_fn, _, state_sh = st.make_state_fns(model, tx, labels, mesh, rules, ema=False)
     state = init_fn(jax.random.key(0))
     batch = {
         k: np.zeros(v.shape, v.dtype) + (1 if v.dtype == bool else 0)

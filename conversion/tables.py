@@ -152,16 +152,20 @@ def gemma_rows(
     ]
 
 
+# pi0 / F1 action and state projections (fp32 Linear layers), named alike in every layout.
+ACTION_PROJECTIONS = (
+    "state_proj",
+    "action_in_proj",
+    "action_out_proj",
+    "action_time_mlp_in",
+    "action_time_mlp_out",
+)
+
+
 def action_rows(prefix: str) -> list[Row]:
     """pi0 / F1 action and state projections (fp32 Linear) <-> params/action_io."""
     rows = []
-    for name in (
-        "state_proj",
-        "action_in_proj",
-        "action_out_proj",
-        "action_time_mlp_in",
-        "action_time_mlp_out",
-    ):
+    for name in ACTION_PROJECTIONS:
         rows += [
             Row(f"{prefix}{name}.weight", f"action_io/{name}/kernel", rules.LINEAR),
             Row(f"{prefix}{name}.bias", f"action_io/{name}/bias"),
@@ -427,13 +431,7 @@ def openpi_table(config: F1Config) -> list[Row]:
             Row(llm + f"layers/pre_ffw_norm{sfx}/scale", ours + "pre_ffw_norm/scale", **st),
             Row(llm + f"final_norm{sfx}/scale", f"stack/final_norm_{expert}/scale"),
         ]
-    for name in (
-        "state_proj",
-        "action_in_proj",
-        "action_out_proj",
-        "action_time_mlp_in",
-        "action_time_mlp_out",
-    ):
+    for name in ACTION_PROJECTIONS:
         rows += [
             Row(f"{name}/kernel", f"action_io/{name}/kernel"),
             Row(f"{name}/bias", f"action_io/{name}/bias"),

@@ -42,18 +42,25 @@ def init_params(model: F1, rng: jax.Array) -> Any:
 
 
 def make_state_fns(
-    model: F1, tx: optax.GradientTransformation, labels: Any, mesh: Mesh, rules, ema: bool
+    model: F1,
+    tx: optax.GradientTransformation,
+    labels: Any,
+    mesh: Mesh,
+    rules,
+    ema: bool,
+    boxed_params: Any = None,
 ) -> tuple[Callable[[jax.Array], TrainState], TrainState, Any]:
     """Returns (init_fn, abstract_state, state_shardings).
 
     init_fn(rng) is jitted with out_shardings=state_shardings; abstract_state is the restore target
     for checkpoints.
     """
-    boxed = abstract_params(model)
+    boxed = (
+        abstract_params(model) if boxed_params is None else boxed_params
+    )  # an eval_shape of init
     with nn.logical_axis_rules(rules):
         param_sh = sharding.param_shardings(boxed, mesh, rules)
     param_sh = nn.unbox(param_sh)
-    trainable_sh, _ = opt.split_frozen(param_sh, labels)
 
     def init_state(rng: jax.Array, params: Any | None = None) -> TrainState:
         params = init_params(model, rng) if params is None else params

@@ -161,6 +161,26 @@ def foresight_strip(predicted: np.ndarray, target: np.ndarray) -> np.ndarray:
     return np.clip((np.concatenate(rows, axis=0) + 1) * 127.5, 0, 255).astype(np.uint8)
 
 
+HOST_ONLY_KEYS = ("dataset_index", "episode_index", "step_index")  # bookkeeping, not model input
+
+
+def device_batch(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
+    """A host's batch without its bookkeeping keys, assembled into global arrays on `mesh`."""
+    return sharding.host_batch_to_global(
+        {k: v for k, v in batch.items() if k not in HOST_ONLY_KEYS}, mesh
+    )
+
+
+def optimization_from(config: ml_collections.ConfigDict, boxed_params: Any):
+    """(labels, tx, schedules, ema_decay) of a config's `optimizer` section for these params."""
+    labels = opt.param_labels(nn.unbox(boxed_params), config.optimizer.frozen)
+    trainable_labels, _ = opt.split_frozen(labels, labels)
+    tx, schedules = opt.make_optimizer(
+        config.optimizer.to_dict(), config.train.steps, trainable_labels
+    )
+    return labels, tx, schedules, config.optimizer.ema_decay or None
+
+
 def evaluate(
     eval_step, params, data_config: DataConfig, stats: dict, mesh, num_batches: int, seed: int
 ) -> tuple[dict[str, float], np.ndarray | None]:
@@ -172,15 +192,7 @@ def evaluate(
     totals: dict[str, list[float]] = {}
     picture = None
     for index, batch in zip(range(num_batches), iterator):
-        global_batch = sharding.host_batch_to_global(
-            {
-                k: v
-                for k, v in batch.items()
-                if k not in ("dataset_index", "episode_index", "step_index")
-            },
-            mesh,
-        )
-        out = jax.device_get(eval_step(params, global_batch))
+        out = jax.device_get(eval_step(params, device_batch(batch, mesh)))
         for name, value in out["metrics"].items():
             totals.setdefault(name, []).append(float(value))
         # Robot units: un-normalise per dataset with the statistics the model was trained with.
@@ -200,14 +212,7 @@ def evaluate(
 
 def _global_batch_iterator(iterator, mesh) -> Iterator[dict]:
     for batch in iterator:
-        yield sharding.host_batch_to_global(
-            {
-                k: v
-                for k, v in batch.items()
-                if k not in ("dataset_index", "episode_index", "step_index")
-            },
-            mesh,
-        )
+        yield device_batch(batch, mesh)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -217,9 +222,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     model = F1(model_config)
     data_config = data_config_from(config.data, model_config)
     eval_data = (
-        dataclasses.replace(data_config_from(config.eval_data, model_config))
-        if config.eval_data.datasets
-        else None
+        data_config_from(config.eval_data, model_config) if config.eval_data.datasets else None
     )
     devices = jax.devices()[: config.mesh.num_devices or None]
     mesh = sharding.make_mesh(config.mesh.shape, config.mesh.num_slices, devices)
@@ -227,12 +230,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     total_steps = config.train.steps
 
     boxed = st.abstract_params(model)
-    labels = opt.param_labels(nn.unbox(boxed), config.optimizer.frozen)
-    trainable_labels, _ = opt.split_frozen(labels, labels)
-    tx, schedules = opt.make_optimizer(config.optimizer.to_dict(), total_steps, trainable_labels)
-    ema_decay = config.optimizer.ema_decay or None
+    labels, tx, schedules, ema_decay = optimization_from(config, boxed)
     init_fn, abstract_state, state_sh = st.make_state_fns(
-        model, tx, labels, mesh, rules, ema=ema_decay is not None
+        model, tx, labels, mesh, rules, ema=ema_decay is not None, boxed_params=boxed
     )
     if jax.process_index() == 0:
         trainable, frozen = opt.split_frozen(nn.unbox(boxed), labels)
@@ -388,13 +388,10 @@ def lower_train_step(config: ml_collections.ConfigDict, mesh, batch_size: int | 
     model_config = model_config_from(config)
     model = F1(model_config)
     rules = sharding.rules_from_config(config.sharding_rules)
-    labels = opt.param_labels(nn.unbox(st.abstract_params(model)), config.optimizer.frozen)
-    tx, _ = opt.make_optimizer(
-        config.optimizer.to_dict(), config.train.steps, opt.split_frozen(labels, labels)[0]
-    )
-    ema_decay = config.optimizer.ema_decay or None
+    boxed = st.abstract_params(model)
+    labels, tx, _, ema_decay = optimization_from(config, boxed)
     _, abstract_state, state_sh = st.make_state_fns(
-        model, tx, labels, mesh, rules, ema=ema_decay is not None
+        model, tx, labels, mesh, rules, ema=ema_decay is not None, boxed_params=boxed
     )
     batch = abstract_batch(
         model_config,

@@ -5,7 +5,6 @@ import os
 import numpy as np
 import pytest
 
-from configs.base import base_config
 
 TEXTS = ("push the red block", "open the drawer")
 
@@ -46,28 +45,3 @@ def tiny_data(tmp_path_factory):
     )
     tokenizer = train_tokenizer(list(TEXTS) * 4, os.path.join(root, "tok.model"), 40)
     return {"train": train, "eval": held_out, "tokenizer": tokenizer, "stats": root}
-
-
-def tiny_config(data: dict, steps: int = 4, mesh=(1, 1, 1)):
-    c = base_config()
-    c.model.size = "tiny"
-    c.model.precision = "parity"
-    c.model.remat_policy = "none"
-    c.model.chunk_size = 4
-    c.model.foresight_training = "teacher_forcing"  # smaller graph, faster compiles
-    c.data.datasets = [{"name": "tiny", "source": "libero", "path": data["train"]}]
-    c.data.tokenizer_path = data["tokenizer"]
-    c.data.batch_size = 8
-    c.data.num_workers = 0
-    c.data.max_token_len = 8
-    c.data.stats_dir = data["stats"]
-    c.mesh.shape = mesh
-    c.mesh.num_devices = int(np.prod(mesh))
-    c.optimizer.lr = {"vision": 1e-3, "und": 1e-3, "gen": 1e-3, "act": 1e-3}
-    c.optimizer.frozen = ("vision", "vqvae")
-    c.train.steps = steps
-    c.train.log_every = 1
-    c.train.checkpoint_every = 2
-    c.train.eval_every = 1000
-    c.train.async_checkpoints = False
-    return c

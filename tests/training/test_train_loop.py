@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
 
-from conftest import tiny_config
+from train_fixtures import tiny_config
 from data_pipelines import make_train_iterator
 from f1_jax.models.f1 import F1
 from f1_jax.training import checkpoints as ckpt

@@ -1,0 +1,31 @@
+"""The tiny training config shared by the training tests (a plain module: `conftest` is not
+importable by name when several test folders have one)."""
+
+import numpy as np
+
+from configs.base import base_config
+
+
+def tiny_config(data: dict, steps: int = 4, mesh=(1, 1, 1)):
+    c = base_config()
+    c.model.size = "tiny"
+    c.model.precision = "parity"
+    c.model.remat_policy = "none"
+    c.model.chunk_size = 4
+    c.model.foresight_training = "teacher_forcing"  # smaller graph, faster compiles
+    c.data.datasets = [{"name": "tiny", "source": "libero", "path": data["train"]}]
+    c.data.tokenizer_path = data["tokenizer"]
+    c.data.batch_size = 8
+    c.data.num_workers = 0
+    c.data.max_token_len = 8
+    c.data.stats_dir = data["stats"]
+    c.mesh.shape = mesh
+    c.mesh.num_devices = int(np.prod(mesh))
+    c.optimizer.lr = {"vision": 1e-3, "und": 1e-3, "gen": 1e-3, "act": 1e-3}
+    c.optimizer.frozen = ("vision", "vqvae")
+    c.train.steps = steps
+    c.train.log_every = 1
+    c.train.checkpoint_every = 2
+    c.train.eval_every = 1000
+    c.train.async_checkpoints = False
+    return c
