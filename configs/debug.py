@@ -36,5 +36,10 @@ def get_config():
     c.sim.image_size = 64
     c.sim.seed = 0
     c.sim.vocab_size = 96
+    # The debug VQ-VAE has no released weights: train it on expert frames first (0: keep random).
+    c.sim.vqvae_steps = 900
+    c.sim.vqvae_batch_size = 8
+    c.sim.vqvae_lr = 5e-3
+    c.sim.vqvae_episodes = 100
     c.sim.evaluate_episodes = 60  # closed-loop episodes after training (0: skip)
     return c

@@ -90,14 +90,17 @@ def debug() -> F1Config:
         ch_mult=(1, 2, 2),
         num_res_blocks=1,
         norm_groups=8,
-        patch_nums=(1, 2, 3, 4, 6, 8),
+        patch_nums=(1, 2, 4, 8),
     )
     return dataclasses.replace(
         config,
-        siglip=dataclasses.replace(config.siglip, image_size=56),
+        siglip=dataclasses.replace(
+            config.siglip, image_size=56, patch_size=8, posemb_init="sincos2d"
+        ),
         vocab_size=128,
         vqvae=vqvae,
         foresight=dataclasses.replace(config.foresight, patch_nums=vqvae.patch_nums),
+        action=dataclasses.replace(config.action, action_dim=7, state_dim=8),
     )
 
 

@@ -61,6 +61,8 @@ class DataConfig:
     tokenizer_path: str
     batch_size: int = 32
     chunk_size: int = 50
+    state_dim: int = schema.MAX_DIM  # states and actions are zero-padded to these widths
+    action_dim: int = schema.MAX_DIM
     history_offsets: tuple[int, ...] = (-9, -6, -3, 0)
     target_offsets: tuple[int, ...] = (3,)
     gen_camera: str = "primary"
@@ -97,6 +99,11 @@ class DataConfig:
             raise ValueError(f"gen_camera {self.gen_camera!r} not in {schema.CAMERAS}")
         if self.chunk_size < 1 or self.batch_size < 1:
             raise ValueError("chunk_size and batch_size must be >= 1")
+        for name in ("state_dim", "action_dim"):
+            if not 1 <= getattr(self, name) <= schema.MAX_DIM:
+                raise ValueError(
+                    f"{name} must be in [1, {schema.MAX_DIM}], got {getattr(self, name)}"
+                )
         if self.gen_crop > self.gen_resize:
             raise ValueError(f"gen_crop {self.gen_crop} larger than gen_resize {self.gen_resize}")
 

@@ -23,16 +23,17 @@ from data_pipelines.sample import SampleBuilder
 from data_pipelines.summary import DatasetSummary, load_or_compute
 
 # Keys, shapes and dtypes of one host batch (B = batch_size // process_count, N = 3 cameras
-# (primary, secondary, wrist), F = len(history_offsets) + len(target_offsets), H = chunk_size).
+# (primary, secondary, wrist), F = len(history_offsets) + len(target_offsets), H = chunk_size,
+# S = state_dim, A = action_dim; both 32 unless the model is narrower).
 BATCH_SPEC: dict[str, tuple[str, str]] = {
     "images": ("[B, 3, und_image_size, und_image_size, 3]", "uint8"),
     "image_mask": ("[B, 3]", "bool"),
     "gen_frames": ("[B, F, gen_crop, gen_crop, 3]", "uint8"),
     "gen_frames_is_pad": ("[B, F]", "bool"),
-    "state": ("[B, 32]", "float32"),
-    "state_mask": ("[B, 32]", "bool"),
-    "actions": ("[B, H, 32]", "float32"),
-    "action_mask": ("[B, 32]", "bool"),
+    "state": ("[B, S]", "float32"),
+    "state_mask": ("[B, S]", "bool"),
+    "actions": ("[B, H, A]", "float32"),
+    "action_mask": ("[B, A]", "bool"),
     "action_is_pad": ("[B, H]", "bool"),
     "tokens": ("[B, max_token_len]", "int32"),
     "token_mask": ("[B, max_token_len]", "bool"),

@@ -110,10 +110,12 @@ class SampleBuilder:
             frame_pad = np.ones(len(offsets), bool)
 
         state, state_mask = schema.pad_to(
-            normalize.normalize(ep.state[t], summary.state_stats, mode)
+            normalize.normalize(ep.state[t], summary.state_stats, mode), cfg.state_dim
         )
         chunk, action_pad = windows.action_chunk(ep.action, t, cfg.chunk_size)
-        actions, action_mask = schema.pad_to(normalize.normalize(chunk, summary.action_stats, mode))
+        actions, action_mask = schema.pad_to(
+            normalize.normalize(chunk, summary.action_stats, mode), cfg.action_dim
+        )
         tokens, token_mask = self.tokenizer.encode(ep.language)
         return {
             "images": und,

@@ -2,17 +2,25 @@
 
 `prepare(config, workdir)` writes expert episodes of the simulated table (training seeds and
 held-out seeds) as LIBERO-schema RLDS, trains a small SentencePiece tokenizer on every instruction
-the task family can produce, then points the config at both. A second call finds everything in
-place.
+the task family can produce and (with `sim.vqvae_steps`) the model's VQ-VAE image tokenizer on
+expert frames, then points the config at all three. A second call finds everything in place.
+
+The full-size F1 starts from a released VAR VQ-VAE; the debug model's small VQ-VAE has no released
+weights, and a random one tokenizes every frame into noise, so the recipe trains its own first.
 """
 
+import hashlib
 import itertools
+import json
+import logging
 import os
 
 import ml_collections
 
 from data_pipelines.sim import render, tasks, writer
 from data_pipelines.tokenizer import train_tokenizer
+
+log = logging.getLogger("f1_jax")
 
 
 def all_instructions() -> list[str]:
@@ -37,7 +45,52 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> None:
     tokenizer = os.path.join(data_dir, "sim_tokenizer.model")
     if not os.path.exists(tokenizer):
         train_tokenizer(all_instructions() * 4, tokenizer, vocab_size=sim.vocab_size)
+    if sim.get("vqvae_steps", 0) and not config.init.vqvae_path:
+        config.init.vqvae_path = prepare_vqvae(config, data_dir)
     config.data.datasets = [{"name": "f1_sim", "source": "libero", "path": train}]
     config.data.tokenizer_path = tokenizer
     config.eval_data = ml_collections.ConfigDict(config.data.to_dict())
     config.eval_data.datasets = [{"name": "f1_sim", "source": "libero", "path": held_out}]
+
+
+def prepare_vqvae(config: ml_collections.ConfigDict, data_dir: str) -> str:
+    """Trains the model's VQ-VAE on expert frames of the training seeds, once; returns its path.
+
+    The directory name carries a hash of everything that shapes the result, so a changed model
+    size or recipe trains a new tokenizer instead of loading a mismatched one.
+    """
+    from f1_jax.training import trainer, vqvae_training
+
+    sim = config.sim
+    vq = trainer.model_config_from(config).vqvae
+    recipe = {
+        "vqvae": repr(vq),
+        "steps": sim.vqvae_steps,
+        "batch_size": sim.vqvae_batch_size,
+        "learning_rate": sim.vqvae_lr,
+        "episodes": sim.vqvae_episodes,
+        "seed": sim.seed,
+        "image_size": sim.image_size,
+    }
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+    path = os.path.join(data_dir, f"sim_vqvae_{key}")
+    if os.path.exists(path):
+        return path
+    first_seed = writer.episode_seeds(sim.seed, 1)[0]
+    log.info("Training the debug VQ-VAE on %d expert episodes (once).", sim.vqvae_episodes)
+    frames = vqvae_training.collect_sim_frames(
+        sim.vqvae_episodes, first_seed, image_size=sim.image_size, frame_size=vq.image_size
+    )
+    params, metrics = vqvae_training.train_vqvae(
+        vq,
+        frames,
+        steps=sim.vqvae_steps,
+        batch_size=sim.vqvae_batch_size,
+        learning_rate=sim.vqvae_lr,
+        seed=sim.seed,
+    )
+    vqvae_training.save_vqvae(path, params)
+    with open(path + ".json", "w") as f:
+        json.dump({"recipe": recipe, "metrics": metrics}, f, indent=2)
+    log.info("VQ-VAE ready at %s: %s", path, json.dumps(metrics))
+    return path

@@ -86,15 +86,17 @@ def generation_frame(frame: np.ndarray, resize: int, crop: int) -> np.ndarray:
     return img_ops.resize_short_side_and_crop(frame, resize, crop, origin)
 
 
-def normalized_state(state: np.ndarray, stats: Mapping[str, Any], mode: str) -> np.ndarray:
-    """Raw state [Ds] -> normalised, zero-padded float32 [32]."""
+def normalized_state(
+    state: np.ndarray, stats: Mapping[str, Any], mode: str, dim: int = schema.MAX_DIM
+) -> np.ndarray:
+    """Raw state [Ds] -> normalised, zero-padded float32 [dim]."""
     state = np.asarray(state, np.float32).reshape(-1)
     expected = len(stats["mean"])
     if state.shape[0] != expected:
         raise ValueError(
             f"state has {state.shape[0]} dims; the training statistics have {expected}"
         )
-    return schema.pad_to(normalize.normalize(state, stats, mode))[0]
+    return schema.pad_to(normalize.normalize(state, stats, mode), dim)[0]
 
 
 class FrameHistory:
@@ -266,7 +268,9 @@ class Policy:
         und, present = understanding_images(frames, cfg.und_image_size)
         # Everything that can reject the observation runs before the history is touched.
         tokens, token_mask = self._encode(str(observation["instruction"]))
-        state = normalized_state(observation["state"], stats["state"], stats["norm_mode"])
+        state = normalized_state(
+            observation["state"], stats["state"], stats["norm_mode"], cfg.state_dim
+        )
         if cfg.gen_camera in frames:
             self.history.push(
                 generation_frame(frames[cfg.gen_camera], cfg.gen_resize, cfg.gen_crop)

@@ -61,6 +61,8 @@ def data_config_from(data: ml_collections.ConfigDict, model_config: F1Config) ->
     fields["stats_dir"] = fields.get("stats_dir") or None
     fields.update(
         chunk_size=model_config.action.chunk_size,
+        state_dim=model_config.action.state_dim,
+        action_dim=model_config.action.action_dim,
         und_image_size=model_config.siglip.image_size,
         gen_crop=frame,
         gen_resize=int(round(1.125 * frame)),

@@ -296,3 +296,33 @@ def test_one_crop_shared_by_all_generation_frames(libero_dir, tokenizer_path, tm
     a = centred(np.array([0, 0, 5]), np.random.default_rng(0))
     b = centred(np.array([0, 0, 5]), np.random.default_rng(1))
     assert_batches_equal(a, b)  # eval: centred crop, no augmentation
+
+
+def test_narrow_state_and_action_widths(libero_dir, tokenizer_path, tmp_path):
+    """A model with 8-dim states and 7-dim actions gets batches padded to exactly those widths."""
+    common = dict(stats_dir=str(tmp_path), train=False, shuffle=False, batch_size=2, chunk_size=4)
+    wide = next(
+        pipeline.make_train_iterator(
+            small_config([DatasetConfig("libero", "libero", libero_dir)], tokenizer_path, **common),
+            seed=0,
+        )
+    )
+    narrow_cfg = small_config(
+        [DatasetConfig("libero", "libero", libero_dir)],
+        tokenizer_path,
+        state_dim=8,
+        action_dim=7,
+        **common,
+    )
+    narrow = next(pipeline.make_train_iterator(narrow_cfg, seed=0))
+    assert narrow["state"].shape == (2, 8) and narrow["actions"].shape == (2, 4, 7)
+    assert narrow["action_mask"].all() and narrow["state_mask"].all()
+    np.testing.assert_array_equal(narrow["state"], wide["state"][:, :8])
+    np.testing.assert_array_equal(narrow["actions"], wide["actions"][..., :7])
+    with pytest.raises(ValueError, match="action_dim must be in"):
+        small_config([DatasetConfig("a", "libero", libero_dir)], tokenizer_path, action_dim=33)
+    too_narrow = small_config(
+        [DatasetConfig("libero", "libero", libero_dir)], tokenizer_path, action_dim=6, **common
+    )
+    with pytest.raises(Exception, match="cannot pad last dim 7 down to 6"):
+        next(pipeline.make_train_iterator(too_narrow, seed=0))

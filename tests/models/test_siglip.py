@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from f1_jax.models.precision import get_precision
-from f1_jax.models.siglip import SiglipConfig, SiglipEncoder
+from f1_jax.models.siglip import SiglipConfig, SiglipEncoder, sincos_2d
 
 torch = pytest.importorskip("torch", reason="parity tests need the optional torch extra")
 transformers = pytest.importorskip("transformers", reason="parity tests need transformers")
@@ -107,3 +107,29 @@ def test_rejects_wrong_image_size():
     ours = SiglipEncoder(CONFIG, get_precision("parity"))
     with pytest.raises(ValueError, match="SigLIP expects images"):
         ours.init(jax.random.key(0), jnp.zeros((1, 30, 30, 3)))
+
+
+def test_sincos2d_position_embedding_init():
+    """The sincos2d option starts the learned embedding at row/column sinusoids plus the usual
+    small normal; the default stays SigLIP's normal init."""
+    table = sincos_2d(side=3, width=8, period=100.0)
+    assert table.shape == (9, 8)
+    # Patch (row 1, col 2) is index 5: column phases first, then row phases, lowest freq = 1.
+    np.testing.assert_allclose(
+        table[5, [0, 2, 4, 6]], [np.sin(2.0), np.cos(2.0), np.sin(1.0), 1 * np.cos(1.0)], rtol=1e-6
+    )
+    kw = dict(
+        image_size=28, patch_size=14, width=32, depth=1, mlp_dim=32, num_heads=4, out_width=16
+    )
+    images = jnp.zeros((1, 28, 28, 3))
+
+    def posemb(config):
+        params = SiglipEncoder(config, get_precision("parity")).init(jax.random.key(0), images)
+        return np.asarray(nn.unbox(params)["params"]["position_embedding"])
+
+    normal = posemb(SiglipConfig(**kw))
+    sincos = posemb(SiglipConfig(**kw, posemb_init="sincos2d"))
+    np.testing.assert_allclose(sincos - normal, sincos_2d(2, 32, 100.0), atol=1e-6)
+    assert np.std(normal) < 0.5
+    with pytest.raises(ValueError, match="posemb_init"):
+        SiglipConfig(posemb_init="learned")
