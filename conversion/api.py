@@ -16,6 +16,7 @@ from typing import Iterator
 
 import numpy as np
 
+from configs.models import get_model_config
 from conversion import config_io, engine, tables
 from conversion.io import (
     ConversionError,
@@ -24,11 +25,10 @@ from conversion.io import (
     atomic_output_dir,
     load_orbax,
     open_source,
-    save_orbax,
     write_safetensors_streaming,
 )
-from configs.models import get_model_config
 from f1_jax.models.f1 import F1Config
+from f1_jax.training.checkpoints import save_params
 
 ALL_SUBTREES = ("siglip", "embedder", "stack", "foresight", "action_io", "vqvae")
 STAGE1_FRESH = ("stack/layers/gen", "stack/final_norm_gen", "foresight")
@@ -53,7 +53,7 @@ def _write(
 ) -> Path:
     with atomic_output_dir(output) as tmp:
         # Plain ndarray views of the memmaps: Orbax's handlers are registered for np.ndarray.
-        save_orbax(tmp / "params", engine.unflatten({k: np.asarray(v) for k, v in params.items()}))
+        save_params(tmp / "params", engine.unflatten({k: np.asarray(v) for k, v in params.items()}))
         config_io.write_sidecar(tmp / config_io.SIDECAR, config, source, sorted(subtrees), notes)
         if buffers:
             np.savez(tmp / "buffers.npz", **buffers)

@@ -229,17 +229,8 @@ def atomic_output_dir(output: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def save_orbax(path: Path, params: dict) -> None:
-    """Saves `{"params": params}` with Orbax's StandardCheckpointer (blocking)."""
-    import orbax.checkpoint as ocp
-
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(path, {"params": params})
-        ckptr.wait_until_finished()
-
-
 def load_orbax(path: Path) -> dict:
-    """Restores a tree saved by `save_orbax` (or any Orbax PyTree checkpoint) as NumPy arrays."""
+    """Restores a tree saved by `checkpoints.save_params` (or any Orbax PyTree checkpoint) as NumPy arrays."""
     import jax
     import orbax.checkpoint as ocp
 

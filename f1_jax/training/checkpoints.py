@@ -96,6 +96,14 @@ class RunCheckpoints:
         self.manager.close()
 
 
+def save_params(path: str | os.PathLike, params: Any) -> None:
+    """Writes `{'params': params}` (Orbax StandardCheckpointer, blocking): what `load_params`
+    and `init.params_path` / `init.vqvae_path` read."""
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(os.path.abspath(path), {"params": params})
+        checkpointer.wait_until_finished()
+
+
 def load_params(path: str, abstract_params: Any) -> Any:
     """Parameters written by `python -m conversion import` ({'params': ...}) into their shards."""
     if not os.path.exists(path):

@@ -292,13 +292,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                 f.write(config.to_json_best_effort(indent=2))
 
     with nn.logical_axis_rules(rules), jax.set_mesh(mesh):
-        train_step = jax.jit(
-            steps.make_train_step(
-                model, tx, labels, config.train.seed, config.optimizer.grad_accum_steps, ema_decay
-            ),
-            donate_argnums=0,
-            out_shardings=(state_sh, None),
-        )
+        train_step = jit_train_step(config, model, tx, labels, ema_decay, state_sh)
         eval_step = jax.jit(steps.make_eval_step(model, config.train.seed)) if eval_data else None
 
         logger = _Logger(workdir, start, total_steps, data_config.batch_size)
@@ -365,14 +359,18 @@ def abstract_batch(
     """Shapes of one data-pipeline batch (see data_pipelines.pipeline.BATCH_SPEC)."""
     side, frame = model_config.siglip.image_size, model_config.vqvae.image_size
     frames = model_config.foresight.history_frames + 1
-    chunk = model_config.action.chunk_size
+    chunk, state_dim, action_dim = (
+        model_config.action.chunk_size,
+        model_config.action.state_dim,
+        model_config.action.action_dim,
+    )
     spec = {
         "images": ((batch_size, num_cameras, side, side, 3), np.uint8),
         "image_mask": ((batch_size, num_cameras), bool),
         "gen_frames": ((batch_size, frames, frame, frame, 3), np.uint8),
-        "state": ((batch_size, 32), np.float32),
-        "actions": ((batch_size, chunk, 32), np.float32),
-        "action_mask": ((batch_size, 32), bool),
+        "state": ((batch_size, state_dim), np.float32),
+        "actions": ((batch_size, chunk, action_dim), np.float32),
+        "action_mask": ((batch_size, action_dim), bool),
         "action_is_pad": ((batch_size, chunk), bool),
         "tokens": ((batch_size, max_token_len), np.int32),
         "token_mask": ((batch_size, max_token_len), bool),
@@ -382,6 +380,18 @@ def abstract_batch(
         k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding_)
         for k, (shape, dtype) in spec.items()
     }
+
+
+def jit_train_step(config: ml_collections.ConfigDict, model: F1, tx, labels, ema_decay, state_sh):
+    """The jitted train step (state donated, state kept in its shardings); call it inside the
+    run's logical axis rules and mesh."""
+    return jax.jit(
+        steps.make_train_step(
+            model, tx, labels, config.train.seed, config.optimizer.grad_accum_steps, ema_decay
+        ),
+        donate_argnums=0,
+        out_shardings=(state_sh, None),
+    )
 
 
 def lower_train_step(config: ml_collections.ConfigDict, mesh, batch_size: int | None = None):
@@ -402,11 +412,5 @@ def lower_train_step(config: ml_collections.ConfigDict, mesh, batch_size: int | 
         mesh=mesh,
     )
     with nn.logical_axis_rules(rules), jax.set_mesh(mesh):
-        step = jax.jit(
-            steps.make_train_step(
-                model, tx, labels, config.train.seed, config.optimizer.grad_accum_steps, ema_decay
-            ),
-            donate_argnums=0,
-            out_shardings=(state_sh, None),
-        )
+        step = jit_train_step(config, model, tx, labels, ema_decay, state_sh)
         return step.lower(ckpt.with_shardings(abstract_state, state_sh), batch)

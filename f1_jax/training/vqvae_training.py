@@ -18,6 +18,7 @@ import functools
 import math
 import os
 import shutil
+import tempfile
 import time
 from typing import Any
 
@@ -29,6 +30,7 @@ from flax import traverse_util
 
 from f1_jax.models.resize import resize_area, resize_bicubic
 from f1_jax.models.vqvae import VQVAE, VQVAEConfig
+from f1_jax.training import checkpoints
 
 Params = Any
 BETA = 0.25  # VAR's commitment weight
@@ -451,26 +453,16 @@ def evaluate_vqvae(
 
 
 def save_vqvae(path: str, params: Params) -> None:
-    """Writes ``{'params': params}`` (Orbax StandardCheckpointer) atomically to ``path``.
+    """Writes ``{'params': params}`` (``checkpoints.save_params``) atomically to ``path``.
 
     Saved into a sibling temp dir first, then renamed, so a reader never sees a partial
     checkpoint; an existing checkpoint at ``path`` is replaced.
     """
-    import orbax.checkpoint as ocp
-
     path = os.path.abspath(path)
-    tmp, old = f"{path}.tmp-{os.getpid()}", f"{path}.old-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        with ocp.StandardCheckpointer() as ckptr:
-            ckptr.save(tmp, {"params": jax.tree.map(np.asarray, params)})
-            ckptr.wait_until_finished()
-        if os.path.exists(path):
-            os.replace(path, old)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if os.path.exists(old) and not os.path.exists(path):
-            os.replace(old, path)  # put the previous checkpoint back
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    with tempfile.TemporaryDirectory(
+        prefix=f".{os.path.basename(path)}.tmp-", dir=os.path.dirname(path)
+    ) as tmp:
+        staged = os.path.join(tmp, "params")
+        checkpoints.save_params(staged, jax.tree.map(np.asarray, params))
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(staged, path)

@@ -13,7 +13,8 @@ from safetensors.numpy import save_file
 
 from conversion import api
 from conversion.cli import main
-from conversion.io import ConversionError, save_orbax
+from conversion.io import ConversionError
+from f1_jax.training.checkpoints import save_params
 from tests.conversion.test_conv_paligemma import HUB_NAMES, NEW_NAMES, rename, tiny_paligemma
 
 torch = pytest.importorskip(
@@ -259,7 +260,7 @@ def test_openpi_import_equals_pi0_import(pi0_files, imported, tiny_config, tmp_p
     from safetensors.numpy import load_file
 
     tree = openpi_tree(tiny_config, load_file(str(pi0_files[("old", True)])))
-    save_orbax(tmp_path / "openpi_params", _wrap_values(tree))
+    save_params(tmp_path / "openpi_params", _wrap_values(tree))
     assert (
         main(
             [

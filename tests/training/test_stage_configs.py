@@ -36,3 +36,13 @@ def test_full_size_train_step_lowers_and_compiles(name):
         memory = lowered.compile().memory_analysis()
         # 3.55 B fp32 params + Adam moments, FSDP over 8 devices: > 5 GB of arguments per device.
         assert memory.argument_size_in_bytes > 5e9
+
+
+def test_debug_train_step_lowers_with_its_narrow_state_and_action_widths():
+    """abstract_batch follows the model's pad widths (8-dim state, 7-dim actions for `debug`)."""
+    config = launch.load_config("debug")
+    model_config = trainer.model_config_from(config)
+    batch = trainer.abstract_batch(model_config, 8)
+    assert batch["state"].shape == (8, model_config.action.state_dim) == (8, 8)
+    assert batch["actions"].shape[-1] == model_config.action.action_dim == 7
+    trainer.lower_train_step(config, sharding.make_mesh((8, 1, 1)), batch_size=8)
