@@ -31,7 +31,7 @@ def get_config():
     c.train.keep_period = 0
     c.sim.enabled = True
     c.sim.data_dir = ""  # default: WORKDIR/data
-    c.sim.train_episodes = 300
+    c.sim.train_episodes = 1000
     c.sim.eval_episodes = 30
     c.sim.image_size = 64
     c.sim.seed = 0

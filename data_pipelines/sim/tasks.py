@@ -24,8 +24,8 @@ TEMPLATES: dict[str, str] = {
     "push": "push the {block} block to the {target} square",
     "pick_place": "put the {block} block on the {target} square",
 }
-REACH_TOL = 0.02  # gripper centre within this distance of the block centre
-PLACE_TOL = 0.03  # block centre within this (per axis) of the square centre: fully inside it
+REACH_TOL = W.BLOCK_HALF  # gripper centre within this distance of the block centre: over it
+PLACE_TOL = 0.05  # block centre within this (per axis) of the square centre: mostly inside it
 _LO, _HI = 0.15, 0.85  # sampling range of object centres (keeps push approach points on table)
 
 

@@ -17,7 +17,7 @@ GRIPPER_RADIUS = 0.035  # contact radius of the closed gripper
 BLOCK_HALF = 0.04  # half side of a block (also its contact radius)
 TARGET_HALF = 0.07  # half side of a target square
 MAX_STEP = 0.03  # table units moved per step at |action[:2]| = 1
-GRASP_RADIUS = 0.03  # closing within this distance of a block centre grasps it
+GRASP_RADIUS = BLOCK_HALF  # closing with the gripper centre over a block grasps it
 CONTACT = GRIPPER_RADIUS + BLOCK_HALF
 FINGER_OPEN, FINGER_HOLD, FINGER_CLOSED = 0.04, 0.02, 0.0  # finger joint values (LIBERO-like)
 ACTION_DIM = 7

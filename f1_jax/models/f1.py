@@ -153,7 +153,7 @@ class F1(nn.Module):
         c = self.config
         precision = get_precision(c.precision)
         self.siglip = SiglipEncoder(c.siglip, precision, c.remat_policy)
-        self.embedder = Embedder(c.vocab_size, c.und.width)
+        self.embedder = Embedder(c.vocab_size, c.und.width, c.und.initializer(c.und.width))
         self.stack = ExpertStack(c.experts, precision, remat_policy=c.remat_policy)
         self.foresight = ForesightIO(c.foresight)
         self.action_io = ActionInputs(c.action, precision)

@@ -46,6 +46,25 @@ class ExpertConfig:
     num_heads: int = 8
     num_kv_heads: int = 1
     head_dim: int = 256
+    # Initial std of weights trained from scratch. "gemma": normal(0.02) for every projection and
+    # the word embedding (HF Gemma's initializer_range, what the original uses for new weights);
+    # "fan_in": normal(1/sqrt(fan_in)). The two agree at width ~2048; at width 32-64, 0.02 is 6-9x
+    # too small and attention stays uniform for thousands of steps (see docs/builtin_task.md).
+    param_init: str = "gemma"
+
+    def __post_init__(self):
+        if self.param_init not in PARAM_INITS:
+            raise ValueError(
+                f"Expert {self.name!r}: param_init must be one of {PARAM_INITS}, "
+                f"got {self.param_init!r}."
+            )
+
+    def initializer(self, fan_in: int) -> nn.initializers.Initializer:
+        """Initializer of a projection whose output sums over `fan_in` inputs."""
+        return nn.initializers.normal(0.02 if self.param_init == "gemma" else fan_in**-0.5)
+
+
+PARAM_INITS = ("gemma", "fan_in")
 
 
 def check_expert_configs(experts: Sequence[ExpertConfig]) -> None:
@@ -163,25 +182,32 @@ class ExpertLayer(nn.Module):
         c = self.config
         self.pre_attention_norm = RMSNorm()
         self.pre_ffw_norm = RMSNorm()
+        embed_init, mlp_init = c.initializer(c.width), c.initializer(c.mlp_dim)
         self.q_einsum = _param(
-            self, "q_einsum", (c.num_heads, c.width, c.head_dim), ("q_heads", "embed", "head_dim")
+            self,
+            "q_einsum",
+            (c.num_heads, c.width, c.head_dim),
+            ("q_heads", "embed", "head_dim"),
+            embed_init,
         )
         self.kv_einsum = _param(
             self,
             "kv_einsum",
             (2, c.num_kv_heads, c.width, c.head_dim),
             (None, "kv_heads", "embed", "head_dim"),
+            embed_init,
         )
         self.attn_vec_einsum = _param(
             self,
             "attn_vec_einsum",
             (c.num_heads, c.head_dim, c.width),
             ("q_heads", "head_dim", "embed"),
+            c.initializer(c.num_heads * c.head_dim),
         )
         self.gating_einsum = _param(
-            self, "gating_einsum", (2, c.width, c.mlp_dim), (None, "embed", "mlp")
+            self, "gating_einsum", (2, c.width, c.mlp_dim), (None, "embed", "mlp"), embed_init
         )
-        self.linear = _param(self, "linear", (c.mlp_dim, c.width), ("mlp", "embed"))
+        self.linear = _param(self, "linear", (c.mlp_dim, c.width), ("mlp", "embed"), mlp_init)
 
     def _einsum(self, spec: str, x: jax.Array, w: jax.Array) -> jax.Array:
         p = self.precision
@@ -246,11 +272,15 @@ class Embedder(nn.Module):
 
     vocab_size: int
     width: int
+    # N(0, 0.02) as Gemma; from scratch at small width pass N(0, 1/sqrt(width)), so that embedded
+    # words (x sqrt(width)) are as large as the image tokens beside them in the residual stream.
+    embedding_init: nn.initializers.Initializer = nn.initializers.normal(0.02)
 
     @nn.compact
     def __call__(self, tokens: jax.Array) -> jax.Array:
         """[B, T] int -> [B, T, D] fp32."""
-        table = _param(self, "input_embedding", (self.vocab_size, self.width), ("vocab", "embed"))
+        shape = (self.vocab_size, self.width)
+        table = _param(self, "input_embedding", shape, ("vocab", "embed"), self.embedding_init)
         return jnp.take(table, tokens, axis=0) * jnp.sqrt(jnp.float32(self.width))
 
 

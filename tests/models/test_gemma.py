@@ -310,3 +310,52 @@ def test_params_missing_an_expert_fail_by_name():
     del params["params"]["layers"]["act"]
     with pytest.raises(Exception, match="act"):
         jax.jit(stack.apply)(params, xs, positions, mask)
+
+
+@pytest.mark.parametrize("param_init", ["gemma", "fan_in"])
+def test_param_init_scales(param_init):
+    """ "gemma": N(0, 0.02) everywhere (HF Gemma); "fan_in": std 1/sqrt(inputs summed over)."""
+    experts = tuple(
+        ExpertConfig(
+            e.name,
+            64,
+            256,
+            depth=2,
+            num_heads=4,
+            num_kv_heads=2,
+            head_dim=16,
+            param_init=param_init,
+        )
+        for e in THREE
+    )
+    stack = ExpertStack(experts, PARITY)
+    lengths = (5, 3, 2)
+    inputs = _tokens(experts, lengths)
+    pad = jnp.ones((2, sum(lengths)), bool)
+    params = nn.unbox(
+        stack.init(
+            jax.random.key(0),
+            inputs,
+            masks.positions_from_pad(pad),
+            masks.block_attention_mask(pad, jnp.zeros_like(pad)),
+        )
+    )["params"]["layers"]["und"]
+    fan_in = {
+        "q_einsum": 64,
+        "kv_einsum": 64,
+        "attn_vec_einsum": 4 * 16,
+        "gating_einsum": 64,
+        "linear": 256,
+    }
+    for name, fan in fan_in.items():
+        expected = 0.02 if param_init == "gemma" else fan**-0.5
+        assert abs(float(np.std(params[name])) / expected - 1) < 0.1, name
+    embedder = Embedder(512, 64, experts[0].initializer(64))
+    table = embedder.init(jax.random.key(1), jnp.zeros((1, 2), jnp.int32))["params"]
+    expected = 0.02 if param_init == "gemma" else 64**-0.5
+    assert abs(float(np.std(nn.unbox(table)["input_embedding"])) / expected - 1) < 0.1
+
+
+def test_unknown_param_init_is_rejected():
+    with pytest.raises(ValueError, match="param_init must be one of"):
+        ExpertConfig("und", 64, 128, depth=1, param_init="xavier")
