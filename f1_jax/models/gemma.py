@@ -61,10 +61,13 @@ class ExpertConfig:
 
     def initializer(self, fan_in: int) -> nn.initializers.Initializer:
         """Initializer of a projection whose output sums over `fan_in` inputs."""
-        return nn.initializers.normal(0.02 if self.param_init == "gemma" else fan_in**-0.5)
+        return nn.initializers.normal(
+            GEMMA_INIT_STD if self.param_init == "gemma" else fan_in**-0.5
+        )
 
 
 PARAM_INITS = ("gemma", "fan_in")
+GEMMA_INIT_STD = 0.02  # HF Gemma's initializer_range
 
 
 def check_expert_configs(experts: Sequence[ExpertConfig]) -> None:
@@ -93,7 +96,7 @@ def _param(
     name: str,
     shape: tuple[int, ...],
     axes: tuple[str | None, ...],
-    init=nn.initializers.normal(0.02),
+    init: nn.initializers.Initializer,
 ) -> jax.Array:
     """A fp32 parameter carrying logical axis names (used by the sharding rules)."""
     return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32)
@@ -274,7 +277,7 @@ class Embedder(nn.Module):
     width: int
     # N(0, 0.02) as Gemma; from scratch at small width pass N(0, 1/sqrt(width)), so that embedded
     # words (x sqrt(width)) are as large as the image tokens beside them in the residual stream.
-    embedding_init: nn.initializers.Initializer = nn.initializers.normal(0.02)
+    embedding_init: nn.initializers.Initializer = nn.initializers.normal(GEMMA_INIT_STD)
 
     @nn.compact
     def __call__(self, tokens: jax.Array) -> jax.Array:
