@@ -41,5 +41,11 @@ def get_config():
     c.sim.vqvae_batch_size = 8
     c.sim.vqvae_lr = 5e-3
     c.sim.vqvae_episodes = 100
+    # Nor has it PaliGemma's pretraining: teach SigLIP + the understanding expert to mark the
+    # patches of the named block and square first (0: start F1 from random weights).
+    c.sim.grounding_steps = 400
+    c.sim.grounding_batch_size = 32
+    c.sim.grounding_lr = 1e-3
+    c.sim.grounding_episodes = 300
     c.sim.evaluate_episodes = 60  # closed-loop episodes after training (0: skip)
     return c

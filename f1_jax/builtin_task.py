@@ -2,11 +2,13 @@
 
 `prepare(config, workdir)` writes expert episodes of the simulated table (training seeds and
 held-out seeds) as LIBERO-schema RLDS, trains a small SentencePiece tokenizer on every instruction
-the task family can produce and (with `sim.vqvae_steps`) the model's VQ-VAE image tokenizer on
-expert frames, then points the config at all three. A second call finds everything in place.
+the task family can produce, (with `sim.vqvae_steps`) the model's VQ-VAE image tokenizer on
+expert frames and (with `sim.grounding_steps`) the starting weights of SigLIP + the understanding
+expert, then points the config at all of them. A second call finds everything in place.
 
-The full-size F1 starts from a released VAR VQ-VAE; the debug model's small VQ-VAE has no released
-weights, and a random one tokenizes every frame into noise, so the recipe trains its own first.
+The full-size F1 starts from a released VAR VQ-VAE and from PaliGemma; the debug model has
+neither. A random VQ-VAE tokenizes every frame into noise, and a random prefix does not learn to
+find the named object within the recipe's budget, so the recipe pretrains both first.
 """
 
 import hashlib
@@ -47,6 +49,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> None:
         train_tokenizer(all_instructions() * 4, tokenizer, vocab_size=sim.vocab_size)
     if sim.get("vqvae_steps", 0) and not config.init.vqvae_path:
         config.init.vqvae_path = prepare_vqvae(config, data_dir)
+    if sim.get("grounding_steps", 0) and not config.init.params_path:
+        config.init.params_path = prepare_grounding(config, data_dir, tokenizer)
     config.data.datasets = [{"name": "f1_sim", "source": "libero", "path": train}]
     config.data.tokenizer_path = tokenizer
     config.eval_data = ml_collections.ConfigDict(config.data.to_dict())
@@ -72,8 +76,7 @@ def prepare_vqvae(config: ml_collections.ConfigDict, data_dir: str) -> str:
         "seed": sim.seed,
         "image_size": sim.image_size,
     }
-    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
-    path = os.path.join(data_dir, f"sim_vqvae_{key}")
+    path = _recipe_path(data_dir, "sim_vqvae", recipe)
     if os.path.exists(path):
         return path
     first_seed = writer.episode_seeds(sim.seed, 1)[0]
@@ -93,4 +96,69 @@ def prepare_vqvae(config: ml_collections.ConfigDict, data_dir: str) -> str:
     with open(path + ".json", "w") as f:
         json.dump({"recipe": recipe, "metrics": metrics}, f, indent=2)
     log.info("VQ-VAE ready at %s: %s", path, json.dumps(metrics))
+    return path
+
+
+def _recipe_path(data_dir: str, prefix: str, recipe: dict) -> str:
+    """Where a pretrained artifact lives: its name carries a hash of everything that shapes it,
+    so a changed model size or recipe trains a new one instead of loading a mismatched one."""
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+    return os.path.join(data_dir, f"{prefix}_{key}")
+
+
+def prepare_grounding(config: ml_collections.ConfigDict, data_dir: str, tokenizer: str) -> str:
+    """Grounding-pretrains SigLIP + the understanding expert on expert rollouts of the training
+    seeds, once (`f1_jax.training.grounding`); returns the full F1 parameters' path, which the
+    trainer starts from (`init.params_path`)."""
+    import jax
+
+    from data_pipelines.tokenizer import Tokenizer
+    from f1_jax.models.f1 import F1
+    from f1_jax.training import checkpoints, grounding, state, trainer
+
+    sim = config.sim
+    model_config = trainer.model_config_from(config)
+    with open(tokenizer, "rb") as f:
+        tokenizer_hash = hashlib.sha256(f.read()).hexdigest()
+    recipe = {
+        "model": repr(model_config),
+        "steps": sim.grounding_steps,
+        "batch_size": sim.grounding_batch_size,
+        "learning_rate": sim.grounding_lr,
+        "episodes": sim.grounding_episodes,
+        "seed": sim.seed,
+        "init_seed": config.train.seed,
+        "image_size": sim.image_size,
+        "max_token_len": config.data.max_token_len,
+        "tokenizer": tokenizer_hash,
+    }
+    path = _recipe_path(data_dir, "sim_grounding", recipe)
+    if os.path.exists(path):
+        return path
+    log.info("Grounding pretraining on %d expert episodes (once).", sim.grounding_episodes)
+    n = sim.grounding_episodes
+    examples = grounding.collect_grounding_examples(
+        writer.episode_seeds(sim.seed, n),
+        [writer.episode_task(i) for i in range(n)],
+        grounding.prefix_preprocessor(
+            Tokenizer(tokenizer, config.data.max_token_len), model_config.siglip.image_size
+        ),
+        side=model_config.siglip.image_size // model_config.siglip.patch_size,
+        image_size=sim.image_size,
+    )
+    model = F1(model_config)
+    params = jax.jit(lambda key: state.init_params(model, key))(jax.random.key(config.train.seed))
+    params, metrics = grounding.pretrain_understanding(
+        model,
+        params,
+        examples,
+        steps=sim.grounding_steps,
+        batch_size=sim.grounding_batch_size,
+        learning_rate=sim.grounding_lr,
+        seed=sim.seed,
+    )
+    checkpoints.save_params(path, params)
+    with open(path + ".json", "w") as f:
+        json.dump({"recipe": recipe, "metrics": metrics}, f, indent=2)
+    log.info("Grounded starting weights at %s: %s", path, json.dumps(metrics))
     return path

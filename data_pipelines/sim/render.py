@@ -22,7 +22,7 @@ FINGER = (30, 30, 34)
 PALM = (95, 95, 105)
 SHADOW = (120, 105, 85)
 TOP_HALF_WIDTH = 0.53  # top-down view shows the table plus a thin border
-WRIST_HALF_WIDTH = 0.16  # wrist view: ~3.3x zoom centred on the gripper
+WRIST_HALF_WIDTH = 0.25  # wrist view: ~2x zoom centred on the gripper
 
 
 def _mix(c: tuple[int, int, int], other: tuple[int, int, int], t: float) -> tuple[int, ...]:
@@ -79,13 +79,13 @@ def render_view(
         _rect(img, xs, ys, pos[0] + 0.012, pos[1] - 0.012, h, h, SHADOW)
         _block(img, xs, ys, pos, COLORS[world.block_colors[world.held]], scale=1.15)
     # Fingers left/right of the palm; their spread shows open / closed / holding.
-    spread = {W.FINGER_OPEN: 0.034, W.FINGER_HOLD: 0.054, W.FINGER_CLOSED: 0.013}[
+    spread = {W.FINGER_OPEN: 0.05, W.FINGER_HOLD: 0.104, W.FINGER_CLOSED: 0.018}[
         W.finger_width(world)
     ]
     for side in (-1.0, 1.0):
-        _rect(img, xs, ys, g[0] + side * spread, g[1], 0.008, 0.024, FINGER)
-    _disc(img, xs, ys, g[0], g[1], 0.016, PALM)
-    _disc(img, xs, ys, g[0], g[1], 0.006, FINGER)
+        _rect(img, xs, ys, g[0] + side * spread, g[1], 0.01, 0.035, FINGER)
+    _disc(img, xs, ys, g[0], g[1], 0.022, PALM)
+    _disc(img, xs, ys, g[0], g[1], 0.008, FINGER)
     return img
 
 

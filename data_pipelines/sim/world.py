@@ -14,8 +14,8 @@ import dataclasses
 import numpy as np
 
 GRIPPER_RADIUS = 0.035  # contact radius of the closed gripper
-BLOCK_HALF = 0.04  # half side of a block (also its contact radius)
-TARGET_HALF = 0.07  # half side of a target square
+BLOCK_HALF = 0.08  # half side of a block (also its contact radius); about one image patch
+TARGET_HALF = 0.11  # half side of a target square
 MAX_STEP = 0.03  # table units moved per step at |action[:2]| = 1
 GRASP_RADIUS = BLOCK_HALF  # closing with the gripper centre over a block grasps it
 CONTACT = GRIPPER_RADIUS + BLOCK_HALF
