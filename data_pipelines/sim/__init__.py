@@ -1,6 +1,6 @@
 """Built-in simulated task: a NumPy 2-D table-top world with language-conditioned tasks, a
-scripted expert and a LIBERO-schema RLDS writer (see README_SIM.md). TF is only imported by
-the writer when data is written."""
+scripted expert, per-patch object labels (`labels`) and a LIBERO-schema RLDS writer (see
+docs/builtin_task.md). TF is only imported by the writer when data is written."""
 
 from data_pipelines.sim.env import EVAL_SEED_BASE, MAX_STEPS, SimEnv, eval_seeds, task_for_seed
 from data_pipelines.sim.expert import (
