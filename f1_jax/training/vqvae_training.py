@@ -108,7 +108,7 @@ def pixel_weights(
 
     Plain MSE is ~90% table, so its cheapest minimum is a flat table colour (a previous attempt
     collapsed exactly there). Object pixels and their 4-neighbours get ``1 + object_weight *
-    rarity``: with 10 the objects carry about as much loss as the table, and the 1-pixel
+    rarity``: with 10 the objects carry at least as much loss as the table, and the 1-pixel
     dilation also weights the table next to each object, so edges stay sharp instead of
     smeared. ``rarity`` (mean 1 over object pixels, clipped to [0.25, 4]) is
     ``freq(colour) ** -rarity_power`` over the object pixels of ``frames``: the ~3-pixel grey
