@@ -93,8 +93,7 @@ def prepare_vqvae(config: ml_collections.ConfigDict, data_dir: str) -> str:
         seed=sim.seed,
     )
     vqvae_training.save_vqvae(path, params)
-    with open(path + ".json", "w") as f:
-        json.dump({"recipe": recipe, "metrics": metrics}, f, indent=2)
+    _write_record(path, recipe, metrics)
     log.info("VQ-VAE ready at %s: %s", path, json.dumps(metrics))
     return path
 
@@ -104,6 +103,12 @@ def _recipe_path(data_dir: str, prefix: str, recipe: dict) -> str:
     so a changed model size or recipe trains a new one instead of loading a mismatched one."""
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
     return os.path.join(data_dir, f"{prefix}_{key}")
+
+
+def _write_record(path: str, recipe: dict, metrics: dict) -> None:
+    """`PATH.json` beside a pretrained artifact: the recipe it was made with and its metrics."""
+    with open(path + ".json", "w") as f:
+        json.dump({"recipe": recipe, "metrics": metrics}, f, indent=2)
 
 
 def prepare_grounding(config: ml_collections.ConfigDict, data_dir: str, tokenizer: str) -> str:
@@ -158,7 +163,6 @@ def prepare_grounding(config: ml_collections.ConfigDict, data_dir: str, tokenize
         seed=sim.seed,
     )
     checkpoints.save_params(path, params)
-    with open(path + ".json", "w") as f:
-        json.dump({"recipe": recipe, "metrics": metrics}, f, indent=2)
+    _write_record(path, recipe, metrics)
     log.info("Grounded starting weights at %s: %s", path, json.dumps(metrics))
     return path

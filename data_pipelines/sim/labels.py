@@ -18,14 +18,6 @@ NUM_CLASSES = 3
 MIN_COVER = 0.15  # a patch shows an object when the object covers this fraction of it
 
 
-def camera_windows(world: W.World) -> dict[str, tuple[tuple[float, float], float]]:
-    """Camera name (data schema) -> (centre, half width) of the table window it renders."""
-    return {
-        "primary": ((0.5, 0.5), render.TOP_HALF_WIDTH),
-        "wrist": ((float(world.gripper[0]), float(world.gripper[1])), render.WRIST_HALF_WIDTH),
-    }
-
-
 def _cover(
     edges_x: np.ndarray, edges_y: np.ndarray, centre: np.ndarray, half: float
 ) -> np.ndarray:
@@ -65,7 +57,7 @@ def view_patch_labels(
 def patch_labels(world: W.World, goal: Goal, cameras: tuple[str, ...], side: int) -> np.ndarray:
     """int32 [len(cameras) * side * side]: `view_patch_labels` per camera, in `cameras` order;
     cameras the simulator does not render are all BACKGROUND."""
-    windows = camera_windows(world)
+    windows = render.camera_windows(world)
     return np.concatenate(
         [
             view_patch_labels(world, goal, *windows[c], side)

@@ -89,13 +89,20 @@ def render_view(
     return img
 
 
+def camera_windows(world: W.World) -> dict[str, tuple[tuple[float, float], float]]:
+    """Camera name (data schema) -> (centre, half width) of the table window it renders: the
+    primary camera sees the whole table, the wrist camera a zoomed window on the gripper."""
+    return {
+        "primary": ((0.5, 0.5), TOP_HALF_WIDTH),
+        "wrist": ((float(world.gripper[0]), float(world.gripper[1])), WRIST_HALF_WIDTH),
+    }
+
+
 def render_top(world: W.World, size: int = 256) -> np.ndarray:
     """Primary camera: the whole table from above, uint8 [size, size, 3]."""
-    return render_view(world, (0.5, 0.5), TOP_HALF_WIDTH, size)
+    return render_view(world, *camera_windows(world)["primary"], size)
 
 
 def render_wrist(world: W.World, size: int = 256) -> np.ndarray:
     """Wrist camera: a zoomed view centred on (moving with) the gripper, uint8 [size, size, 3]."""
-    return render_view(
-        world, (float(world.gripper[0]), float(world.gripper[1])), WRIST_HALF_WIDTH, size
-    )
+    return render_view(world, *camera_windows(world)["wrist"], size)

@@ -1,5 +1,7 @@
 """Per-patch labels of the simulated cameras agree with the rendered pixels."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -20,7 +22,7 @@ def _pixel_cover(with_block: np.ndarray, without_block: np.ndarray) -> np.ndarra
 def _without_block(world: W.World, index: int) -> W.World:
     keep = [i for i in range(len(world.blocks)) if i != index]
     colors = tuple(world.block_colors[i] for i in keep)
-    return W.World(world.gripper, world.closed, -1, world.blocks[keep], colors, world.targets, world.target_colors)
+    return dataclasses.replace(world, held=-1, blocks=world.blocks[keep], block_colors=colors)
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -32,7 +34,7 @@ def test_named_block_labels_match_the_rendered_block(seed, camera):
     world = W.step_world(world, np.array([0.3, 0.8, 0, 0, 0, 0, -1.0]))  # off the home strip
     draw = render.render_top if camera == "primary" else render.render_wrist
     image = draw(world, SIZE)
-    labels = L.view_patch_labels(world, goal, *L.camera_windows(world)[camera], SIDE)
+    labels = L.view_patch_labels(world, goal, *render.camera_windows(world)[camera], SIDE)
     cover = _pixel_cover(image, draw(_without_block(world, goal.block), SIZE))
     named = labels == L.NAMED_BLOCK
     assert np.all(cover[named] > 0.05)
@@ -58,7 +60,7 @@ def test_block_at_a_known_place_marks_the_patches_it_covers():
     corner = (0.5 - render.TOP_HALF_WIDTH + 3 * step, 0.5 + render.TOP_HALF_WIDTH - 3 * step)
     blocks = world.blocks.copy()
     blocks[goal.block] = corner
-    world = W.World(world.gripper, False, -1, blocks, world.block_colors, world.targets, world.target_colors)
+    world = dataclasses.replace(world, blocks=blocks)
     labels = L.view_patch_labels(world, goal, (0.5, 0.5), render.TOP_HALF_WIDTH, SIDE)
     expected = np.zeros((SIDE, SIDE), bool)
     expected[2:4, 2:4] = True  # rows 2-3 and columns 2-3 meet at that corner
