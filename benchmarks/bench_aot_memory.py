@@ -19,17 +19,18 @@ def main():
     parser.add_argument("--per_device_batch", type=int, default=4)
     args = parser.parse_args()
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
+    # deferred: XLA_FLAGS (the simulated device count) must be set before JAX starts.
     import jax
-    from benchmarks.common import emit
-    from f1_jax import launch
-    from f1_jax.training import sharding, trainer
+    from benchmarks.common import emit  # deferred: imports JAX
+    from f1_jax import launch  # deferred: imports JAX
+    from f1_jax.training import setup, sharding  # deferred: imports JAX
 
     assert jax.device_count() == args.devices, "XLA_FLAGS must be set before JAX starts"
     mesh = sharding.make_mesh((1, -1, 1))
     for name in args.recipes.split(","):
         config = launch.load_config(name)
         start = time.perf_counter()
-        lowered = trainer.lower_train_step(config, mesh, args.per_device_batch * args.devices)
+        lowered = setup.lower_train_step(config, mesh, args.per_device_batch * args.devices)
         compiled = lowered.compile()
         memory = compiled.memory_analysis()
         gib = lambda b: round(b / 2**30, 3)

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from configs.models import get_model_config  # noqa: E402
+from f1_jax.models.sizes import get_model_config  # noqa: E402
 from f1_jax.models.foresight import level_ids  # noqa: E402
 from f1_jax.models.gemma import ExpertConfig  # noqa: E402
 from f1_jax.models.siglip import SiglipConfig  # noqa: E402
@@ -74,8 +74,8 @@ class AnonPeak:
 
 def phase_write(workdir: Path) -> dict:
     """The synthetic official checkpoint, written with the streaming writer."""
-    from conversion import config_io, engine, tables
-    from conversion.io import NP_DTYPES, write_safetensors_streaming
+    from conversion import config_io, engine, tables  # deferred: per-phase process, own RSS
+    from conversion.io import NP_DTYPES, write_safetensors_streaming  # deferred: as above
 
     config = bench_config()
     abstract = engine.abstract_params(config)
@@ -118,7 +118,7 @@ def phase_write(workdir: Path) -> dict:
 
 
 def phase_import(workdir: Path) -> dict:
-    from conversion import api
+    from conversion import api  # deferred: per-phase process, own peak RSS
 
     start = time.perf_counter()
     api.import_f1(workdir / "official", workdir / "ours", progress=False)
@@ -126,7 +126,7 @@ def phase_import(workdir: Path) -> dict:
 
 
 def phase_export(workdir: Path) -> dict:
-    from conversion import api
+    from conversion import api  # deferred: per-phase process, own peak RSS
 
     start = time.perf_counter()
     api.export_f1(workdir / "ours", workdir / "exported", with_expert_lm_heads=True, progress=False)

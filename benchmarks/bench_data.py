@@ -4,7 +4,7 @@ fixture (2 cameras 256x256 JPEG). A sample = everything one F1 training example 
 understanding cameras resized with padding to 224, 5 generation frames (offsets -9,-6,-3,0,+3)
 resized to 288 (Lanczos) + one shared 256 crop, a 50-step action chunk, the state, 48 tokens.
 
-  python benchmarks/bench_data.py [--episodes 12 --steps 40 --batch_size 8 --batches 8]
+  python -m benchmarks.bench_data [--episodes 12 --steps 40 --batch_size 8 --batches 8]
 
 Prints one JSON line per measurement.
 """
@@ -15,13 +15,15 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from data_pipelines import pipeline
+from data_pipelines.config import DataConfig, DatasetConfig
+from data_pipelines.sources import libero
+from f1_jax.tokenizer import Tokenizer, train_tokenizer
 
 OFFSETS = (-9, -6, -3, 0, 3)
 
@@ -36,8 +38,6 @@ def smooth_frame(rng: np.random.Generator, size: int) -> np.ndarray:
 
 def write_fixture(root: str, episodes: int, steps: int, size: int) -> str:
     import tensorflow_datasets as tfds
-
-    from data_pipelines.sources import libero
 
     rng = np.random.default_rng(0)
 
@@ -76,8 +76,6 @@ def write_fixture(root: str, episodes: int, steps: int, size: int) -> str:
 
 
 def write_tokenizer(root: str) -> str:
-    from data_pipelines.tokenizer import train_tokenizer
-
     texts = ["put the black bowl on the plate", "open the drawer"] * 8
     return train_tokenizer(texts, os.path.join(root, "tok.model"), vocab_size=40)
 
@@ -92,9 +90,6 @@ def time_batches(it, batch_size: int, batches: int, warmup: int = 2) -> float:
 
 
 def bench_grain(path, tok, workers, args) -> float:
-    from data_pipelines import pipeline
-    from data_pipelines.config import DataConfig, DatasetConfig
-
     cfg = DataConfig(
         datasets=(DatasetConfig("libero_bench", "libero", path),),
         tokenizer_path=tok,
@@ -116,8 +111,6 @@ def bench_tfdata(path, tok, args) -> float:
     decode/resize/augment (AUTOTUNE) -> batch; not deterministic, not resumable."""
     import tensorflow as tf
     import tensorflow_datasets as tfds
-
-    from data_pipelines.tokenizer import Tokenizer
 
     tf.config.set_visible_devices([], "GPU")
     builder = tfds.builder_from_directory(path)
@@ -219,9 +212,6 @@ def run(args: argparse.Namespace, root: str) -> None:
         "chunk": 50,
         "cpus": os.cpu_count(),
     }
-    from data_pipelines import pipeline
-    from data_pipelines.config import DataConfig, DatasetConfig
-
     pipeline.load_summaries(
         DataConfig(datasets=(DatasetConfig("libero_bench", "libero", path),), tokenizer_path=tok),
         progress=False,

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks.common import emit, time_call
-from configs.models import get_model_config
+from f1_jax.models.sizes import get_model_config
 from f1_jax.models.action import euler_sample
 from f1_jax.models.f1 import F1, example_batch, sample_actions
 from f1_jax.training.state import init_params

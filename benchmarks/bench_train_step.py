@@ -22,11 +22,8 @@ import numpy as np
 
 from benchmarks.common import emit, time_call
 from configs.base import base_config
-from f1_jax.models.f1 import F1
-from f1_jax.training import sharding
-from f1_jax.training import state as st
-from f1_jax.training import step as steps
-from f1_jax.training import trainer
+from f1_jax.models.f1 import observation_spec
+from f1_jax.training import setup, sharding
 
 PEAK_FLOPS = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H200": 989e12}
 
@@ -70,27 +67,18 @@ def bench(size: str, batch_size: int, num_steps: int, peak: float, peak_source: 
     config.model.remat_policy = "none" if size != "full" else "full"
     config.model.chunk_size = 4 if size == "tiny" else 30
     config.optimizer.frozen = ("vqvae",)
-    model_config = trainer.model_config_from(config)
-    model = F1(model_config)
     mesh = sharding.make_mesh((1, -1, 1))
-    rules = sharding.rules_from_config(config.sharding_rules)
-    boxed = st.abstract_params(model)
-    labels, tx, _, _ = trainer.optimization_from(config, boxed)
-    init_fn, _, state_sh = st.make_state_fns(
-        model, tx, labels, mesh, rules, ema=False, boxed_params=boxed
-    )
-    state = init_fn(jax.random.key(0))
+    ts = setup.train_setup(config, mesh)
+    model_config = ts.model_config
+    state = ts.init_fn(jax.random.key(0))
+    spec = observation_spec(model_config, config.data)
     batch = {
         k: np.zeros(v.shape, v.dtype) + (1 if v.dtype == bool else 0)
-        for k, v in trainer.abstract_batch(model_config, batch_size).items()
+        for k, v in setup.abstract_batch(spec, batch_size).items()
     }
     batch = sharding.host_batch_to_global(batch, mesh)
-    with nn.logical_axis_rules(rules), jax.set_mesh(mesh):
-        step = jax.jit(
-            steps.make_train_step(model, tx, labels, 0),
-            donate_argnums=0,
-            out_shardings=(state_sh, None),
-        )
+    with nn.logical_axis_rules(ts.rules), jax.set_mesh(mesh):
+        step = setup.jit_train_step(config, ts)
         start = time.perf_counter()
         compiled = step.lower(state, batch).compile()
         compile_s = time.perf_counter() - start

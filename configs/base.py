@@ -34,7 +34,7 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.model = ml_collections.ConfigDict(
         {
-            "size": "full",  # configs/models.py: full, small, tiny
+            "size": "full",  # f1_jax/models/sizes.py: full, small, tiny, debug
             "precision": "default",  # default (bf16 matmuls) or parity (fp32)
             "remat_policy": "full",  # none, full, dots, dots_no_batch
             "num_scales": 4,  # foresight scales predicted (10 at stage 1)
@@ -90,10 +90,14 @@ def base_config() -> ml_collections.ConfigDict:
             "async_checkpoints": True,
         }
     )
-    # Starting weights: a `python -m conversion import` output, and optionally a VQ-VAE of its own
-    # ({'params': ...} of f1_jax.models.vqvae.VQVAE, e.g. trained by the debug recipe).
-    c.init = ml_collections.ConfigDict({"params_path": "", "vqvae_path": ""})
-    c.sim = ml_collections.ConfigDict({"enabled": False})  # the built-in task (debug recipe)
+    # Starting weights: an earlier run's workdir (`WORKDIR` = its latest step, `WORKDIR:STEP`;
+    # its EMA weights with use_ema) or a `python -m conversion import` output; what the source
+    # lacks is initialised fresh. Optionally a VQ-VAE of its own ({'params': ...} of
+    # f1_jax.models.vqvae.VQVAE, e.g. trained by the debug recipe).
+    c.init = ml_collections.ConfigDict({"params_path": "", "use_ema": False, "vqvae_path": ""})
+    # A module with before_training(config, workdir) / after_training(config, workdir, metrics),
+    # run by the launcher around training (the debug recipe's "builtin_task.hooks").
+    c.hooks = ""
     return c
 
 

@@ -1,9 +1,12 @@
 """The embedded default: a tiny F1 on the built-in simulated task, on a laptop CPU in minutes.
 
-`python -m f1_jax.launch --config=debug --workdir=DIR` generates the expert episodes and the
-tokenizer if missing, trains, evaluates on held-out episodes, then runs closed-loop evaluation in
-the simulator (success rate per task against no-op and random baselines).
+`python -m f1_jax.launch --config=debug --workdir=DIR` generates the expert episodes, the
+tokenizer, the debug VQ-VAE and the grounding-pretrained prefix if missing, trains, evaluates on
+held-out episodes, then runs closed-loop evaluation in the simulator (success rate per task
+against no-op and random baselines). All of that lives in the `builtin_task` package.
 """
+
+import ml_collections
 
 from configs.base import base_config
 
@@ -29,7 +32,10 @@ def get_config():
     c.train.eval_batches = 2
     c.train.checkpoint_every = 250
     c.train.keep_period = 0
-    c.sim.enabled = True
+    # The built-in task prepares its data and pretrained parts before training and evaluates in
+    # its simulator after (builtin_task/hooks.py); its settings are the `sim` section.
+    c.hooks = "builtin_task.hooks"
+    c.sim = ml_collections.ConfigDict()
     c.sim.data_dir = ""  # default: WORKDIR/data
     c.sim.train_episodes = 1000
     c.sim.eval_episodes = 30

@@ -16,8 +16,8 @@ from typing import Iterator
 
 import numpy as np
 
-from configs.models import get_model_config
-from conversion import config_io, engine, tables
+from f1_jax.models.sizes import get_model_config
+from conversion import config_io, engine, parity, tables
 from conversion.io import (
     ConversionError,
     DictSource,
@@ -446,8 +446,6 @@ def verify_forward(
 ) -> dict[str, float]:
     """Imports in memory, then compares PaliGemma image features and text hidden states of
     transformers (holding the foreign tensors) with ours (holding the converted ones)."""
-    from conversion import parity
-
     input_path = Path(input_path)
     if source not in ("f1", "pi0", "paligemma"):
         raise ConversionError(

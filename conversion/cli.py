@@ -28,7 +28,9 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    size_help = "our model size the foreign tensors must fit (configs/models.py): full, small, tiny"
+    size_help = (
+        "our model size the foreign tensors must fit (f1_jax/models/sizes.py): full, small, tiny"
+    )
 
     imp = sub.add_parser("import", help="foreign checkpoint -> Orbax params of ours")
     imp.add_argument("source", choices=SOURCES)

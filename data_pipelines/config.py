@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-from data_pipelines import normalize, schema
 from data_pipelines.sources import SOURCE_KINDS
+from f1_jax.transforms import CAMERAS, MAX_DIM, NORM_MODES, ObservationSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,13 +38,13 @@ class DatasetConfig:
         if self.weight < 0:
             raise ValueError(f"dataset {self.name!r}: negative weight {self.weight}")
         if self.cameras is not None:
-            bad = set(self.cameras) - set(schema.CAMERAS)
+            bad = set(self.cameras) - set(CAMERAS)
             if bad:
                 raise ValueError(
                     f"dataset {self.name!r}: unknown cameras {sorted(bad)}; "
-                    f"expected names from {schema.CAMERAS}"
+                    f"expected names from {CAMERAS}"
                 )
-        if self.norm_mode is not None and self.norm_mode not in normalize.NORM_MODES:
+        if self.norm_mode is not None and self.norm_mode not in NORM_MODES:
             raise ValueError(f"dataset {self.name!r}: unknown norm_mode {self.norm_mode!r}")
 
 
@@ -53,24 +53,26 @@ class DataConfig:
     """A data mixture and how to turn it into training batches.
 
     batch_size is global; each of process_count hosts yields batch_size // process_count.
-    history_offsets/target_offsets: frame offsets (steps) of the generation expert's history and
-    predicted frames, taken from `gen_camera`. chunk_size: action chunk length.
+    The fields from `cameras` to `max_token_len` are those of `f1_jax.transforms.ObservationSpec`
+    (the `observation` property): camera slots, image sizes, frame offsets of the generation
+    expert's history and predicted frames (taken from `gen_camera`), chunk and padding widths.
     """
 
     datasets: tuple[DatasetConfig, ...]
     tokenizer_path: str
     batch_size: int = 32
-    chunk_size: int = 50
-    state_dim: int = schema.MAX_DIM  # states and actions are zero-padded to these widths
-    action_dim: int = schema.MAX_DIM
-    history_offsets: tuple[int, ...] = (-9, -6, -3, 0)
-    target_offsets: tuple[int, ...] = (3,)
-    gen_camera: str = "primary"
-    norm_mode: str = "mean_std"
-    max_token_len: int = 48
+    cameras: tuple[str, ...] = CAMERAS
     und_image_size: int = 224
+    gen_camera: str = "primary"
     gen_resize: int = 288
     gen_crop: int = 256
+    history_offsets: tuple[int, ...] = (-9, -6, -3, 0)
+    target_offsets: tuple[int, ...] = (3,)
+    chunk_size: int = 50
+    state_dim: int = MAX_DIM  # states and actions are zero-padded to these widths
+    action_dim: int = MAX_DIM
+    max_token_len: int = 48
+    norm_mode: str = "mean_std"
     color_augment: bool = True
     brightness: tuple[float, float] = (0.8, 1.2)
     contrast: tuple[float, float] = (0.8, 1.2)
@@ -91,25 +93,22 @@ class DataConfig:
         names = [d.name for d in self.datasets]
         if len(set(names)) != len(names):
             raise ValueError(f"dataset names must be unique, got {names}")
-        if self.norm_mode not in normalize.NORM_MODES:
-            raise ValueError(
-                f"unknown norm_mode {self.norm_mode!r}; expected {normalize.NORM_MODES}"
-            )
-        if self.gen_camera not in schema.CAMERAS:
-            raise ValueError(f"gen_camera {self.gen_camera!r} not in {schema.CAMERAS}")
-        if self.chunk_size < 1 or self.batch_size < 1:
-            raise ValueError("chunk_size and batch_size must be >= 1")
-        for name in ("state_dim", "action_dim"):
-            if not 1 <= getattr(self, name) <= schema.MAX_DIM:
-                raise ValueError(
-                    f"{name} must be in [1, {schema.MAX_DIM}], got {getattr(self, name)}"
-                )
-        if self.gen_crop > self.gen_resize:
-            raise ValueError(f"gen_crop {self.gen_crop} larger than gen_resize {self.gen_resize}")
+        if self.norm_mode not in NORM_MODES:
+            raise ValueError(f"unknown norm_mode {self.norm_mode!r}; expected {NORM_MODES}")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.observation  # validates the observation fields
+
+    @property
+    def observation(self) -> ObservationSpec:
+        """The model-input sizes and offsets this pipeline produces."""
+        return ObservationSpec(
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(ObservationSpec)}
+        )
 
     @property
     def frame_offsets(self) -> tuple[int, ...]:
-        return tuple(self.history_offsets) + tuple(self.target_offsets)
+        return self.observation.frame_offsets
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any]) -> "DataConfig":
@@ -122,7 +121,14 @@ class DataConfig:
         for d in cfg.pop("datasets"):
             d = dict(d.to_dict() if hasattr(d, "to_dict") else d)
             datasets.append(d if isinstance(d, DatasetConfig) else DatasetConfig(**d))
-        tuple_fields = ("history_offsets", "target_offsets", "brightness", "contrast", "saturation")
+        tuple_fields = (
+            "cameras",
+            "history_offsets",
+            "target_offsets",
+            "brightness",
+            "contrast",
+            "saturation",
+        )
         for k in tuple_fields:
             if k in cfg:
                 cfg[k] = tuple(cfg[k])

@@ -18,7 +18,10 @@ import shutil
 import sys
 from typing import Sequence
 
-from data_pipelines.reader import scan_tfrecord
+from data_pipelines.config import DatasetConfig
+from data_pipelines.reader import EpisodeReader, scan_tfrecord
+from data_pipelines.sources import agibot
+from data_pipelines.summary import load_or_compute
 
 
 def tfrecord_to_array_record(src: str, dst: str) -> list[str]:
@@ -106,10 +109,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("--stats_dir", default=None)
     args = p.parse_args(argv)
     if args.cmd == "stats":
-        from data_pipelines.config import DatasetConfig
-        from data_pipelines.reader import EpisodeReader
-        from data_pipelines.summary import load_or_compute
-
         ds = DatasetConfig(args.name or args.source, args.source, args.path, split=args.split)
         summ = load_or_compute(EpisodeReader(args.path, args.split), ds, args.stats_dir)
         print(
@@ -128,8 +127,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths = tfrecord_to_array_record(args.src, args.dst)
         print(json.dumps({"written_shards": len(paths), "dst": args.dst}))
     else:
-        from data_pipelines.sources import agibot
-
         report = agibot.convert(
             args.raw_root,
             args.out,

@@ -16,31 +16,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from data_pipelines import normalize
 from data_pipelines.config import DataConfig
 from data_pipelines.reader import EpisodeReader
 from data_pipelines.sample import SampleBuilder
 from data_pipelines.summary import DatasetSummary, load_or_compute
 
-# Keys, shapes and dtypes of one host batch (B = batch_size // process_count, N = 3 cameras
-# (primary, secondary, wrist), F = len(history_offsets) + len(target_offsets), H = chunk_size,
-# S = state_dim, A = action_dim; both 32 unless the model is narrower).
-BATCH_SPEC: dict[str, tuple[str, str]] = {
-    "images": ("[B, 3, und_image_size, und_image_size, 3]", "uint8"),
-    "image_mask": ("[B, 3]", "bool"),
-    "gen_frames": ("[B, F, gen_crop, gen_crop, 3]", "uint8"),
-    "gen_frames_is_pad": ("[B, F]", "bool"),
-    "state": ("[B, S]", "float32"),
-    "state_mask": ("[B, S]", "bool"),
-    "actions": ("[B, H, A]", "float32"),
-    "action_mask": ("[B, A]", "bool"),
-    "action_is_pad": ("[B, H]", "bool"),
-    "tokens": ("[B, max_token_len]", "int32"),
-    "token_mask": ("[B, max_token_len]", "bool"),
-    "dataset_index": ("[B]", "int32"),
-    "episode_index": ("[B]", "int32"),
-    "step_index": ("[B]", "int32"),
-}
+# Bookkeeping keys a host batch carries beside the model inputs
+# (`config.observation.example_spec()`): where each example came from. Never sent to the device.
+HOST_ONLY_KEYS = ("dataset_index", "episode_index", "step_index")
 
 
 class FrameSource:
@@ -92,12 +75,6 @@ def dataset_statistics(config: DataConfig) -> dict[str, dict[str, Any]]:
         }
         for ds, s in zip(config.datasets, summaries)
     }
-
-
-def unnormalize_actions(actions: np.ndarray, dataset_stats: dict[str, Any]) -> np.ndarray:
-    """Model actions [..., 32] (normalised, padded) -> robot units [..., Da] for one dataset,
-    given its entry of `dataset_statistics`."""
-    return normalize.unnormalize(actions, dataset_stats["action"], dataset_stats["norm_mode"])
 
 
 def mixture_weights(config: DataConfig, summaries: Sequence[DatasetSummary]) -> np.ndarray:
@@ -159,7 +136,8 @@ def _ensure_absl_flags_parsed() -> None:
 def make_train_iterator(
     config: DataConfig, seed: int, process_index: int = 0, process_count: int = 1
 ) -> "grain.DatasetIterator":
-    """Iterator of host-local numpy batch dicts (keys/shapes in BATCH_SPEC).
+    """Iterator of host-local numpy batch dicts: `config.observation.example_spec()` with a
+    leading batch axis, plus HOST_ONLY_KEYS.
 
     Host `process_index` of `process_count` reads the disjoint slice [process_index::process_count]
     of the global example sequence and yields batches of config.batch_size // process_count.

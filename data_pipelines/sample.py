@@ -1,4 +1,6 @@
-"""Builds one training example from (dataset, episode, step): windows, images, tokens, norm."""
+"""Builds one training example from (dataset, episode, step) with the observation contract's
+functions (`f1_jax.transforms`): the same code turns a robot's observation into model inputs at
+inference."""
 
 from __future__ import annotations
 
@@ -8,12 +10,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from data_pipelines import images, normalize, schema, windows
+from data_pipelines import schema
 from data_pipelines.config import DataConfig
 from data_pipelines.reader import EpisodeReader
 from data_pipelines.sources import get_source
 from data_pipelines.summary import DatasetSummary
-from data_pipelines.tokenizer import Tokenizer
+from f1_jax import image_tools, transforms
+from f1_jax.tokenizer import Tokenizer
 
 
 class SampleBuilder:
@@ -65,7 +68,7 @@ class SampleBuilder:
         return ep
 
     def __call__(self, item: np.ndarray, rng: np.random.Generator) -> dict[str, Any]:
-        cfg = self.config
+        cfg, spec = self.config, self.config.observation
         d, record, t = (int(v) for v in item)
         ep = self.episode(d, record)
         summary = self.summaries[d]
@@ -74,56 +77,48 @@ class SampleBuilder:
 
         def frame(cam: str, i: int) -> np.ndarray:
             if (cam, i) not in decoded:
-                decoded[(cam, i)] = images.decode_image(ep.images[cam][i])
+                decoded[(cam, i)] = image_tools.decode_image(ep.images[cam][i])
             return decoded[(cam, i)]
 
+        def augment(image: np.ndarray) -> np.ndarray:
+            return image_tools.color_augment(
+                image, rng, cfg.brightness, cfg.contrast, cfg.saturation
+            )
+
         # Understanding cameras at t, resized with padding, colour-augmented in training.
-        size = cfg.und_image_size
-        und = np.zeros((len(schema.CAMERAS), size, size, 3), np.uint8)
-        present = np.array([c in ep.images for c in schema.CAMERAS])
-        for k, cam in enumerate(schema.CAMERAS):
-            if present[k]:
-                img = images.resize_with_pad(frame(cam, t), size, size)
-                if cfg.train and cfg.color_augment:
-                    img = images.color_augment(
-                        img, rng, cfg.brightness, cfg.contrast, cfg.saturation
-                    )
-                und[k] = img
+        und, present = transforms.understanding_images(
+            {cam: frame(cam, t) for cam in spec.cameras if cam in ep.images},
+            spec,
+            augment if cfg.train and cfg.color_augment else None,
+        )
 
         # Generation history + target frames: one crop shared by all frames of the sample.
-        offsets = cfg.frame_offsets
-        idx, frame_pad = windows.frame_indices(t, ep.length, offsets)
-        crop = cfg.gen_crop
-        gen = np.zeros((len(offsets), crop, crop, 3), np.uint8)
-        if cfg.gen_camera in ep.images:
-            first = frame(cfg.gen_camera, int(idx[0]))
-            shape = images.short_side_shape(first.shape[:2], cfg.gen_resize)
-            origin = images.crop_origin(shape, crop, rng if cfg.train else None)
+        idx, _ = transforms.frame_indices(t, ep.length, spec.frame_offsets)
+        crop = spec.gen_crop
+        gen = np.zeros((len(idx), crop, crop, 3), np.uint8)
+        if spec.gen_camera in ep.images:
+            origin = transforms.generation_crop_origin(
+                frame(spec.gen_camera, int(idx[0])).shape[:2], spec, rng if cfg.train else None
+            )
             done: dict[int, np.ndarray] = {}
             for k, i in enumerate(idx.tolist()):
                 if i not in done:  # clamped offsets repeat frames near the episode bounds
-                    done[i] = images.resize_short_side_and_crop(
-                        frame(cfg.gen_camera, i), cfg.gen_resize, crop, origin
-                    )
+                    done[i] = transforms.generation_crop(frame(spec.gen_camera, i), spec, origin)
                 gen[k] = done[i]
-        else:
-            frame_pad = np.ones(len(offsets), bool)
 
-        state, state_mask = schema.pad_to(
-            normalize.normalize(ep.state[t], summary.state_stats, mode), cfg.state_dim
+        state, _ = transforms.pad_to(
+            transforms.normalize(ep.state[t], summary.state_stats, mode), spec.state_dim
         )
-        chunk, action_pad = windows.action_chunk(ep.action, t, cfg.chunk_size)
-        actions, action_mask = schema.pad_to(
-            normalize.normalize(chunk, summary.action_stats, mode), cfg.action_dim
+        chunk, action_pad = transforms.action_chunk(ep.action, t, spec.chunk_size)
+        actions, action_mask = transforms.pad_to(
+            transforms.normalize(chunk, summary.action_stats, mode), spec.action_dim
         )
         tokens, token_mask = self.tokenizer.encode(ep.language)
         return {
             "images": und,
             "image_mask": present,
             "gen_frames": gen,
-            "gen_frames_is_pad": frame_pad,
             "state": state,
-            "state_mask": state_mask,
             "actions": actions,
             "action_mask": action_mask,
             "action_is_pad": action_pad,

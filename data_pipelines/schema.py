@@ -12,8 +12,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-CAMERAS: tuple[str, ...] = ("primary", "secondary", "wrist")
-MAX_DIM: int = 32
+from f1_jax.transforms import CAMERAS, MAX_DIM, pad_to
 
 
 class SchemaError(ValueError):
@@ -60,18 +59,6 @@ class StdEpisode:
     @property
     def length(self) -> int:
         return len(self.state)
-
-
-def pad_to(x: np.ndarray, dim: int = MAX_DIM) -> tuple[np.ndarray, np.ndarray]:
-    """Zero-pads the last axis of `x` [..., D] to `dim`; returns (padded f32, mask bool [dim])."""
-    d = x.shape[-1]
-    if d > dim:
-        raise SchemaError(f"cannot pad last dim {d} down to {dim}")
-    out = np.zeros(x.shape[:-1] + (dim,), np.float32)
-    out[..., :d] = x
-    mask = np.zeros((dim,), bool)
-    mask[:d] = True
-    return out, mask
 
 
 def step_record(ep: StdEpisode, t: int) -> dict[str, Any]:

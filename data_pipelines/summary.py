@@ -1,7 +1,7 @@
 """One pass over a dataset: episode lengths, corrupt records and state/action statistics.
 
 The pass decodes and standardises every episode once (tqdm progress bar) and caches the result
-as JSON keyed by `normalize.fingerprint`, so later runs (and other hosts) only read the JSON.
+as JSON keyed by `statistics.fingerprint`, so later runs (and other hosts) only read the JSON.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import tqdm
 
-from data_pipelines import normalize, schema
+from data_pipelines import schema, statistics
 from data_pipelines.config import DatasetConfig
 from data_pipelines.reader import CorruptRecordError, EpisodeReader
 from data_pipelines.sources import get_source
@@ -111,8 +111,8 @@ def scan(
         sample_ranges=ranges,
         corrupt=tuple(corrupt),
         unusable=tuple(unusable),
-        state_stats=normalize.array_stats(normalize.combine_rows(states)),
-        action_stats=normalize.array_stats(normalize.combine_rows(actions)),
+        state_stats=statistics.array_stats(statistics.combine_rows(states)),
+        action_stats=statistics.array_stats(statistics.combine_rows(actions)),
     )
 
 
@@ -121,11 +121,11 @@ def load_or_compute(
 ) -> DatasetSummary:
     """The cached summary of `ds` if its fingerprint matches, else computes and caches it."""
     source = get_source(ds.source)
-    key = normalize.fingerprint(ds.path, ds.split, ds.source, source.TRANSFORM_VERSION)
-    path = normalize.cache_path(ds.path, key, stats_dir)
-    cached = normalize.load_json(path)
+    key = statistics.fingerprint(ds.path, ds.split, ds.source, source.TRANSFORM_VERSION)
+    path = statistics.cache_path(ds.path, key, stats_dir)
+    cached = statistics.load_json(path)
     if cached is not None and cached.get("key") == key:
         return dataclasses.replace(DatasetSummary.from_json(cached), name=ds.name)
     summary = scan(reader, ds, key, progress)
-    normalize.save_json(path, summary.to_json())
+    statistics.save_json(path, summary.to_json())
     return summary

@@ -1,76 +1,93 @@
-"""`python -m f1_jax.launch --config=NAME_OR_PATH --workdir=DIR [--config.FIELD=VALUE ...]`
+"""Trains F1: `python -m f1_jax.launch --config=RECIPE --workdir=DIR_OR_URI [overrides] [--dry_run]`.
 
-NAME is a recipe in configs/ (stage1, stage2, stage3_libero, stage3_bridge, debug) or a path to a
-Python file defining `get_config()`. Overrides walk the config by dotted path; an unknown field is
-an error that lists the valid names. Run the same command on every host of a pod: JAX's
-distributed runtime is initialised when the environment says there are several processes.
+RECIPE is a recipe name in configs/ (debug, stage1, stage2, stage3_libero, stage3_bridge) or a
+path to a Python file defining `get_config()`; `--config=FILE.py:ARG` passes ARG to
+`get_config(ARG)`. `--config.FIELD=VALUE` overrides a field by dotted path, with the field's
+type (`(2,-1,1)` for tuples, `true`/`false` for booleans); an unknown field stops with the valid
+names at that level. `--flagfile=FILE` reads flags from a file, `--help` lists them.
+`--dry_run` prints the resolved config, mesh and paths and exits without training.
+
+Run the same command on every host of a pod: JAX's distributed runtime is initialised when the
+environment says there are several processes. A recipe may name `hooks`, a module whose
+`before_training(config, workdir)` and `after_training(config, workdir, metrics)` run around
+training on every host (the `debug` recipe's built-in task prepares its data that way).
 """
 
-import ast
 import importlib
 import importlib.util
+import json
 import logging
 import os
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
+import jax
 import ml_collections
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
 
-CONFIG_PREFIX = "--config."
+from f1_jax.training import checkpoints, run_config, sharding, trainer
+
 RECIPES = ("debug", "stage1", "stage2", "stage3_libero", "stage3_bridge")
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config",
+    None,
+    f"Recipe name ({', '.join(RECIPES)}) or path to a .py file with get_config(); "
+    "FILE.py:ARG passes ARG to get_config.",
+    lock_config=False,
+)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Run directory, local or a URI (gs://...); a run there is resumed."
+)
+_DRY_RUN = flags.DEFINE_bool(
+    "dry_run", False, "Print the resolved config, mesh and paths, then exit without training."
+)
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change",
+    False,
+    "Resume a run even though the config changes what it trains (run length, logging, "
+    "evaluation, checkpointing and the mesh may always change).",
+)
+flags.mark_flags_as_required(["config", "workdir"])
+
+log = logging.getLogger("f1_jax")
 
 
 class ConfigError(ValueError):
     """A bad --config name, path or override."""
 
 
+def recipe_path(name_or_path: str) -> str:
+    """`configs/<name>.py` for a recipe name, else the path itself (with its `:ARG` suffix)."""
+    path, sep, arg = name_or_path.partition(":")
+    if path.endswith(".py") or os.sep in path:
+        if not os.path.isfile(path):
+            raise ConfigError(f"Config file {path!r} does not exist.")
+        return name_or_path
+    spec = importlib.util.find_spec(f"configs.{path}") if path.isidentifier() else None
+    if spec is None or spec.origin is None:
+        raise ConfigError(
+            f"Unknown config {path!r}; recipes: {list(RECIPES)}, "
+            "or give a path to a .py file with get_config()."
+        )
+    return spec.origin + sep + arg
+
+
 def load_config(name_or_path: str) -> ml_collections.ConfigDict:
-    """The recipe `configs/<name>.py` or the file at `name_or_path`, as a ConfigDict."""
-    if name_or_path.endswith(".py") or os.sep in name_or_path:
-        if not os.path.isfile(name_or_path):
-            raise ConfigError(f"Config file {name_or_path!r} does not exist.")
-        spec = importlib.util.spec_from_file_location("f1_user_config", name_or_path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    else:
-        try:
-            module = importlib.import_module(f"configs.{name_or_path}")
-        except ModuleNotFoundError as e:
-            raise ConfigError(
-                f"Unknown config {name_or_path!r}; recipes: {list(RECIPES)}, "
-                "or give a path to a .py file with get_config()."
-            ) from e
+    """The recipe or file's `get_config()` (with its `:ARG`), as config_flags would load it."""
+    path, _, arg = recipe_path(name_or_path).partition(":")
+    spec = importlib.util.spec_from_file_location("f1_user_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise ConfigError(f"{name_or_path!r} defines no get_config().")
-    return module.get_config()
+    return module.get_config(arg) if arg else module.get_config()
 
 
-def _parse_value(text: str, current):
-    """Parses an override with the type of the field it replaces."""
-    if isinstance(current, bool):
-        if text.lower() in ("true", "1", "yes"):
-            return True
-        if text.lower() in ("false", "0", "no"):
-            return False
-        raise ConfigError(f"Expected a boolean, got {text!r}.")
-    if isinstance(current, str):
-        return text
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        raise ConfigError(f"Cannot parse {text!r} as a {type(current).__name__}.") from None
-    if isinstance(current, float) and isinstance(value, int):
-        value = float(value)
-    if isinstance(current, tuple) and isinstance(value, list):
-        value = tuple(value)
-    if current is not None and not isinstance(value, type(current)):
-        if not (isinstance(current, (list, tuple)) and isinstance(value, (list, tuple))):
-            raise ConfigError(f"Expected type {type(current).__name__}, got {text!r}.")
-    return value
-
-
-def apply_override(config: ml_collections.ConfigDict, dotted: str, text: str) -> None:
-    """Sets `config.<dotted>` from the command-line text `text`."""
+def check_field(config: ml_collections.ConfigDict, dotted: str) -> None:
+    """Raises ConfigError naming the valid fields if `config.<dotted>` does not exist."""
     node, parts = config, dotted.split(".")
     for depth, key in enumerate(parts):
         here = ".".join(parts[:depth]) or "config"
@@ -82,36 +99,48 @@ def apply_override(config: ml_collections.ConfigDict, dotted: str, text: str) ->
                 f"Unknown config field {dotted!r}: {here} has no {key!r}. "
                 f"Valid fields of {here}: {valid}"
             )
-        if depth == len(parts) - 1:
-            try:
-                node[key] = _parse_value(text, node[key])
-            except ConfigError as e:
-                raise ConfigError(f"--config.{dotted}: {e}") from None
-        else:
-            node = node[key]
+        node = node[key]
 
 
-def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
-    """Separates `--config.a.b=v` overrides from the other arguments."""
-    rest, overrides = [], []
-    for arg in argv:
-        if arg.startswith(CONFIG_PREFIX):
-            if "=" not in arg:
-                raise ConfigError(f"Override {arg!r} needs a value: {arg}=VALUE.")
-            key, value = arg[len(CONFIG_PREFIX) :].split("=", 1)
-            overrides.append((key, value))
-        else:
-            rest.append(arg)
-    return rest, overrides
-
-
-def _flag(rest: Sequence[str], name: str) -> str | None:
-    for i, arg in enumerate(rest):
+def _flag_value(argv: Sequence[str], name: str) -> str | None:
+    for i, arg in enumerate(argv):
         if arg.startswith(f"--{name}="):
             return arg.split("=", 1)[1]
-        if arg == f"--{name}" and i + 1 < len(rest):
-            return rest[i + 1]
+        if arg == f"--{name}" and i + 1 < len(argv):
+            return argv[i + 1]
     return None
+
+
+def resolve_argv(argv: Sequence[str]) -> list[str]:
+    """Rewrites `--config=NAME` to the recipe's file and checks every `--config.FIELD=` override
+    against the loaded config, so a typo stops with the valid names instead of a traceback."""
+    name = _flag_value(argv, "config")
+    if name is None:
+        return list(argv)
+    resolved = recipe_path(name)
+    out = []
+    for arg in argv:
+        if arg == f"--config={name}":
+            arg = f"--config={resolved}"
+        elif arg == name and out and out[-1] == "--config":
+            arg = resolved
+        out.append(arg)
+    fields = [a[len("--config.") :].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+    if fields:
+        config = load_config(name)
+        for field in fields:
+            check_field(config, field)
+    return out
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+    """absl's flag parsing with recipe names and readable errors (exit status 2)."""
+    try:
+        argv = resolve_argv(argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    return app.parse_flags_with_usage(argv)
 
 
 def maybe_initialize_distributed() -> None:
@@ -120,8 +149,6 @@ def maybe_initialize_distributed() -> None:
     Cloud TPU VMs (several workers), SLURM jobs with several tasks, or an explicit coordinator
     (JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID) all qualify.
     """
-    import jax
-
     tpu_workers = os.environ.get("TPU_WORKER_HOSTNAMES", "")
     several = (
         ("," in tpu_workers)
@@ -132,52 +159,68 @@ def maybe_initialize_distributed() -> None:
         jax.distributed.initialize()
 
 
-def main(argv: Sequence[str]) -> int:
-    rest, overrides = split_overrides(argv[1:])
-    unknown = [
-        a for a in rest if a.startswith("--") and a.split("=")[0] not in ("--config", "--workdir")
-    ]
-    name, workdir = _flag(rest, "config"), _flag(rest, "workdir")
-    if unknown or not name or not workdir:
-        print(__doc__.strip().splitlines()[0], file=sys.stderr)
-        if unknown:
-            print(f"Unknown arguments: {unknown}", file=sys.stderr)
-        return 2
+def load_hooks(config: ml_collections.ConfigDict) -> Any:
+    """The module named by `config.hooks` (empty: none)."""
+    name = config.get("hooks", "")
+    if not name:
+        return None
     try:
-        config = load_config(name)
-        for key, value in overrides:
-            apply_override(config, key, value)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        raise ConfigError(f"config.hooks names {name!r}, which cannot be imported: {e}") from e
 
+
+def dry_run_report(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """What a run with `config` in `workdir` would use: mesh, paths, datasets, starting weights."""
+    devices = jax.devices()[: config.mesh.num_devices or None]
+    shape = sharding.resolve_mesh_shape(config.mesh.shape, len(devices))
+    run_dir = checkpoints.RunDir(workdir)
+    datasets = [
+        {"name": d["name"], "path": d["path"], "exists": checkpoints.exists(d["path"])}
+        for d in config.data.datasets
+    ]
+    return {
+        "workdir": str(run_dir.path),
+        "resumes_from_step": run_dir.latest_step(),
+        "paths": {name: str(p) for name, p in run_dir.files().items()},
+        "mesh": dict(zip(sharding.MESH_AXES, shape)),
+        "devices": f"{len(devices)} x {devices[0].platform}",
+        "processes": jax.process_count(),
+        "datasets": datasets,
+        "init": dict(config.init),
+        "hooks": config.get("hooks", ""),
+    }
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {list(argv[1:])}")
+    config, workdir = _CONFIG.value, _WORKDIR.value
     maybe_initialize_distributed()
-    import jax
-
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     if jax.process_index() == 0:  # our progress; Orbax and TFDS stay at warnings
-        logging.getLogger("f1_jax").setLevel(logging.INFO)
-    from absl import logging as absl_logging
-
+        log.setLevel(logging.INFO)
     absl_logging.set_verbosity(absl_logging.WARNING)
-    from f1_jax.training import trainer
-
-    if config.sim.enabled:
-        from f1_jax import builtin_task
-
-        builtin_task.prepare(config, workdir)
-    metrics = trainer.train(config, workdir)
-    if config.sim.enabled and config.sim.evaluate_episodes and jax.process_index() == 0:
-        from f1_jax import evaluate
-
-        evaluate.run(
-            os.path.join(workdir, "checkpoints"),
-            config.sim.evaluate_episodes,
-            os.path.join(workdir, "evaluation"),
-        )
-    logging.getLogger("f1_jax").info("Done: %s", metrics)
-    return 0
+    try:
+        hooks = load_hooks(config)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    if _DRY_RUN.value:
+        print(config.to_json_best_effort(indent=2))
+        print(json.dumps(dry_run_report(config, workdir), indent=2))
+        return
+    if hooks is not None:
+        hooks.before_training(config, workdir)
+    try:
+        metrics = trainer.train(config, workdir, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+    except run_config.ConfigChangedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    if hooks is not None:
+        hooks.after_training(config, workdir, metrics)
+    log.info("Done: %s", metrics)
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    app.run(main, flags_parser=parse_flags)

@@ -22,3 +22,5 @@ jax.config.update(
     "jax_compilation_cache_dir", os.path.join(tempfile.gettempdir(), "f1_jax_test_compile_cache")
 )
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+from run_fixtures import policy, sim_run  # noqa: E402,F401  (session fixtures for every folder)

@@ -12,13 +12,14 @@ Each block sees itself and every earlier block; padding is invisible. Positions 
 """
 
 import dataclasses
-from typing import Any
+from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from f1_jax import transforms
 from f1_jax.models import masks
 from f1_jax.models.action import (
     ActionConfig,
@@ -45,7 +46,7 @@ Batch = dict[str, jax.Array]
 
 @dataclasses.dataclass(frozen=True)
 class F1Config:
-    """Every size and switch of the model. `configs/models.py` holds the named sizes."""
+    """Every size and switch of the model. `f1_jax/models/sizes.py` holds the named sizes."""
 
     siglip: SiglipConfig
     und: ExpertConfig
@@ -384,29 +385,101 @@ def sample_actions(
     return actions, foresight
 
 
+# ---------------------------------------------------------------------------------------------
+# Inputs: the observation contract's sizes for this model, and the batch -> model-input step.
+
+# Fields of a recipe's `data` section that shape the model's inputs beyond the model's own sizes.
+OBSERVATION_FIELDS = ("cameras", "gen_camera", "history_offsets", "target_offsets", "max_token_len")
+
+
+def observation_spec(
+    config: F1Config, data: Mapping[str, Any] | None = None
+) -> transforms.ObservationSpec:
+    """The observation contract of this model: image sizes, chunk and padding widths come from
+    the model; cameras, frame offsets and token budget from `data` (a recipe's data section, or
+    any mapping with some of OBSERVATION_FIELDS; the others keep their defaults)."""
+    fields = {k: data[k] for k in OBSERVATION_FIELDS if data is not None and k in data}
+    for k in ("cameras", "history_offsets", "target_offsets"):
+        if k in fields:
+            fields[k] = tuple(fields[k])
+    frame = config.vqvae.image_size
+    spec = transforms.ObservationSpec(
+        und_image_size=config.siglip.image_size,
+        gen_resize=int(round(1.125 * frame)),  # the original's 288 / 256
+        gen_crop=frame,
+        chunk_size=config.action.chunk_size,
+        state_dim=config.action.state_dim,
+        action_dim=config.action.action_dim,
+        **fields,
+    )
+    if len(spec.history_offsets) != config.foresight.history_frames:
+        raise ValueError(
+            f"data.history_offsets must have {config.foresight.history_frames} entries, got "
+            f"{spec.history_offsets}."
+        )
+    return spec
+
+
+def to_unit_range(images: jax.Array) -> jax.Array:
+    """uint8 [0, 255] -> float32 [-1, 1] (float inputs are assumed to be in [-1, 1] already)."""
+    if images.dtype == jnp.uint8:
+        return images.astype(jnp.float32) / 127.5 - 1.0
+    return images.astype(jnp.float32)
+
+
+def model_inputs(batch: Batch, num_history: int = 4) -> Batch:
+    """A batch of the observation contract (`ObservationSpec.example_spec` keys, uint8 images)
+    -> F1's inputs. Runs inside the jitted step, so images travel to the device as uint8.
+
+    gen_frames [B, num_history (+ 1), h, w, 3] holds the history frames, then the target frame.
+    """
+    inputs = {
+        "images": to_unit_range(batch["images"]),
+        "image_masks": batch["image_mask"].astype(bool),
+        "tokens": batch["tokens"].astype(jnp.int32),
+        "token_mask": batch["token_mask"].astype(bool),
+        "state": batch["state"].astype(jnp.float32),
+    }
+    frames = to_unit_range(batch["gen_frames"])
+    inputs["history"] = frames[:, :num_history]
+    if frames.shape[1] > num_history:
+        inputs["target_frame"] = frames[:, num_history]
+    if "actions" in batch:
+        inputs["actions"] = batch["actions"].astype(jnp.float32)
+        inputs["action_is_pad"] = batch["action_is_pad"].astype(bool)
+    return inputs
+
+
 def example_batch(
     config: F1Config,
     batch_size: int,
     *,
     num_cameras: int = 2,
     num_tokens: int = 16,
-    action_dim: int = 7,
-    state_dim: int = 8,
     seed: int = 0,
 ) -> Batch:
-    """A random training batch with the shapes `config` expects (for init, tests, benchmarks)."""
+    """Random model inputs with the shapes `config` expects (for init, tests, benchmarks): the
+    observation contract's example with `num_cameras` cameras and `num_tokens` tokens, filled
+    with random values and turned into model inputs. The last token and action step are padding."""
+    spec = dataclasses.replace(
+        observation_spec(config),
+        cameras=transforms.CAMERAS[:num_cameras],
+        max_token_len=num_tokens,
+    )
     rng = np.random.RandomState(seed)
-    side, frame = config.siglip.image_size, config.vqvae.image_size
-    uniform = lambda *shape: rng.uniform(-1, 1, shape).astype(np.float32)
-    chunk = config.action.chunk_size
-    return {
-        "images": uniform(batch_size, num_cameras, side, side, 3),
-        "image_masks": np.ones((batch_size, num_cameras), bool),
-        "tokens": rng.randint(0, config.vocab_size, (batch_size, num_tokens)).astype(np.int32),
-        "token_mask": np.arange(num_tokens)[None].repeat(batch_size, 0) < num_tokens - 3,
-        "state": uniform(batch_size, state_dim),
-        "history": uniform(batch_size, config.foresight.history_frames, frame, frame, 3),
-        "target_frame": uniform(batch_size, frame, frame, 3),
-        "actions": uniform(batch_size, chunk, action_dim),
-        "action_is_pad": np.arange(chunk)[None].repeat(batch_size, 0) >= chunk - 1,
-    }
+    batch = {}
+    for name, (shape, dtype) in spec.example_spec().items():
+        shape = (batch_size, *shape)
+        if dtype == np.uint8:
+            batch[name] = rng.randint(0, 256, shape).astype(np.uint8)
+        elif dtype == np.float32:
+            batch[name] = rng.uniform(-1, 1, shape).astype(np.float32)
+        elif name == "tokens":
+            batch[name] = rng.randint(0, config.vocab_size, shape).astype(np.int32)
+        else:
+            batch[name] = np.ones(shape, bool)
+    batch["token_mask"][:, -1] = False
+    batch["action_is_pad"] = np.zeros_like(batch["action_is_pad"])
+    batch["action_is_pad"][:, -1] = True
+    inputs = model_inputs(batch, config.foresight.history_frames)
+    return {k: np.asarray(v) for k, v in inputs.items()}

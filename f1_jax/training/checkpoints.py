@@ -1,22 +1,38 @@
-"""Orbax checkpoints of the whole run: train state, data-iterator state and a JSON record
-(normalisation statistics and the config), saved asynchronously and atomically.
+"""A run's directory and its Orbax checkpoints, local or remote (`gs://...`), through `etils.epath`.
 
+A run directory holds `checkpoints/<step>/` (train state, data-iterator state and a JSON record
+with the normalisation statistics and the config, saved asynchronously and atomically),
+`metrics.jsonl`, `config.json` (the config of the latest start), `configs/` (every config the
+run was started or resumed with), `tensorboard/` and, for the built-in task, `evaluation/`.
 A killed run restarts from the latest complete checkpoint and continues with the batch it would
-have seen next.
+have seen next. Paths are never made absolute when they are URIs.
 """
 
-import os
 from typing import Any
 
-import jax
 import orbax.checkpoint as ocp
+from etils import epath
+
+PathLike = str | epath.PathLike
 
 
-def with_shardings(abstract: Any, shardings: Any) -> Any:
-    """Abstract arrays that carry their target shardings: restored values land in their shards."""
-    return jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
-    )
+def as_path(path: PathLike) -> epath.Path:
+    """`path` as an epath.Path: URIs (scheme://...) unchanged, local paths made absolute (Orbax
+    wants absolute paths)."""
+    if "://" in str(path):
+        return epath.Path(path)
+    return epath.Path(path).expanduser().absolute()
+
+
+def exists(path: PathLike) -> bool:
+    return as_path(path).exists()
+
+
+def write_text(path: PathLike, text: str) -> None:
+    """Writes a small text file (local or remote) whole."""
+    path = as_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
 
 
 class RunCheckpoints:
@@ -24,26 +40,32 @@ class RunCheckpoints:
 
     def __init__(
         self,
-        directory: str,
+        directory: PathLike,
         save_every: int,
         keep: int = 3,
         keep_period: int | None = None,
         async_save: bool = True,
+        read_only: bool = False,
     ):
         self.save_every = save_every
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             keep_period=keep_period,
-            create=True,
+            create=not read_only,
+            read_only=read_only,
             enable_async_checkpointing=async_save,
         )
-        self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
+        self.directory = as_path(directory)
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
     def should_save(self, step: int) -> bool:
-        return step % self.save_every == 0 or self.manager.reached_preemption(step)
+        return step % self.save_every == 0
 
     def save(
         self,
@@ -78,7 +100,7 @@ class RunCheckpoints:
         return restored["state"], restored.get("record") if "record" in items else None
 
     def restore_state(self, step: int, abstract_state: Any = None) -> Any:
-        """Only the train state (no data iterator), e.g. to serve or inspect the parameters."""
+        """Only the train state (no data iterator), e.g. to inspect the parameters."""
         return self.manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
         )["state"]
@@ -96,54 +118,82 @@ class RunCheckpoints:
         self.manager.close()
 
 
-def save_params(path: str | os.PathLike, params: Any) -> None:
+class RunDir:
+    """The files of one run directory (nothing is created until a writer needs it)."""
+
+    def __init__(self, workdir: PathLike):
+        self.path = as_path(workdir)
+        self.checkpoints = self.path / "checkpoints"
+        self.metrics = self.path / "metrics.jsonl"
+        self.config = self.path / "config.json"
+        self.config_history = self.path / "configs"
+        self.tensorboard = self.path / "tensorboard"
+
+    def files(self) -> dict[str, epath.Path]:
+        return {
+            "checkpoints": self.checkpoints,
+            "metrics": self.metrics,
+            "config": self.config,
+            "config_history": self.config_history,
+            "tensorboard": self.tensorboard,
+        }
+
+    def latest_step(self) -> int | None:
+        """The latest complete checkpoint's step, or None when there is none."""
+        if not self.checkpoints.exists():
+            return None
+        return RunCheckpoints(self.checkpoints, 1, async_save=False, read_only=True).latest_step()
+
+
+def save_params(path: PathLike, params: Any) -> None:
     """Writes `{'params': params}` (Orbax StandardCheckpointer, blocking): what `load_params`
     and `init.params_path` / `init.vqvae_path` read."""
     with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(os.path.abspath(path), {"params": params})
+        checkpointer.save(as_path(path), {"params": params})
         checkpointer.wait_until_finished()
 
 
-def load_params(path: str, abstract_params: Any) -> Any:
-    """Parameters written by `python -m conversion import` ({'params': ...}) into their shards."""
-    if not os.path.exists(path):
+def load_params(path: PathLike, abstract_params: Any) -> Any:
+    """Parameters written by `save_params` (`python -m conversion import`) into their shards."""
+    path = as_path(path)
+    if not path.exists():
         raise FileNotFoundError(f"No parameter checkpoint at {path}.")
-    restored = ocp.StandardCheckpointer().restore(
-        os.path.abspath(path), {"params": abstract_params}
-    )
-    return restored["params"]
+    with ocp.StandardCheckpointer() as checkpointer:
+        return checkpointer.restore(path, {"params": abstract_params})["params"]
 
 
-def checkpoint_directory(path: str) -> str:
+def checkpoint_directory(path: PathLike) -> epath.Path:
     """The `checkpoints/` directory of a run, given the run's workdir or that directory itself."""
-    path = os.path.abspath(path)
-    if not os.path.isdir(path):
+    path = as_path(path)
+    if not path.is_dir():
         raise FileNotFoundError(f"No checkpoint directory at {path}.")
-    nested = os.path.join(path, "checkpoints")
-    return nested if os.path.isdir(nested) else path
+    nested = path / "checkpoints"
+    return nested if nested.is_dir() else path
 
 
-def read_only_checkpoints(path: str) -> RunCheckpoints:
-    """A RunCheckpoints over an existing run (workdir or checkpoints/), never creating directories.
+def read_only_checkpoints(path: PathLike) -> RunCheckpoints:
+    """A RunCheckpoints over an existing run (workdir or checkpoints/), never creating anything.
 
     Raises FileNotFoundError when the directory does not exist or holds no complete checkpoint.
     """
     directory = checkpoint_directory(path)
-    run = RunCheckpoints(directory, save_every=1, async_save=False)
+    run = RunCheckpoints(directory, save_every=1, async_save=False, read_only=True)
     if run.latest_step() is None:
         raise FileNotFoundError(f"No complete checkpoint in {directory}.")
     return run
 
 
-def restore_params(directory: str, step: int, abstract_params: Any, use_ema: bool = False) -> Any:
+def restore_params(
+    directory: PathLike, step: int, abstract_params: Any, use_ema: bool = False
+) -> Any:
     """Only the (EMA) parameters of a saved train state, into `abstract_params`' shardings.
 
     Partial restore: the optimizer state is never read, so serving needs no room for Adam moments.
     `directory` is a run's `checkpoints/` dir; abstract_params may carry shardings (e.g. one device).
     """
     key = "ema_params" if use_ema else "params"
-    path = os.path.join(os.path.abspath(directory), str(step), "state")
-    if not os.path.isdir(path):
+    path = as_path(directory) / str(step) / "state"
+    if not path.is_dir():
         raise FileNotFoundError(f"No train state for step {step} at {path}.")
     metadata = ocp.PyTreeCheckpointer().metadata(path)
     tree = getattr(metadata, "item_metadata", None)
@@ -161,7 +211,40 @@ def restore_params(directory: str, step: int, abstract_params: Any, use_ema: boo
     except ValueError as e:
         raise ValueError(
             f"The parameters in {path} do not fit the model built from its recorded "
-            "config (did the model code or configs/models.py change since it was "
+            "config (did the model code or f1_jax/models/sizes.py change since it was "
             f"trained?): {e}"
         ) from e
     return restored[key]
+
+
+def _has_step_dirs(path: epath.Path) -> bool:
+    return path.is_dir() and any(p.name.isdigit() for p in path.iterdir())
+
+
+def params_source(path: PathLike) -> tuple[str, epath.Path, int | None]:
+    """What `init.params_path` points at: ("run", its checkpoints dir, step) for a run's workdir
+    (`WORKDIR`: latest step, `WORKDIR:STEP`: that step) or its checkpoints dir, ("params", dir,
+    None) for a parameter checkpoint (`python -m conversion import` output or its `params/`)."""
+    text, step = str(path), None
+    head, sep, tail = text.rpartition(":")
+    if sep and tail.isdigit():
+        text, step = head, int(tail)
+    base = as_path(text)
+    if not base.exists():
+        raise FileNotFoundError(
+            f"No parameters at {base} (give a run's workdir or an import output)."
+        )
+    if (base / "checkpoints").is_dir() or _has_step_dirs(base):
+        run = read_only_checkpoints(base)
+        if step is None:
+            step = run.latest_step()
+        elif step not in run.all_steps():
+            raise FileNotFoundError(
+                f"{base} has no checkpoint at step {step}; steps: {run.all_steps()}"
+            )
+        return "run", run.directory, step
+    if step is not None:
+        raise ValueError(f"{base} is not a run directory; ':{step}' selects a step of a run.")
+    if (base / "params").is_dir():
+        return "params", base / "params", None  # an import output: OUTPUT/params/ + sidecar
+    return "params", base, None

@@ -113,3 +113,16 @@ def host_batch_to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, 
     return jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch
     )
+
+
+def with_shardings(abstract: Any, shardings: Any) -> Any:
+    """Abstract arrays that carry their target shardings: restored values land in their shards."""
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+    )
+
+
+def mesh_from_config(mesh_config) -> Mesh:
+    """The mesh of a recipe's `mesh` section over this job's devices (`num_devices` 0: all)."""
+    devices = jax.devices()[: mesh_config.num_devices or None]
+    return make_mesh(mesh_config.shape, mesh_config.num_slices, devices)

@@ -10,9 +10,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from f1_jax.models.f1 import F1, sample_actions
+from f1_jax.models.f1 import F1, model_inputs, sample_actions
 from f1_jax.training import optimizer as opt
-from f1_jax.training.batch import model_inputs
 from f1_jax.training.state import TrainState
 
 

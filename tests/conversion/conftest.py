@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from configs.models import get_model_config
+from f1_jax.models.sizes import get_model_config
 from conversion import config_io
 from f1_jax.models.foresight import level_ids
 from tests.conversion import official_layout as layout

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from configs.models import get_model_config
+from f1_jax.models.sizes import get_model_config
 from conversion import api, config_io, engine, tables
 from conversion.cli import main
 from tests.conversion import official_layout as layout
@@ -196,7 +196,7 @@ def test_full_size_export_plan_is_the_official_key_list():
     assert len(engine.plan_export(rows, shapes, tables.f1_extras(config))) == 1278
     assert len(layout.vae_keys(layout.Sizes(), "")) == 324
     assert sum(1 for k in got if k.startswith("model.vae.")) == 324
-    # And the full model of configs/models.py has exactly these parameter shapes.
+    # And the full model of f1_jax/models/sizes.py has exactly these parameter shapes.
     assert shapes == {
         k: v.shape for k, v in engine.abstract_params(get_model_config("full")).items()
     }

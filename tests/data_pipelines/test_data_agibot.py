@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from data_pipelines import images
+from f1_jax import image_tools as images
 from data_pipelines.reader import EpisodeReader
 from data_pipelines.sources import agibot
 from dp_fixtures import (

@@ -9,6 +9,7 @@ import pytest
 
 from data_pipelines import pipeline
 from data_pipelines.config import DataConfig, DatasetConfig
+from f1_jax import transforms
 from dp_fixtures import LIBERO_LENGTHS, small_config
 
 
@@ -46,9 +47,7 @@ def test_batch_keys_shapes_dtypes(mixture):
         "images": ((B, 3, und, und, 3), np.uint8),
         "image_mask": ((B, 3), bool),
         "gen_frames": ((B, F, crop, crop, 3), np.uint8),
-        "gen_frames_is_pad": ((B, F), bool),
         "state": ((B, 32), np.float32),
-        "state_mask": ((B, 32), bool),
         "actions": ((B, H, 32), np.float32),
         "action_mask": ((B, 32), bool),
         "action_is_pad": ((B, H), bool),
@@ -58,14 +57,18 @@ def test_batch_keys_shapes_dtypes(mixture):
         "episode_index": ((B,), np.int32),
         "step_index": ((B,), np.int32),
     }
-    assert set(b) == set(expected) == set(pipeline.BATCH_SPEC)
+    # The one description of the batch: the observation contract's example, plus bookkeeping.
+    spec = mixture.observation.example_spec()
+    assert set(b) == set(expected) == set(spec) | set(pipeline.HOST_ONLY_KEYS)
     for k, (shape, dtype) in expected.items():
         assert b[k].shape == shape and b[k].dtype == dtype, k
+        if k in spec:
+            assert (B, *spec[k][0]) == shape and spec[k][1] == dtype, k
     # Padded dims are zero and masked; masks match each dataset's dims.
     dims = {0: (8, 7), 1: (8, 7), 2: (8, 7), 3: (16, 16)}
     for i, d in enumerate(b["dataset_index"]):
         ds_, da = dims[int(d)]
-        assert b["state_mask"][i].sum() == ds_ and b["action_mask"][i].sum() == da
+        assert b["action_mask"][i].sum() == da
         assert not b["state"][i, ds_:].any() and not b["actions"][i, :, da:].any()
 
 
@@ -87,11 +90,11 @@ def test_window_content_matches_episode(libero_dir, tokenizer_path, tmp_path):
     seen = 0
     for b in it:
         t, L = int(b["step_index"][0]), None
-        raw_state = pipeline.normalize.unnormalize(b["state"][0], stats["state"], "mean_std")
+        raw_state = transforms.unnormalize(b["state"][0], stats["state"], "mean_std")
         ep = int(round(float(raw_state[0] - t))) // 100  # state[0] = 100 * ep + t
         L = LIBERO_LENGTHS[ep]
         np.testing.assert_allclose(raw_state, np.arange(8) + 100 * ep + t, atol=1e-3)
-        actions = pipeline.unnormalize_actions(b["actions"][0], stats)
+        actions = transforms.unnormalize(b["actions"][0], stats["action"], stats["norm_mode"])
         steps = np.minimum(np.arange(t, t + 4), L - 1)
         np.testing.assert_allclose(actions[:, 0], steps, atol=1e-3)
         np.testing.assert_array_equal(b["action_is_pad"][0], np.arange(t, t + 4) >= L)
@@ -316,7 +319,7 @@ def test_narrow_state_and_action_widths(libero_dir, tokenizer_path, tmp_path):
     )
     narrow = next(pipeline.make_train_iterator(narrow_cfg, seed=0))
     assert narrow["state"].shape == (2, 8) and narrow["actions"].shape == (2, 4, 7)
-    assert narrow["action_mask"].all() and narrow["state_mask"].all()
+    assert narrow["action_mask"].all()
     np.testing.assert_array_equal(narrow["state"], wide["state"][:, :8])
     np.testing.assert_array_equal(narrow["actions"], wide["actions"][..., :7])
     with pytest.raises(ValueError, match="action_dim must be in"):

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from data_pipelines import normalize, summary
+from data_pipelines import statistics, summary
 from data_pipelines.config import DatasetConfig
 from data_pipelines.reader import CorruptRecordError, EpisodeReader, scan_tfrecord
 from dp_fixtures import LIBERO_LENGTHS
@@ -78,7 +78,7 @@ def test_stats_by_hand_and_cache(libero_dir, tmp_path, monkeypatch):
     again = summary.load_or_compute(reader, ds, stats_dir=str(tmp_path), progress=False)
     assert again.state_stats == s.state_stats
     # Another transform version must not reuse the cache.
-    assert normalize.fingerprint(libero_dir, "train", "libero", "libero-v2") != s.key
+    assert statistics.fingerprint(libero_dir, "train", "libero", "libero-v2") != s.key
 
 
 def test_stats_cli(bridge_dir, tmp_path, capsys):

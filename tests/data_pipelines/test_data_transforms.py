@@ -5,46 +5,48 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data_pipelines import images, normalize, schema, windows
-from data_pipelines.tokenizer import Tokenizer
+from data_pipelines import schema, statistics
+from f1_jax import image_tools as images
+from f1_jax import transforms
+from f1_jax.tokenizer import Tokenizer
 
 
 def test_frame_window_clamps_at_both_ends():
-    idx, pad = windows.frame_indices(2, 10, (-9, -6, -3, 0, 3))
+    idx, pad = transforms.frame_indices(2, 10, (-9, -6, -3, 0, 3))
     np.testing.assert_array_equal(idx, [0, 0, 0, 2, 5])
     np.testing.assert_array_equal(pad, [True, True, True, False, False])
-    idx, pad = windows.frame_indices(8, 10, (-9, -6, -3, 0, 3))
+    idx, pad = transforms.frame_indices(8, 10, (-9, -6, -3, 0, 3))
     np.testing.assert_array_equal(idx, [0, 2, 5, 8, 9])
     np.testing.assert_array_equal(pad, [True, False, False, False, True])
 
 
 def test_action_chunk_pads_past_the_end():
     actions = np.arange(10, dtype=np.float32).reshape(5, 2)
-    chunk, pad = windows.action_chunk(actions, 3, 4)
+    chunk, pad = transforms.action_chunk(actions, 3, 4)
     np.testing.assert_array_equal(chunk, [[6, 7], [8, 9], [8, 9], [8, 9]])
     np.testing.assert_array_equal(pad, [False, False, True, True])
 
 
 def test_pad_to_32():
-    x, mask = schema.pad_to(np.ones((2, 7), np.float32))
+    x, mask = transforms.pad_to(np.ones((2, 7), np.float32))
     assert x.shape == (2, 32) and x[:, 7:].sum() == 0 and mask.sum() == 7
 
 
 def test_normalize_modes_and_inverse():
-    stats = normalize.array_stats(np.array([[0.0, 10.0], [2.0, 10.0], [4.0, 10.0]]))
+    stats = statistics.array_stats(np.array([[0.0, 10.0], [2.0, 10.0], [4.0, 10.0]]))
     assert stats["mean"] == [2.0, 10.0] and stats["count"] == 3
     x = np.array([[4.0, 10.0]], np.float32)
-    y = normalize.normalize(x, stats, "mean_std")
+    y = transforms.normalize(x, stats, "mean_std")
     np.testing.assert_allclose(y, [[2 / (np.sqrt(8 / 3) + 1e-8), 0.0]], rtol=1e-6)
     q01, q99 = np.quantile([0, 2, 4], 0.01), np.quantile([0, 2, 4], 0.99)
-    yq = normalize.normalize(x, stats, "quantile")
+    yq = transforms.normalize(x, stats, "quantile")
     np.testing.assert_allclose(yq[0, 0], (4 - q01) / (q99 - q01 + 1e-8) * 2 - 1, rtol=1e-6)
     np.testing.assert_allclose(yq[0, 1], -1.0)  # constant dim: (x - q01) = 0
-    for mode in normalize.NORM_MODES:
-        padded, _ = schema.pad_to(normalize.normalize(x, stats, mode))
-        np.testing.assert_allclose(normalize.unnormalize(padded, stats, mode), x, rtol=1e-5)
+    for mode in transforms.NORM_MODES:
+        padded, _ = transforms.pad_to(transforms.normalize(x, stats, mode))
+        np.testing.assert_allclose(transforms.unnormalize(padded, stats, mode), x, rtol=1e-5)
     with pytest.raises(ValueError, match="unknown norm mode"):
-        normalize.normalize(x, stats, "min_max_typo")
+        transforms.normalize(x, stats, "min_max_typo")
 
 
 def test_resize_with_pad_pads_left_and_top():

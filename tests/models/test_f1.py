@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs.models import get_model_config
+from f1_jax.models.sizes import get_model_config
 from f1_jax.models import masks
 from f1_jax.models.f1 import F1, example_batch, sample_actions, sequence_layout
 

@@ -6,22 +6,31 @@ import jax
 import numpy as np
 import pytest
 
-from data_pipelines import images, make_train_iterator, unnormalize_actions, windows
-from data_pipelines.pipeline import load_summaries
+from data_pipelines import make_train_iterator
+from data_pipelines.pipeline import eval_config, load_summaries
 from data_pipelines.sample import SampleBuilder
-from f1_jax.policy import FrameHistory, Policy, read_checkpoint_info
+from f1_jax import image_tools, transforms
+from f1_jax.policy import Policy, read_checkpoint_info
+from f1_jax.training import setup
+
+
+def _data_config(policy):
+    """The run's data pipeline in eval mode (what the policy's preprocessing must equal)."""
+    info = policy.info
+    return eval_config(setup.data_config_from(info.config.data, info.model_config))
 
 
 def _episode(policy, episode: int = 0):
     """The standardised stored episode `episode` of the policy's first dataset."""
-    readers, summaries = load_summaries(policy.data_config, progress=False)
-    return SampleBuilder(policy.data_config, readers, summaries).episode(0, episode)
+    config = _data_config(policy)
+    readers, summaries = load_summaries(config, progress=False)
+    return SampleBuilder(config, readers, summaries).episode(0, episode)
 
 
 def _observation(ep, t: int) -> dict:
     return {
-        "primary": images.decode_image(ep.images["primary"][t]),
-        "wrist_image": images.decode_image(ep.images["wrist"][t]),  # dataset key also works
+        "primary": image_tools.decode_image(ep.images["primary"][t]),
+        "wrist_image": image_tools.decode_image(ep.images["wrist"][t]),  # dataset key also works
         "state": ep.state[t],
         "instruction": ep.language,
     }
@@ -29,7 +38,7 @@ def _observation(ep, t: int) -> dict:
 
 def _pipeline_examples(policy, episode: int, steps: set[int]) -> dict[int, dict]:
     """The data pipeline's eval examples of (dataset 0, episode, t) for t in steps."""
-    cfg = dataclasses.replace(policy.data_config, batch_size=1)
+    cfg = dataclasses.replace(_data_config(policy), batch_size=1)
     found = {}
     for batch in make_train_iterator(cfg, seed=0):
         if int(batch["dataset_index"][0]) == 0 and int(batch["episode_index"][0]) == episode:
@@ -57,7 +66,7 @@ def test_preprocessing_matches_the_data_pipeline(policy):
         np.testing.assert_array_equal(got["token_mask"], want["token_mask"])
         np.testing.assert_array_equal(got["image_mask"], want["image_mask"])
         np.testing.assert_array_equal(got["state"], want["state"])
-        np.testing.assert_array_equal(got["gen_frames_is_pad"], want["gen_frames_is_pad"][:4])
+        assert set(got) == set(policy.spec.example_spec(training=False))
         for key, ours, theirs in (
             ("images", got["images"], want["images"]),
             ("gen_frames", got["gen_frames"], want["gen_frames"][:4]),
@@ -78,11 +87,14 @@ def test_actions_are_unnormalised_with_the_training_statistics(policy):
     policy.reset()
     out = policy.infer(obs, jax.random.key(7), return_foresight=True)
     chunk = policy.model.config.action.chunk_size
-    assert normalised.shape == (chunk, 32)
+    assert normalised.shape == (chunk, policy.spec.action_dim)
     assert out["actions"].shape == (chunk, 7) and out["actions"].dtype == np.float32
     assert np.isfinite(normalised).all() and np.isfinite(out["actions"]).all()
     np.testing.assert_allclose(
-        out["actions"], unnormalize_actions(normalised, stats), rtol=1e-5, atol=1e-5
+        out["actions"],
+        transforms.unnormalize(normalised, stats["action"], stats["norm_mode"]),
+        rtol=1e-5,
+        atol=1e-5,
     )
     mean, std = np.asarray(stats["action"]["mean"]), np.asarray(stats["action"]["std"])
     np.testing.assert_allclose(out["actions"], normalised[:, :7] * std + mean, rtol=1e-4, atol=1e-4)
@@ -132,14 +144,14 @@ def test_bad_observations_are_rejected(policy):
 
 def test_frame_history_clamps_like_training_windows():
     offsets = (-9, -6, -3, 0)
-    history = FrameHistory(offsets)
+    history = transforms.FrameHistory(offsets)
     frames = [np.full((2, 2, 3), i, np.uint8) for i in range(25)]
     for t, frame in enumerate(frames):
         history.push(frame)
-        got, pad = history.window()
-        idx, want_pad = windows.frame_indices(t, t + 1, offsets)
+        got, frame_index = history.window()
+        idx, _ = transforms.frame_indices(t, t + 1, offsets)
         np.testing.assert_array_equal(got[:, 0, 0, 0], idx)
-        np.testing.assert_array_equal(pad, want_pad)
+        np.testing.assert_array_equal(frame_index, idx)
     history.reset()
     with pytest.raises(RuntimeError):
         history.window()

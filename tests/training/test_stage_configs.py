@@ -7,19 +7,20 @@ import flax.linen as nn
 import pytest
 
 from f1_jax import launch
-from f1_jax.models.f1 import F1
+from f1_jax.models.f1 import F1, observation_spec
+from f1_jax.models.sizes import model_config_from
 from f1_jax.training import optimizer as opt
-from f1_jax.training import sharding, trainer
+from f1_jax.training import setup, sharding
 from f1_jax.training import state as st
 
 
 @pytest.mark.parametrize("name", launch.RECIPES)
 def test_recipe_builds(name):
     config = launch.load_config(name)
-    model_config = trainer.model_config_from(config)
-    if config.sim.enabled:
-        return  # the debug recipe's data paths exist only after builtin_task.prepare
-    trainer.data_config_from(config.data, model_config)
+    model_config = model_config_from(config.model)
+    if config.hooks:
+        return  # the debug recipe's data paths exist only after its hooks prepared them
+    setup.data_config_from(config.data, model_config)
     labels = opt.param_labels(
         nn.unbox(st.abstract_params(F1(model_config))), config.optimizer.frozen
     )
@@ -31,7 +32,7 @@ def test_recipe_builds(name):
 @pytest.mark.parametrize("name", ["stage1", "stage2"])
 def test_full_size_train_step_lowers_and_compiles(name):
     config = launch.load_config(name)
-    lowered = trainer.lower_train_step(config, sharding.make_mesh((1, 8, 1)), batch_size=8)
+    lowered = setup.lower_train_step(config, sharding.make_mesh((1, 8, 1)), batch_size=8)
     if name == "stage2":
         memory = lowered.compile().memory_analysis()
         # 3.55 B fp32 params + Adam moments, FSDP over 8 devices: > 5 GB of arguments per device.
@@ -41,8 +42,8 @@ def test_full_size_train_step_lowers_and_compiles(name):
 def test_debug_train_step_lowers_with_its_narrow_state_and_action_widths():
     """abstract_batch follows the model's pad widths (8-dim state, 7-dim actions for `debug`)."""
     config = launch.load_config("debug")
-    model_config = trainer.model_config_from(config)
-    batch = trainer.abstract_batch(model_config, 8)
+    model_config = model_config_from(config.model)
+    batch = setup.abstract_batch(observation_spec(model_config, config.data), 8)
     assert batch["state"].shape == (8, model_config.action.state_dim) == (8, 8)
     assert batch["actions"].shape[-1] == model_config.action.action_dim == 7
-    trainer.lower_train_step(config, sharding.make_mesh((8, 1, 1)), batch_size=8)
+    setup.lower_train_step(config, sharding.make_mesh((8, 1, 1)), batch_size=8)

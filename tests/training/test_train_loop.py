@@ -17,10 +17,10 @@ from data_pipelines import make_train_iterator
 from f1_jax.models.f1 import F1
 from f1_jax.training import checkpoints as ckpt
 from f1_jax.training import optimizer as opt
-from f1_jax.training import sharding
+from f1_jax.models.sizes import model_config_from
+from f1_jax.training import setup, sharding, trainer
 from f1_jax.training import state as st
 from f1_jax.training import step as steps
-from f1_jax.training import trainer
 
 
 def _train_rows(workdir: str) -> dict[int, dict]:
@@ -32,8 +32,8 @@ def _train_rows(workdir: str) -> dict[int, dict]:
 def test_meshes_give_the_same_losses_and_really_shard(tiny_data):
     assert jax.device_count() == 8
     config = tiny_config(tiny_data)
-    model = F1(trainer.model_config_from(config))
-    data_config = trainer.data_config_from(config.data, model.config)
+    model = F1(model_config_from(config.model))
+    data_config = setup.data_config_from(config.data, model.config)
     batches = [b for _, b in zip(range(2), make_train_iterator(data_config, 0))]
     for b in batches:
         for key in ("dataset_index", "episode_index", "step_index"):
@@ -79,7 +79,7 @@ def test_resume_after_sigterm_matches_an_uninterrupted_run(tiny_data, tmp_path, 
 
     # Second run: SIGTERM (a TPU preemption) arrives while step 3 is running.
     interrupted = os.fspath(tmp_path / "interrupted")
-    original = trainer._global_batch_iterator
+    original = trainer._global_batches
 
     def preempt_at_third(iterator, mesh):
         for index, batch in enumerate(original(iterator, mesh)):
@@ -87,9 +87,9 @@ def test_resume_after_sigterm_matches_an_uninterrupted_run(tiny_data, tmp_path, 
                 os.kill(os.getpid(), signal.SIGTERM)
             yield batch
 
-    monkeypatch.setattr(trainer, "_global_batch_iterator", preempt_at_third)
+    monkeypatch.setattr(trainer, "_global_batches", preempt_at_third)
     trainer.train(tiny_config(tiny_data, steps=steps_total, mesh=(2, 1, 1)), interrupted)
-    monkeypatch.setattr(trainer, "_global_batch_iterator", original)
+    monkeypatch.setattr(trainer, "_global_batches", original)
     assert max(_train_rows(interrupted)) == 3
     assert sorted(os.listdir(os.path.join(interrupted, "checkpoints")))[-1] == "3"
 
@@ -100,7 +100,7 @@ def test_resume_after_sigterm_matches_an_uninterrupted_run(tiny_data, tmp_path, 
 
     # Frozen groups (vision, vqvae) are bit-identical to their initial values; others moved.
     config = tiny_config(tiny_data)
-    model = F1(trainer.model_config_from(config))
+    model = F1(model_config_from(config.model))
     initial = jax.device_get(jax.jit(lambda k: st.init_params(model, k))(jax.random.key(42)))
     manager = ckpt.RunCheckpoints(os.path.join(straight, "checkpoints"), 1)
     final = jax.device_get(manager.restore_state(steps_total)["params"])
@@ -141,7 +141,7 @@ def test_accumulation_ema_and_in_loop_evaluation(tiny_data, tmp_path):
         evals = [json.loads(line) for line in f if '"eval"' in line]
     assert evals and {"action_mse", "action_mse_robot_units", "wm_acc_mean"} <= evals[0].keys()
 
-    model = F1(trainer.model_config_from(config))
+    model = F1(model_config_from(config.model))
     p0 = jax.device_get(jax.jit(lambda k: st.init_params(model, k))(jax.random.key(42)))
     manager = ckpt.RunCheckpoints(os.path.join(workdir, "checkpoints"), 1)
     s1, s2 = (jax.device_get(manager.restore_state(s)) for s in (1, 2))

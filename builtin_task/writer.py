@@ -1,7 +1,7 @@
 """Generates the built-in simulated dataset: scripted-expert episodes written as a LIBERO-schema
 RLDS/TFDS dataset (read back by the `libero` source like the released LIBERO data).
 
-    python -m data_pipelines.sim.writer --data_dir ~/f1_data --episodes 200 --seed 0
+    python -m builtin_task.writer --data_dir ~/f1_data --episodes 200 --seed 0
 
 Episode i uses env seed `seed * TRAIN_SEED_STRIDE + i` and task TASK_NAMES[i % 3] (balanced);
 evaluation seeds (env.EVAL_SEED_BASE and up) never collide with them for seed < 1000.
@@ -21,10 +21,12 @@ import shutil
 from typing import Any, Iterator
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from data_pipelines.sim import env as sim_env
-from data_pipelines.sim.expert import expert_policy, rollout
-from data_pipelines.sim.tasks import TASK_NAMES
+from builtin_task import env as sim_env
+from builtin_task.expert import expert_policy, rollout
+from builtin_task.tasks import TASK_NAMES
+from data_pipelines.sources import libero
 
 TRAIN_SEED_STRIDE = 1_000_000
 VERSION = "1.0.0"
@@ -111,10 +113,6 @@ def generate_dataset(
     Skips generation when a complete dataset with the same settings is already there (a
     partial one left by an interrupted run is removed and regenerated).
     """
-    from tqdm.auto import tqdm
-
-    from data_pipelines.sources import libero
-
     dataset_dir = os.path.join(data_dir, name, VERSION)
     meta = _generation_meta(num_episodes, seed, image_size)
     if _complete(dataset_dir, meta):

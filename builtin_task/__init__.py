@@ -2,8 +2,8 @@
 scripted expert, per-patch object labels (`labels`) and a LIBERO-schema RLDS writer (see
 docs/builtin_task.md). TF is only imported by the writer when data is written."""
 
-from data_pipelines.sim.env import EVAL_SEED_BASE, MAX_STEPS, SimEnv, eval_seeds, task_for_seed
-from data_pipelines.sim.expert import (
+from builtin_task.env import EVAL_SEED_BASE, MAX_STEPS, SimEnv, eval_seeds, task_for_seed
+from builtin_task.expert import (
     expert_action,
     expert_policy,
     make_policy,
@@ -11,7 +11,7 @@ from data_pipelines.sim.expert import (
     random_policy,
     rollout,
 )
-from data_pipelines.sim.tasks import TASK_NAMES, Goal, is_success
+from builtin_task.tasks import TASK_NAMES, Goal, is_success
 
 __all__ = [
     "EVAL_SEED_BASE",

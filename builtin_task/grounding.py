@@ -7,7 +7,7 @@ the action expert learns only partly to pick out the named block (reach 11/20 wi
 19/20 with it; README). This stage teaches the prefix that first: camera patches and instruction pass through SigLIP and the
 understanding expert exactly as in F1 (one bidirectional block), and a throw-away linear head on
 each patch's output predicts whether the patch shows the instructed block, the instructed square
-or neither (labels from the simulator's state, `data_pipelines.sim.labels`). Only the vision
+or neither (labels from the simulator's state, `builtin_task.labels`). Only the vision
 tower, the word embedding and the understanding expert are in the graph; the other experts'
 weights come out unchanged.
 """
@@ -22,8 +22,11 @@ import numpy as np
 import optax
 import tqdm
 
-from data_pipelines import schema
-from data_pipelines.sim import labels as sim_labels
+from builtin_task import labels as sim_labels
+from builtin_task.env import SimEnv
+from builtin_task.expert import expert_action
+from data_pipelines.sources import libero
+from f1_jax import transforms
 from f1_jax.models import masks
 from f1_jax.models.f1 import F1
 
@@ -31,15 +34,14 @@ Params = Any
 POSITIVE_WEIGHT = 5.0  # named objects cover ~10 % of the patches
 
 
-def prefix_preprocessor(text, image_size: int):
+def prefix_preprocessor(text, spec: transforms.ObservationSpec):
     """Simulator observation -> {images [C, S, S, 3], image_mask [C], tokens, token_mask}, with
-    the policy's own preprocessing (so pretraining sees what F1 sees). text: a Tokenizer."""
-    from data_pipelines.sources import libero
-    from f1_jax import policy
+    the observation contract's own functions (so pretraining sees what F1 sees). text: a
+    Tokenizer."""
 
     def preprocess(obs: dict[str, Any]) -> dict[str, np.ndarray]:
-        frames = policy.camera_frames(obs, libero.DEFAULT_CAMERAS)
-        images, present = policy.understanding_images(frames, image_size)
+        frames = transforms.camera_frames(obs, libero.DEFAULT_CAMERAS)
+        images, present = transforms.understanding_images(frames, spec)
         tokens, token_mask = text.encode(obs["instruction"])
         return {"images": images, "image_mask": present, "tokens": tokens, "token_mask": token_mask}
 
@@ -47,15 +49,19 @@ def prefix_preprocessor(text, image_size: int):
 
 
 def collect_grounding_examples(
-    seeds: list[int], task_names: list[str], preprocess, side: int, image_size: int, every: int = 2
+    seeds: list[int],
+    task_names: list[str],
+    preprocess,
+    cameras: tuple[str, ...],
+    side: int,
+    image_size: int,
+    every: int = 2,
 ) -> dict[str, np.ndarray]:
     """Expert rollouts -> model inputs and per-patch labels, every `every`-th step.
 
-    preprocess: observation -> model inputs (`prefix_preprocessor`); labels int32 [C * side^2].
+    preprocess: observation -> model inputs (`prefix_preprocessor`); cameras: the model's camera
+    slots, in order; labels int32 [len(cameras) * side^2].
     """
-    from data_pipelines.sim.env import SimEnv
-    from data_pipelines.sim.expert import expert_action
-
     env = SimEnv(image_size=image_size)
     columns: dict[str, list] = {}
     for seed, task in zip(seeds, task_names):
@@ -63,9 +69,7 @@ def collect_grounding_examples(
         while not done:
             if t % every == 0:
                 example = dict(preprocess(obs))
-                example["labels"] = sim_labels.patch_labels(
-                    env.world, env.goal, schema.CAMERAS, side
-                )
+                example["labels"] = sim_labels.patch_labels(env.world, env.goal, cameras, side)
                 for key, value in example.items():
                     columns.setdefault(key, []).append(value)
             obs, _, done, _ = env.step(expert_action(env.world, env.goal))

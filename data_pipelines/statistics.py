@@ -1,8 +1,9 @@
-"""Per-dataset normalisation statistics of state and action, and (un)normalisation.
+"""Per-dataset normalisation statistics of state and action, and their cache.
 
 Stats are computed once over every step of a dataset after standardisation and cached as JSON,
 keyed by a fingerprint of the dataset files and the transform version, so a changed transform
-or dataset never reuses stale statistics.
+or dataset never reuses stale statistics. (Normalising with them is part of the observation
+contract: `f1_jax.transforms.normalize`.)
 """
 
 from __future__ import annotations
@@ -13,10 +14,6 @@ import os
 from typing import Any, Iterable, Mapping
 
 import numpy as np
-
-NORM_MODES = ("mean_std", "quantile")
-EPS = 1e-8
-_FIELDS = ("mean", "std", "q01", "q99", "min", "max")
 
 
 def array_stats(x: np.ndarray) -> dict[str, Any]:
@@ -33,34 +30,6 @@ def array_stats(x: np.ndarray) -> dict[str, Any]:
         "max": x.max(0).tolist(),
         "count": int(len(x)),
     }
-
-
-def normalize(x: np.ndarray, stats: Mapping[str, Any], mode: str = "mean_std") -> np.ndarray:
-    """Normalises x [..., D] with per-dim stats of D dims.
-
-    mean_std: (x - mean) / (std + 1e-8); quantile: (x - q01) / (q99 - q01 + 1e-8) * 2 - 1.
-    """
-    x = np.asarray(x, np.float32)
-    if mode == "mean_std":
-        mean, std = np.asarray(stats["mean"], np.float32), np.asarray(stats["std"], np.float32)
-        return ((x - mean) / (std + EPS)).astype(np.float32)
-    if mode == "quantile":
-        lo, hi = np.asarray(stats["q01"], np.float32), np.asarray(stats["q99"], np.float32)
-        return ((x - lo) / (hi - lo + EPS) * 2.0 - 1.0).astype(np.float32)
-    raise ValueError(f"unknown norm mode {mode!r}; expected one of {NORM_MODES}")
-
-
-def unnormalize(y: np.ndarray, stats: Mapping[str, Any], mode: str = "mean_std") -> np.ndarray:
-    """Inverse of `normalize` for y [..., D'] with D' >= D: extra (padded) dims are dropped."""
-    d = len(stats["mean"])
-    y = np.asarray(y, np.float32)[..., :d]
-    if mode == "mean_std":
-        mean, std = np.asarray(stats["mean"], np.float32), np.asarray(stats["std"], np.float32)
-        return (y * (std + EPS) + mean).astype(np.float32)
-    if mode == "quantile":
-        lo, hi = np.asarray(stats["q01"], np.float32), np.asarray(stats["q99"], np.float32)
-        return ((y + 1.0) / 2.0 * (hi - lo + EPS) + lo).astype(np.float32)
-    raise ValueError(f"unknown norm mode {mode!r}; expected one of {NORM_MODES}")
 
 
 def fingerprint(dataset_dir: str, split: str, source_kind: str, transform_version: str) -> str:

@@ -26,8 +26,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import tqdm
 from flax import traverse_util
 
+from builtin_task.env import SimEnv
+from builtin_task.expert import expert_policy, rollout
+from f1_jax import transforms
 from f1_jax.models.resize import resize_area, resize_bicubic
 from f1_jax.models.vqvae import VQVAE, VQVAEConfig
 from f1_jax.training import checkpoints
@@ -69,18 +73,14 @@ def collect_sim_frames(
     Seeds ``seed .. seed + num_episodes - 1``; every ``every``-th step. Returns uint8
     ``[N, frame_size, frame_size, 3]``: rendered at ``image_size``, short side to ``resize``
     (default ``frame_size * 9 // 8``, the data config's gen_resize/gen_crop ratio 288/256: 36
-    for 32), centred crop (``policy.generation_frame``, i.e. the eval-mode pipeline).
+    for 32), centred crop (``transforms.generation_crop``, i.e. the eval-mode pipeline).
     """
-    from data_pipelines.sim.env import SimEnv
-    from data_pipelines.sim.expert import expert_policy, rollout
-    from f1_jax.policy import generation_frame
-
     env = SimEnv(image_size=image_size)
-    resize = resize or frame_size * 9 // 8
+    spec = transforms.ObservationSpec(gen_resize=resize or frame_size * 9 // 8, gen_crop=frame_size)
     frames = []
     for s in range(seed, seed + num_episodes):
         observations, _, _ = rollout(env, expert_policy(env), s)
-        frames += [generation_frame(o["image"], resize, frame_size) for o in observations[::every]]
+        frames += [transforms.generation_crop(o["image"], spec) for o in observations[::every]]
     return np.stack(frames)
 
 
@@ -383,8 +383,6 @@ def train_vqvae(
     key = jax.random.key(seed)
     bar = None
     if progress:
-        import tqdm
-
         bar = tqdm.tqdm(total=steps, desc="vqvae", dynamic_ncols=True)
     first_loss = last = None
     for step in range(steps):

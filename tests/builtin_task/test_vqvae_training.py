@@ -7,10 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs.models import get_model_config
+from builtin_task import prepare
+from configs import debug
+from f1_jax.models.sizes import get_model_config
 from f1_jax.models.vqvae import VQVAE
 from f1_jax.training import checkpoints
-from f1_jax.training import vqvae_training as vt
+from builtin_task import vqvae_training as vt
 
 # The debug recipe's tokenizer: 32 px frames -> 8x8x8 latent, scales 1, 2, 4, 8.
 CONFIG = get_model_config("debug").vqvae
@@ -117,12 +119,10 @@ def test_save_then_load_params_is_bit_exact(tmp_path):
 def test_debug_recipe_trains_its_tokenizer_once(tmp_path, monkeypatch):
     """builtin_task.prepare_vqvae: trains and saves on first use (path keyed by the recipe), then
     reuses the saved tokenizer without training again."""
-    from configs import debug
-    from f1_jax import builtin_task
 
     config = debug.get_config()
     config.sim.vqvae_steps, config.sim.vqvae_episodes, config.sim.vqvae_batch_size = 3, 1, 4
-    path = builtin_task.prepare_vqvae(config, str(tmp_path))
+    path = prepare.prepare_vqvae(config, str(tmp_path))
     assert os.path.isdir(path) and os.path.exists(path + ".json")
     abstract = jax.eval_shape(
         lambda: VQVAE(CONFIG).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
@@ -130,7 +130,7 @@ def test_debug_recipe_trains_its_tokenizer_once(tmp_path, monkeypatch):
     loaded = checkpoints.load_params(path, abstract)
     assert jax.tree.structure(loaded) == jax.tree.structure(abstract)
     monkeypatch.setattr(vt, "train_vqvae", lambda *a, **k: pytest.fail("trained twice"))
-    assert builtin_task.prepare_vqvae(config, str(tmp_path)) == path
+    assert prepare.prepare_vqvae(config, str(tmp_path)) == path
     config.sim.vqvae_steps = 4  # a different recipe gets its own tokenizer
     with pytest.raises(pytest.fail.Exception, match="trained twice"):
-        builtin_task.prepare_vqvae(config, str(tmp_path))
+        prepare.prepare_vqvae(config, str(tmp_path))

@@ -1,4 +1,5 @@
-"""A tiny simulator dataset, tokenizer and checkpoint for the policy tests (built once).
+"""A tiny simulator dataset, tokenizer and run checkpoint (built once per session), shared by
+the policy, evaluation, export and serving tests through tests/conftest.py.
 
 The checkpoint is written with `RunCheckpoints.save` exactly as `trainer.train` writes it (train
 state with Adam state + JSON record with config and statistics) from random parameters of the
@@ -10,10 +11,22 @@ import os
 
 import flax.linen as nn
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
+from builtin_task import writer
+from builtin_task.prepare import all_instructions
 from configs.base import base_config
+from data_pipelines import dataset_statistics
+from f1_jax.models.f1 import F1
+from f1_jax.models.sizes import model_config_from
+from f1_jax.tokenizer import train_tokenizer
+from f1_jax.training import checkpoints as ckpt
+from f1_jax.training import optimizer as opt
+from f1_jax.training import setup
+from f1_jax.training import state as st
+from f1_jax.policy import Policy
 
 
 def policy_config(data_dir: str, train_path: str, tokenizer: str):
@@ -34,22 +47,16 @@ def policy_config(data_dir: str, train_path: str, tokenizer: str):
     c.mesh.shape = (1, 1, 1)
     c.mesh.num_devices = 1
     c.optimizer.frozen = ("vision", "vqvae")
-    c.sim.enabled = True
-    c.sim.image_size = 32  # recorded size of the generated data: evaluation renders at it
+    c.sim = ml_collections.ConfigDict(
+        {"image_size": 32}
+    )  # recorded size of the generated data: evaluation renders at it
     return c
 
 
 def write_checkpoint(config, workdir: str, step: int = 3) -> str:
-    from data_pipelines import dataset_statistics
-    from f1_jax.models.f1 import F1
-    from f1_jax.training import checkpoints as ckpt
-    from f1_jax.training import optimizer as opt
-    from f1_jax.training import state as st
-    from f1_jax.training import trainer
-
-    model_config = trainer.model_config_from(config)
+    model_config = model_config_from(config.model)
     model = F1(model_config)
-    data_config = trainer.data_config_from(config.data, model_config)
+    data_config = setup.data_config_from(config.data, model_config)
     # Random values of the right shapes: compiling the model's init would cost ~30 s on CPU.
     rng = np.random.default_rng(1)
     params = jax.tree.map(
@@ -78,10 +85,6 @@ def write_checkpoint(config, workdir: str, step: int = 3) -> str:
 
 @pytest.fixture(scope="session")
 def sim_run(tmp_path_factory):
-    from data_pipelines.sim import writer
-    from data_pipelines.tokenizer import train_tokenizer
-    from f1_jax.builtin_task import all_instructions
-
     root = os.fspath(tmp_path_factory.mktemp("policy_data"))
     train = writer.generate_dataset(root, "sim_tiny", 3, seed=0, image_size=32, progress=False)
     tokenizer = train_tokenizer(all_instructions() * 4, os.path.join(root, "tok.model"), 96)
@@ -92,6 +95,4 @@ def sim_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def policy(sim_run):
-    from f1_jax.policy import Policy
-
     return Policy.from_checkpoint(sim_run["workdir"])

@@ -5,9 +5,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from data_pipelines.sim import labels as L
-from data_pipelines.sim import render, tasks
-from data_pipelines.sim import world as W
+from builtin_task import labels as L
+from builtin_task import render, tasks
+from builtin_task import world as W
 
 SIDE, SIZE = 7, 56  # the debug model's 7 x 7 patches of 8 px
 

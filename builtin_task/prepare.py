@@ -1,4 +1,4 @@
-"""Data for the `debug` recipe: the built-in simulated task, generated on first use.
+"""Data and pretrained parts for the `debug` recipe, generated on first use.
 
 `prepare(config, workdir)` writes expert episodes of the simulated table (training seeds and
 held-out seeds) as LIBERO-schema RLDS, trains a small SentencePiece tokenizer on every instruction
@@ -17,10 +17,14 @@ import json
 import logging
 import os
 
+import jax
 import ml_collections
 
-from data_pipelines.sim import render, tasks, writer
-from data_pipelines.tokenizer import train_tokenizer
+from builtin_task import grounding, render, tasks, vqvae_training, writer
+from f1_jax.models.f1 import F1, observation_spec
+from f1_jax.models.sizes import model_config_from
+from f1_jax.tokenizer import Tokenizer, train_tokenizer
+from f1_jax.training import checkpoints, state
 
 log = logging.getLogger("f1_jax")
 
@@ -63,10 +67,8 @@ def prepare_vqvae(config: ml_collections.ConfigDict, data_dir: str) -> str:
     The directory name carries a hash of everything that shapes the result, so a changed model
     size or recipe trains a new tokenizer instead of loading a mismatched one.
     """
-    from f1_jax.training import trainer, vqvae_training
-
     sim = config.sim
-    vq = trainer.model_config_from(config).vqvae
+    vq = model_config_from(config.model).vqvae
     recipe = {
         "vqvae": repr(vq),
         "steps": sim.vqvae_steps,
@@ -113,16 +115,10 @@ def _write_record(path: str, recipe: dict, metrics: dict) -> None:
 
 def prepare_grounding(config: ml_collections.ConfigDict, data_dir: str, tokenizer: str) -> str:
     """Grounding-pretrains SigLIP + the understanding expert on expert rollouts of the training
-    seeds, once (`f1_jax.training.grounding`); returns the full F1 parameters' path, which the
+    seeds, once (`builtin_task.grounding`); returns the full F1 parameters' path, which the
     trainer starts from (`init.params_path`)."""
-    import jax
-
-    from data_pipelines.tokenizer import Tokenizer
-    from f1_jax.models.f1 import F1
-    from f1_jax.training import checkpoints, grounding, state, trainer
-
     sim = config.sim
-    model_config = trainer.model_config_from(config)
+    model_config = model_config_from(config.model)
     with open(tokenizer, "rb") as f:
         tokenizer_hash = hashlib.sha256(f.read()).hexdigest()
     recipe = {
@@ -142,12 +138,12 @@ def prepare_grounding(config: ml_collections.ConfigDict, data_dir: str, tokenize
         return path
     log.info("Grounding pretraining on %d expert episodes (once).", sim.grounding_episodes)
     n = sim.grounding_episodes
+    spec = observation_spec(model_config, config.data)
     examples = grounding.collect_grounding_examples(
         writer.episode_seeds(sim.seed, n),
         [writer.episode_task(i) for i in range(n)],
-        grounding.prefix_preprocessor(
-            Tokenizer(tokenizer, config.data.max_token_len), model_config.siglip.image_size
-        ),
+        grounding.prefix_preprocessor(Tokenizer(tokenizer, spec.max_token_len), spec),
+        cameras=spec.cameras,
         side=model_config.siglip.image_size // model_config.siglip.patch_size,
         image_size=sim.image_size,
     )

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from data_pipelines.sim import render, tasks
-from data_pipelines.sim import world as W
+from builtin_task import render, tasks
+from builtin_task import world as W
 
 MAX_STEPS = 80
 # Seeds used for evaluation start here; the writer's training seeds stay far below (see writer).

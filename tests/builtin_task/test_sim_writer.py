@@ -8,11 +8,11 @@ import os
 import numpy as np
 import pytest
 
-from data_pipelines.images import decode_image
+from f1_jax.image_tools import decode_image
 from data_pipelines.reader import EpisodeReader
-from data_pipelines.sim import writer
-from data_pipelines.sim.env import SimEnv
-from data_pipelines.sim.expert import expert_policy, rollout
+from builtin_task import writer
+from builtin_task.env import SimEnv
+from builtin_task.expert import expert_policy, rollout
 from data_pipelines.sources import libero
 
 NUM_EPISODES = 4

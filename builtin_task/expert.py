@@ -10,9 +10,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from data_pipelines.sim import world as W
-from data_pipelines.sim.env import SimEnv
-from data_pipelines.sim.tasks import Goal
+from builtin_task import world as W
+from builtin_task.env import SimEnv
+from builtin_task.tasks import Goal
 
 Policy = Callable[[dict[str, Any]], np.ndarray]
 OPEN, CLOSE = -1.0, 1.0

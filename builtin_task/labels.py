@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from data_pipelines.sim import render
-from data_pipelines.sim import world as W
-from data_pipelines.sim.tasks import Goal
+from builtin_task import render
+from builtin_task import world as W
+from builtin_task.tasks import Goal
 
 BACKGROUND, NAMED_BLOCK, NAMED_SQUARE = 0, 1, 2
 NUM_CLASSES = 3
 MIN_COVER = 0.15  # a patch shows an object when the object covers this fraction of it
 
 
-def _cover(
-    edges_x: np.ndarray, edges_y: np.ndarray, centre: np.ndarray, half: float
-) -> np.ndarray:
+def _cover(edges_x: np.ndarray, edges_y: np.ndarray, centre: np.ndarray, half: float) -> np.ndarray:
     """float [rows, cols]: fraction of each patch covered by the axis-aligned square."""
     ox = np.clip(
         np.minimum(edges_x[1:], centre[0] + half) - np.maximum(edges_x[:-1], centre[0] - half),

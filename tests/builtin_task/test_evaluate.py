@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_pipelines.sim import eval_seeds, task_for_seed
-from f1_jax import evaluate
+from builtin_task import eval_seeds, task_for_seed
+from builtin_task import evaluate
 
 
 def test_wilson_interval():

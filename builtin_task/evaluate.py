@@ -1,9 +1,9 @@
 """Closed-loop evaluation of a checkpoint in the built-in simulator, against no-op and random.
 
-    python -m f1_jax.evaluate --checkpoint WORKDIR[/checkpoints] --episodes 60 \
+    python -m builtin_task.evaluate --checkpoint WORKDIR[/checkpoints] --episodes 60 \
         [--output DIR] [--action_horizon K] [--seed S] [--step N] [--dataset NAME] [--use_ema]
 
-Every policy runs on the same held-out seeds (`data_pipelines.sim.eval_seeds`). Writes to the
+Every policy runs on the same held-out seeds (`builtin_task.eval_seeds`). Writes to the
 output directory (default WORKDIR/evaluation): results.json (success rate per task and overall
 with 95% Wilson intervals, per episode outcomes), strips/episode_XXX.png (a few frames, and the
 predicted foresight beside the true frame it predicts) and rollouts.gif (the first rollouts).
@@ -18,7 +18,14 @@ import os
 import sys
 from typing import Any, Callable, Sequence
 
+import jax
 import numpy as np
+import tqdm
+from PIL import Image
+
+from builtin_task import MAX_STEPS, SimEnv, eval_seeds, make_policy
+from f1_jax import transforms
+from f1_jax.policy import Policy
 
 WILSON_Z = 1.959963984540054  # 95% two-sided
 
@@ -84,8 +91,6 @@ def format_table(results: dict[str, dict], names: Sequence[str]) -> str:
 
 
 def _tile(image: np.ndarray, size: int) -> np.ndarray:
-    from PIL import Image
-
     if image.shape[:2] == (size, size):
         return image
     # Crisp pixels when enlarging small frames, smooth when shrinking large ones.
@@ -117,15 +122,11 @@ def episode_strip(
 
 
 def save_png(path: str, image: np.ndarray) -> None:
-    from PIL import Image
-
     os.makedirs(os.path.dirname(path), exist_ok=True)
     Image.fromarray(image).save(path)
 
 
 def save_gif(path: str, frames: Sequence[np.ndarray], duration_ms: int = 120) -> None:
-    from PIL import Image
-
     pictures = [Image.fromarray(f) for f in frames]
     pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=duration_ms, loop=0)
 
@@ -151,10 +152,7 @@ def policy_episode(
     Returns task, success, steps and, if record: frames (primary camera after 0..steps steps),
     foresights [(step inferred at, predicted frame)] and pairs [(predicted, true frame)].
     """
-    import jax
-    from f1_jax.policy import generation_frame
-
-    cfg = policy.data_config
+    spec = policy.spec
     obs = env.reset(seed)
     policy.reset()
     frames, foresights = [obs["image"]], []
@@ -177,13 +175,13 @@ def policy_episode(
                 policy.observe(obs)  # the next infer() pushes its own frame
     result = {"task": env.goal.task, "success": bool(info["success"]), "steps": int(info["steps"])}
     if record:
-        ahead = cfg.target_offsets[0]
+        ahead = spec.target_offsets[0]
         # The foresight predicts the generation camera `ahead` steps later, centre-cropped like
         # training frames; compare with that crop (only where the episode lasted long enough).
         result["frames"] = frames
         result["foresights"] = foresights
         result["pairs"] = [
-            (pred, generation_frame(frames[s + ahead], cfg.gen_resize, cfg.gen_crop))
+            (pred, transforms.generation_crop(frames[s + ahead], spec))
             for s, pred in foresights
             if s + ahead < len(frames)
         ]
@@ -225,12 +223,6 @@ def run(
     the generated training data), else the simulator's default.
     Returns (and writes to output_dir/results.json) the summary with "policy", "noop", "random".
     """
-    import jax
-    import tqdm
-
-    from data_pipelines.sim import MAX_STEPS, SimEnv, eval_seeds, make_policy
-    from f1_jax.policy import Policy
-
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     policy = Policy.from_checkpoint(checkpoint, step=step, dataset=dataset, use_ema=use_ema)
@@ -246,7 +238,7 @@ def run(
     seeds = eval_seeds(episodes)
     rng = jax.random.key(seed)
     os.makedirs(output_dir, exist_ok=True)
-    tile = max(policy.data_config.gen_crop, 96)
+    tile = max(policy.spec.gen_crop, 96)
 
     outcomes: dict[str, list[tuple[str, bool]]] = {"policy": [], "noop": [], "random": []}
     details, gif = [], []
@@ -322,7 +314,7 @@ def default_output(checkpoint: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m f1_jax.evaluate", description=__doc__.split("\n\n")[0]
+        prog="python -m builtin_task.evaluate", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--checkpoint", required=True, help="run workdir or its checkpoints/ dir")
     parser.add_argument("--episodes", type=int, required=True)

@@ -7,16 +7,16 @@ import dataclasses
 import numpy as np
 import pytest
 
-from data_pipelines.sim import world as W
-from data_pipelines.sim.env import SimEnv, eval_seeds, task_for_seed
-from data_pipelines.sim.expert import (
+from builtin_task import world as W
+from builtin_task.env import SimEnv, eval_seeds, task_for_seed
+from builtin_task.expert import (
     expert_action,
     expert_policy,
     noop_policy,
     random_policy,
     rollout,
 )
-from data_pipelines.sim.tasks import TASK_NAMES, TEMPLATES
+from builtin_task.tasks import TASK_NAMES, TEMPLATES
 
 SEEDS_PER_TASK = 20
 

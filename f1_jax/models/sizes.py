@@ -1,11 +1,15 @@
-"""Named model sizes, shared by every recipe: `full` (the official F1), `small`, `tiny`.
+"""Named model sizes beside the model: `full` (the official F1), `small`, `tiny`, `debug`.
 
-`full` reproduces the released F1 (f1_vla_reference.md sections 2 and 7). `tiny` is what every
-test and the `debug` recipe use: same code paths, widths of 32-64, 2 layers, 28 px camera images
-and 32 px foresight frames. `small` sits between, for CPU benchmarks.
+`full` reproduces the released F1 (SigLIP So400m/14 at 224 px, Gemma-2B understanding expert,
+two Gemma-300M-like experts, the VAR VQ-VAE ch 160; docs/architecture.md lists the parameter
+counts). `tiny` is what the tests use: same code paths, widths of 32-64, 2 layers, 28 px camera
+images and 32 px foresight frames. `debug` is `tiny` adjusted for the built-in task; `small`
+sits between, for CPU benchmarks. A recipe names a size (`config.model.size`) and its switches;
+`model_config_from` turns that section into an `F1Config`.
 """
 
 import dataclasses
+from typing import Any, Mapping
 
 from f1_jax.models.action import ActionConfig
 from f1_jax.models.f1 import F1Config
@@ -141,4 +145,21 @@ def get_model_config(
         foresight=foresight,
         action=action,
         foresight_training=foresight_training or config.foresight_training,
+    )
+
+
+def model_config_from(model: Mapping[str, Any]) -> F1Config:
+    """A recipe's `model` section (size, precision, remat_policy, num_scales, chunk_size,
+    foresight_training, action_loss_weight, foresight_loss_weight) -> F1Config."""
+    return dataclasses.replace(
+        get_model_config(
+            model["size"],
+            precision=model["precision"],
+            remat_policy=model["remat_policy"],
+            num_scales=model["num_scales"],
+            chunk_size=model["chunk_size"],
+            foresight_training=model["foresight_training"],
+        ),
+        action_loss_weight=model["action_loss_weight"],
+        foresight_loss_weight=model["foresight_loss_weight"],
     )

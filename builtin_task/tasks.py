@@ -15,8 +15,8 @@ import dataclasses
 
 import numpy as np
 
-from data_pipelines.sim import world as W
-from data_pipelines.sim.render import COLORS
+from builtin_task import world as W
+from builtin_task.render import COLORS
 
 TASK_NAMES: tuple[str, ...] = ("reach", "push", "pick_place")
 TEMPLATES: dict[str, str] = {

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from data_pipelines.sim import world as W
+from builtin_task import world as W
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (215, 40, 40),
