@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -375,3 +376,84 @@ class ObservationTransform:
     def robot_actions(self, actions: np.ndarray) -> np.ndarray:
         """Normalised model actions [..., action_dim] -> robot units [..., dataset's dims]."""
         return unnormalize(actions, self.stats["action"], self.stats["norm_mode"])
+
+
+# ---------------------------------------------------------------------------------------------
+# What travels with an exported model: `norm_stats.json` beside the weights.
+
+NORM_STATS_FILE = "norm_stats.json"
+NORM_STATS_FORMAT = "f1_jax.norm_stats/1"
+TOKENIZER_FILE = "tokenizer.model"
+
+
+@dataclasses.dataclass(frozen=True)
+class DeploymentContract:
+    """Everything besides the weights that turns robot observations into model inputs and model
+    actions into robot units: the observation spec, each dataset's statistics, norm mode and
+    camera keys, and the tokenizer. Written as `norm_stats.json` (+ `tokenizer.model`) beside an
+    exported model; the JAX policy, the server and the PyTorch runtime read it.
+
+    datasets: name -> {"state": stats, "action": stats, "norm_mode": "mean_std" | "quantile",
+      "cameras": {standard camera: dataset image key or None}}; stats are per-dimension lists
+      "mean", "std", "q01", "q99", "min", "max" and a "count" (data_pipelines.statistics).
+    """
+
+    spec: ObservationSpec
+    datasets: Mapping[str, Mapping[str, Any]]
+    default_dataset: str
+    tokenizer_path: str
+    source: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def dataset(self, name: str | None = None) -> Mapping[str, Any]:
+        name = name or self.default_dataset
+        if name not in self.datasets:
+            raise KeyError(
+                f"Unknown dataset {name!r}; statistics exist for {sorted(self.datasets)}."
+            )
+        return self.datasets[name]
+
+    def transform(self, tokenizer, dataset: str | None = None) -> "ObservationTransform":
+        """The observation transform for `dataset` (default: the default dataset)."""
+        entry = self.dataset(dataset)
+        return ObservationTransform(self.spec, entry["cameras"], entry, tokenizer)
+
+    def to_json(self) -> dict[str, Any]:
+        spec = dataclasses.asdict(self.spec)
+        return {
+            "format": NORM_STATS_FORMAT,
+            "observation": {k: list(v) if isinstance(v, tuple) else v for k, v in spec.items()},
+            "default_dataset": self.default_dataset,
+            "datasets": {k: dict(v) for k, v in self.datasets.items()},
+            "tokenizer": TOKENIZER_FILE,
+            "source": dict(self.source),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], directory: str) -> "DeploymentContract":
+        if data.get("format") != NORM_STATS_FORMAT:
+            raise ValueError(
+                f"{directory}/{NORM_STATS_FILE} has format {data.get('format')!r}, "
+                f"expected {NORM_STATS_FORMAT!r}."
+            )
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in data["observation"].items()}
+        return cls(
+            spec=ObservationSpec(**fields),
+            datasets=data["datasets"],
+            default_dataset=data["default_dataset"],
+            tokenizer_path=f"{directory}/{data.get('tokenizer', TOKENIZER_FILE)}",
+            source=data.get("source", {}),
+        )
+
+
+def read_deployment_contract(directory: str) -> DeploymentContract:
+    """The `norm_stats.json` of an exported model directory (local)."""
+    path = f"{directory}/{NORM_STATS_FILE}"
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{directory} has no {NORM_STATS_FILE}: export a run with "
+            "`python -m conversion export --run WORKDIR --output DIR`."
+        ) from None
+    return DeploymentContract.from_json(data, directory)
