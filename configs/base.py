@@ -88,13 +88,20 @@ def base_config() -> ml_collections.ConfigDict:
             "keep_checkpoints": 3,
             "keep_period": 10_000,  # also keep every multiple of this step (0: none)
             "async_checkpoints": True,
+            # Orbax's OCDBT array store; false: one zarr array per parameter, for storage that
+            # lacks conditional writes (some S3-compatible stores, GCS emulators).
+            "checkpoint_ocdbt": True,
         }
     )
     # Starting weights: an earlier run's workdir (`WORKDIR` = its latest step, `WORKDIR:STEP`;
     # its EMA weights with use_ema) or a `python -m conversion import` output; what the source
     # lacks is initialised fresh. Optionally a VQ-VAE of its own ({'params': ...} of
     # f1_jax.models.vqvae.VQVAE, e.g. trained by the debug recipe).
-    c.init = ml_collections.ConfigDict({"params_path": "", "use_ema": False, "vqvae_path": ""})
+    # required: the recipe makes no sense from random weights (stages 1-3); training stops early
+    # when params_path is empty.
+    c.init = ml_collections.ConfigDict(
+        {"params_path": "", "use_ema": False, "vqvae_path": "", "required": False}
+    )
     # A module with before_training(config, workdir) / after_training(config, workdir, metrics),
     # run by the launcher around training (the debug recipe's "builtin_task.hooks").
     c.hooks = ""

@@ -1,6 +1,19 @@
 """Stage 1, generation alignment: only the generation expert and its foresight heads train, on
 all 10 scales with teacher forcing (mask-embedding mixture), starting from pi0 + the VAR VQ-VAE
-(`python -m conversion compose-stage1`)."""
+(`python -m conversion compose-stage1`).
+
+The three-stage chain, each stage starting from the previous one's workdir (its latest step;
+`WORKDIR:STEP` picks a step, `--config.init.use_ema=true` its EMA weights):
+
+    python -m conversion compose-stage1 --pi0 PI0_DIR --vae vae_ch160v4096z32.pth --output ckpt/stage1_init
+    python -m f1_jax.launch --config=stage1 --workdir=gs://BUCKET/f1/stage1 \
+        --config.init.params_path=ckpt/stage1_init
+    python -m f1_jax.launch --config=stage2 --workdir=gs://BUCKET/f1/stage2 \
+        --config.init.params_path=gs://BUCKET/f1/stage1
+    python -m f1_jax.launch --config=stage3_libero --workdir=gs://BUCKET/f1/libero \
+        --config.init.params_path=gs://BUCKET/f1/stage2
+    python -m conversion export --run gs://BUCKET/f1/libero --output f1_libero/
+"""
 
 from configs.base import base_config, stage2_mixture
 
@@ -18,5 +31,5 @@ def get_config():
     c.optimizer.lr = {"vision": 0.0, "und": 0.0, "gen": 3e-4, "act": 0.0}
     c.optimizer.frozen = ("vision", "und", "act", "vqvae")
     c.train.steps = 512_000
-    c.init.params_path = "checkpoints/stage1_init"
+    c.init.required = True  # --config.init.params_path: see the chain in the docstring
     return c

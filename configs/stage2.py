@@ -1,5 +1,18 @@
 """Stage 2, joint pretraining of all experts on the four-dataset mixture: 4 foresight scales
-sampled as the original does, loss = action MSE + 0.1 * foresight CE, action chunk 30."""
+sampled as the original does, loss = action MSE + 0.1 * foresight CE, action chunk 30.
+
+The three-stage chain, each stage starting from the previous one's workdir (its latest step;
+`WORKDIR:STEP` picks a step, `--config.init.use_ema=true` its EMA weights):
+
+    python -m conversion compose-stage1 --pi0 PI0_DIR --vae vae_ch160v4096z32.pth --output ckpt/stage1_init
+    python -m f1_jax.launch --config=stage1 --workdir=gs://BUCKET/f1/stage1 \
+        --config.init.params_path=ckpt/stage1_init
+    python -m f1_jax.launch --config=stage2 --workdir=gs://BUCKET/f1/stage2 \
+        --config.init.params_path=gs://BUCKET/f1/stage1
+    python -m f1_jax.launch --config=stage3_libero --workdir=gs://BUCKET/f1/libero \
+        --config.init.params_path=gs://BUCKET/f1/stage2
+    python -m conversion export --run gs://BUCKET/f1/libero --output f1_libero/
+"""
 
 from configs.base import base_config, stage2_mixture
 
@@ -14,5 +27,5 @@ def get_config():
     c.optimizer.schedule = "constant"
     c.optimizer.lr = {"vision": 5e-5, "und": 5e-5, "gen": 5e-5, "act": 5e-5}
     c.train.steps = 100_000
-    c.init.params_path = "checkpoints/stage1_final"
+    c.init.required = True  # --config.init.params_path: see the chain in the docstring
     return c

@@ -170,6 +170,17 @@ def load_hooks(config: ml_collections.ConfigDict) -> Any:
         raise ConfigError(f"config.hooks names {name!r}, which cannot be imported: {e}") from e
 
 
+def _describe_init(params_path: str) -> str | None:
+    """What `init.params_path` resolves to (a run's step or a parameter checkpoint), or why not."""
+    if not params_path:
+        return None
+    try:
+        kind, path, step = checkpoints.params_source(params_path)
+    except (FileNotFoundError, ValueError) as e:
+        return f"error: {e}"
+    return f"run {path} step {step}" if kind == "run" else f"parameters {path}"
+
+
 def dry_run_report(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """What a run with `config` in `workdir` would use: mesh, paths, datasets, starting weights."""
     devices = jax.devices()[: config.mesh.num_devices or None]
@@ -187,7 +198,7 @@ def dry_run_report(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
         "devices": f"{len(devices)} x {devices[0].platform}",
         "processes": jax.process_count(),
         "datasets": datasets,
-        "init": dict(config.init),
+        "init": {**dict(config.init), "resolved": _describe_init(config.init.params_path)},
         "hooks": config.get("hooks", ""),
     }
 
@@ -214,7 +225,7 @@ def main(argv: Sequence[str]) -> None:
         hooks.before_training(config, workdir)
     try:
         metrics = trainer.train(config, workdir, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
-    except run_config.ConfigChangedError as e:
+    except (run_config.ConfigChangedError, trainer.MissingInitError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     if hooks is not None:

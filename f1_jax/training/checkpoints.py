@@ -10,6 +10,7 @@ have seen next. Paths are never made absolute when they are URIs.
 
 from typing import Any
 
+import grain
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -46,7 +47,12 @@ class RunCheckpoints:
         keep_period: int | None = None,
         async_save: bool = True,
         read_only: bool = False,
+        use_ocdbt: bool = True,
     ):
+        """use_ocdbt: Orbax's OCDBT array store (one database per process, fewer files; the
+        default). False writes one zarr array per parameter instead, for storage that lacks the
+        conditional writes OCDBT relies on (some S3-compatible stores, storage emulators).
+        Either format restores."""
         self.save_every = save_every
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
@@ -56,7 +62,14 @@ class RunCheckpoints:
             enable_async_checkpointing=async_save,
         )
         self.directory = as_path(directory)
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        handlers = {
+            "state": ocp.StandardCheckpointHandler(use_ocdbt=use_ocdbt),
+            "data": grain.checkpoint.CheckpointHandler(),  # the grain data iterator's position
+            "record": ocp.JsonCheckpointHandler(),
+        }
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options, item_handlers=handlers
+        )
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -77,8 +90,6 @@ class RunCheckpoints:
     ) -> bool:
         items = {"state": ocp.args.StandardSave(state)}
         if data_iterator is not None:
-            import grain  # the data iterator is a grain DatasetIterator
-
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
         if record is not None:
             items["record"] = ocp.args.JsonSave(record)
@@ -90,8 +101,6 @@ class RunCheckpoints:
         """Restores the state into `abstract_state`'s shardings (and the iterator in place)."""
         items = {"state": ocp.args.StandardRestore(abstract_state)}
         if data_iterator is not None:
-            import grain
-
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         names = self.manager.item_metadata(step)
         if "record" in names and names["record"] is not None:

@@ -31,6 +31,10 @@ class NonFiniteLossError(FloatingPointError):
     """Raised when a loss or gradient norm becomes NaN or infinite."""
 
 
+class MissingInitError(ValueError):
+    """A recipe that needs starting weights (`init.required`) was started without them."""
+
+
 def _check_finite(step: int, metrics: dict[str, float]) -> None:
     for name in ("loss", "action_loss", "foresight_loss", "grad_norm"):
         if name in metrics and not math.isfinite(metrics[name]):
@@ -96,6 +100,12 @@ def train(
 
     config_json = config.to_json_best_effort(indent=2)
     start = run_dir.latest_step()
+    if start is None and config.init.get("required") and not config.init.params_path:
+        raise MissingInitError(
+            "This recipe starts from earlier weights: pass --config.init.params_path=WORKDIR of "
+            "the previous stage (or WORKDIR:STEP), or a `python -m conversion import` output "
+            "(the recipe's docstring shows the whole chain)."
+        )
     if start is not None and run_dir.config.exists():
         changed = run_config.check_resume(
             run_dir.config.read_text(), config_json, allow_config_change
@@ -108,6 +118,7 @@ def train(
         config.train.keep_checkpoints,
         config.train.keep_period or None,
         config.train.async_checkpoints,
+        use_ocdbt=config.train.get("checkpoint_ocdbt", True),
     )
     train_iter = make_train_iterator(
         data_config, config.train.seed, jax.process_index(), jax.process_count()
@@ -174,6 +185,7 @@ def train(
                 preempted = preemption.reached(step)
                 if preempted or checkpoints.should_save(step) or step == total_steps:
                     checkpoints.save(step, state, train_iter, record, force=True)
+                    logger.flush()
                 if preempted:
                     break
         finally:
