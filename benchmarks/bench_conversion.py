@@ -129,7 +129,7 @@ def phase_export(workdir: Path) -> dict:
     from conversion import api  # deferred: per-phase process, own peak RSS
 
     start = time.perf_counter()
-    api.export_f1(workdir / "ours", workdir / "exported", with_expert_lm_heads=True, progress=False)
+    api.export_f1(workdir / "ours", workdir / "exported", True, progress=False, dtype="released")
     return {"phase": "export_f1", "seconds": time.perf_counter() - start}
 
 

@@ -7,13 +7,17 @@ python -m conversion import paligemma --input paligemma-3b-pt-224/ --output OUT
 python -m conversion import var-vae --input vae_ch160v4096z32.pth --output OUT
 python -m conversion compose-stage1 --pi0 PI0 --vae VAE.pth --output OUT [--seed 0]
 python -m conversion export --input OUT --output F1_DIR [--with-expert-lm-heads]
+python -m conversion export --run WORKDIR [--step N] [--ema] [--dataset NAME] --output F1_DIR
+    [--dtype float32|released] [--tokenizer PATH]
 python -m conversion verify SOURCE --input PATH [--size full] [--forward]
+
+Paths may be URIs (gs://bucket/...): remote inputs are staged under $TMPDIR, outputs are written
+locally and copied to the URI at the end.
 """
 
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from conversion import api
 from conversion.io import ConversionError
@@ -39,9 +43,32 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--config", help="f1 only: the official config.json (default: beside input)")
     imp.add_argument("--size", default="full", help=size_help + " (ignored for f1)")
 
-    exp = sub.add_parser("export", help="Orbax params of ours -> official F1 safetensors")
-    exp.add_argument("--input", required=True, help="a directory written by `import`")
+    exp = sub.add_parser("export", help="a run or an import of ours -> official F1 layout")
+    what = exp.add_mutually_exclusive_group(required=True)
+    what.add_argument("--input", help="a directory written by `import` or `compose-stage1`")
+    what.add_argument(
+        "--run",
+        help="a training run's workdir (or its checkpoints/ dir); also writes norm_stats.json, "
+        "tokenizer.model and <dataset>_stats.json",
+    )
     exp.add_argument("--output", required=True)
+    exp.add_argument("--step", type=int, help="--run: the checkpoint step (default: the latest)")
+    exp.add_argument("--ema", action="store_true", help="--run: export the EMA parameters")
+    exp.add_argument(
+        "--dataset",
+        help="--run: the default dataset of norm_stats.json (default: the mixture's first)",
+    )
+    exp.add_argument(
+        "--tokenizer",
+        help="--run: the SentencePiece model to ship (default: the run's data.tokenizer_path)",
+    )
+    exp.add_argument(
+        "--dtype",
+        choices=api.EXPORT_DTYPES,
+        default="float32",
+        help="float32 (default): every tensor fp32, the export computes exactly what was "
+        "trained; released: the released file's dtypes (bf16 PaliGemma and expert layers)",
+    )
     exp.add_argument(
         "--with-expert-lm-heads",
         action="store_true",
@@ -71,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _import(args, progress: bool) -> Path:
+def _import(args, progress: bool):
     if args.source == "f1":
         return api.import_f1(args.input, args.output, args.config, progress)
     fn = {
@@ -97,15 +124,39 @@ def _verify(args, progress: bool) -> dict:
     return report
 
 
+def _export(args, progress: bool):
+    if args.run is not None:
+        return api.export_run(
+            args.run,
+            args.output,
+            step=args.step,
+            use_ema=args.ema,
+            dataset=args.dataset,
+            dtype=args.dtype,
+            with_expert_lm_heads=args.with_expert_lm_heads,
+            tokenizer=args.tokenizer,
+            progress=progress,
+        )
+    return api.export_f1(
+        args.input, args.output, args.with_expert_lm_heads, progress, dtype=args.dtype
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "export" and args.input is not None:
+        given = [f"--{n}" for n in ("step", "dataset", "tokenizer") if getattr(args, n) is not None]
+        given += ["--ema"] if args.ema else []
+        if given:
+            parser.error(f"{', '.join(given)} only apply to --run (not to --input)")
     progress = not args.no_progress and sys.stderr.isatty()
     try:
         if args.command == "import":
             out = _import(args, progress)
             print(json.dumps({"written": str(out)}))
         elif args.command == "export":
-            out = api.export_f1(args.input, args.output, args.with_expert_lm_heads, progress)
+            out = _export(args, progress)
             print(json.dumps({"written": str(out)}))
         elif args.command == "compose-stage1":
             out = api.compose_stage1(

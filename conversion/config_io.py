@@ -11,6 +11,8 @@ import dataclasses
 import json
 from typing import Any
 
+from etils import epath
+
 from f1_jax.models.action import ActionConfig
 from f1_jax.models.f1 import F1Config
 from f1_jax.models.foresight import ForesightConfig
@@ -60,8 +62,46 @@ def _expert(name: str, gemma: dict) -> ExpertConfig:
     )
 
 
+def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _differences(x, y, f"{prefix}{key}.")
+        elif x != y:
+            out.append(f"{prefix}{key}: {x!r} vs {y!r}")
+    return out
+
+
 def from_official(official: dict) -> F1Config:
-    """The official F1 config.json (any size) -> our F1Config with the same parameter shapes."""
+    """The official F1 config.json (any size) -> our F1Config with the same parameter shapes.
+
+    A config.json written by our export also carries our whole F1Config under `f1_jax.config`
+    (settings the official format has no field for: precision, sampling, initialisers, ...);
+    it is used when the official fields agree with it, and refused when they do not.
+    """
+    derived = _from_official_fields(official)
+    ours = (official.get("f1_jax") or {}).get("config")
+    if ours is None:
+        return derived
+    try:
+        full = config_from_dict(ours)
+    except (TypeError, KeyError, ValueError) as e:
+        raise ValueError(
+            f"config.json: f1_jax.config is not an F1Config of this version ({e}); delete the "
+            "key to use the official fields alone."
+        ) from None
+    check = _from_official_fields(to_official(full, embed_config=False))
+    if check != derived:
+        diffs = _differences(config_to_dict(derived), config_to_dict(check))
+        raise ValueError(
+            "config.json: the official fields disagree with f1_jax.config (edited by hand?): "
+            f"{diffs[:8]}. Fix one of them or delete f1_jax.config."
+        )
+    return full
+
+
+def _from_official_fields(official: dict) -> F1Config:
     try:
         und = official["und_expert_config"]
         text, vision = und["text_config"], und["vision_config"]
@@ -111,6 +151,7 @@ def from_official(official: dict) -> F1Config:
         action_dim=official.get("max_action_dim", 32),
         state_dim=official.get("max_state_dim", 32),
         chunk_size=official.get("chunk_size", 50),
+        num_steps=official.get("num_steps", 10),
     )
     return F1Config(
         siglip=siglip,
@@ -151,9 +192,9 @@ def _gemma(expert: ExpertConfig, vocab: int) -> dict:
     }
 
 
-def to_official(config: F1Config) -> dict:
+def to_official(config: F1Config, embed_config: bool = True) -> dict:
     """Our F1Config -> an F1 config.json the official `F1Config` reads (same layout as
-    f1_vla/config/f1_config.json)."""
+    f1_vla/config/f1_config.json), with our whole config under `f1_jax.config` (embed_config)."""
     c, s, v = config, config.siglip, config.vqvae
     text = {
         "hidden_activation": "gelu_pytorch_tanh",
@@ -232,11 +273,13 @@ def to_official(config: F1Config) -> dict:
         "language_tokenizer_path": "",
         "proj_width": c.act.width,
         "num_steps": c.action.num_steps,
-        # Sizes the official class cannot express (it hard-codes the released VAE).
+        # Sizes the official class cannot express (it hard-codes the released VAE), and our
+        # whole config (the official class keeps unknown keys as plain attributes).
         "f1_jax": {
             "vae_ch_mult": list(v.ch_mult),
             "vae_num_res_blocks": v.num_res_blocks,
             "vae_norm_groups": v.norm_groups,
+            **({"config": config_to_dict(config)} if embed_config else {}),
         },
     }
 
@@ -260,8 +303,8 @@ def write_sidecar(
 
 
 def read_sidecar(path) -> tuple[F1Config, dict]:
-    with open(path) as f:
-        data = json.load(f)
+    """The sidecar of an import's output (a local path or a URI)."""
+    data = json.loads(epath.Path(path).read_text())
     if data.get("format") != SIDECAR_FORMAT:
         raise ValueError(f"{path} is not a conversion sidecar (format {data.get('format')!r}).")
     return config_from_dict(data["config"]), data

@@ -185,11 +185,15 @@ def import_tensors(
     what: str = "input",
     progress: bool = True,
     allocate: Callable[[str, tuple[int, ...]], np.ndarray] | None = None,
+    skip: tuple[str, ...] = (),
 ) -> tuple[Flat, dict[str, np.ndarray], list[str]]:
     """Converts the foreign tensors named by `rows` into our fp32 parameters.
 
-    `allocate(path, shape)` makes each fp32 output array (default: in memory; the CLI passes
-    file-backed memmaps so the only anonymous copy is the one Orbax snapshots while saving).
+    `known_extras` are read and returned as they are (buffers to keep); `skip` names tensors that
+    are accepted but never read (the unused expert lm_heads: with a memory-mapped source their
+    bytes are never touched). `allocate(path, shape)` makes each fp32 output array (default: in
+    memory; the CLI passes file-backed memmaps so the only anonymous copy is the one Orbax
+    snapshots while saving).
 
     Returns:
       params by path (only the paths the rows target), the foreign extras found (by key), notes.
@@ -222,9 +226,8 @@ def import_tensors(
                     "(the rows past pi0's vocabulary are dropped, as pi0 does)."
                 )
             plans.append(_Plan(row, found[0], layer, expected))
-    extras = {k: source.get(k) for k in known_extras if k in keys}
-    used.update(extras)
-    unexpected = sorted(keys - used)
+    used.update(k for k in skip if k in keys)
+    unexpected = sorted(keys - used - set(known_extras))
     if missing or misshaped or unexpected:
         lines = [
             f"{what}: cannot convert ({len(missing)} missing, {len(unexpected)} unexpected, "
@@ -242,6 +245,7 @@ def import_tensors(
                     lines.append(f"    ... and {len(items) - 50} more")
         raise ConversionError("\n".join(lines))
 
+    extras = {k: source.get(k) for k in known_extras if k in keys and k not in used}
     allocate = allocate or (lambda path, shape: np.empty(shape, np.float32))
     params = {}
     for row in rows:
@@ -306,7 +310,8 @@ def plan_export(
     items.sort(key=lambda item: item.key)
     keys = [item.key for item in items]
     if len(set(keys)) != len(keys):
-        raise AssertionError("Duplicate keys in the export plan.")
+        duplicates = sorted({k for k in keys if keys.count(k) > 1})
+        raise ConversionError(f"The export plan writes these keys twice: {duplicates}.")
     return items
 
 
@@ -314,7 +319,13 @@ def _extra_value(extra: Extra, config: F1Config, buffers: dict[str, np.ndarray])
     if extra.fill == "levels":
         return level_ids(config.foresight.patch_nums)[None].astype(np.int64)
     if extra.fill == "buffer" and extra.key in buffers:
-        return np.asarray(buffers[extra.key]).astype(NP_DTYPES[extra.dtype])
+        value = np.asarray(buffers[extra.key])
+        if tuple(value.shape) != tuple(extra.shape):
+            raise ConversionError(
+                f"Buffer {extra.key} has shape {tuple(value.shape)}; the config needs "
+                f"{tuple(extra.shape)}."
+            )
+        return value.astype(NP_DTYPES[extra.dtype])
     return np.zeros(extra.shape, NP_DTYPES[extra.dtype])
 
 
@@ -340,7 +351,7 @@ def export_tensors(
                 value = row.rule.to_foreign(ours[index] if index else ours)
             value = np.ascontiguousarray(value).astype(NP_DTYPES[item.dtype])
         if value.shape != item.shape:
-            raise AssertionError(f"{item.key}: produced {value.shape}, planned {item.shape}.")
+            raise ConversionError(f"{item.key}: produced {value.shape}, planned {item.shape}.")
         bar.update(1)
         yield item.key, value
     bar.close()

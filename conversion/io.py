@@ -7,11 +7,13 @@ planned shapes, then each tensor's bytes as soon as it is produced.
 """
 
 import contextlib
+import fnmatch
 import glob
 import json
 import os
 import shutil
 import struct
+import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -19,6 +21,9 @@ from typing import Iterator
 
 import ml_dtypes
 import numpy as np
+from etils import epath
+
+from f1_jax.training.checkpoints import restore_on_host
 
 ST_DTYPES = {
     "float32": "F32",
@@ -204,19 +209,160 @@ def write_safetensors_streaming(
                 or tuple(array.shape) != tuple(shape)
                 or array.dtype != NP_DTYPES[dtype]
             ):
-                raise AssertionError(
+                raise ConversionError(
                     f"Writer got {got_key} {array.shape} {array.dtype}, planned "
                     f"{key} {shape} {dtype}."
                 )
             f.write(np.ascontiguousarray(array).tobytes())
 
 
+# --------------------------------------------------------------------------------------------
+# Local and remote paths (etils.epath: gs://, s3://, ...).
+
+# Files that make a directory readable (an export's config.json, an import's sidecar): copied to a
+# remote destination last, so a reader that opens them first never sees a partial directory.
+MARKER_FILES = ("model_config.json", "config.json")
+_CHUNK = 64 << 20
+
+
+def is_remote(path) -> bool:
+    """A URI (`gs://bucket/...`) rather than a local path."""
+    return "://" in str(path)
+
+
+def as_epath(path) -> epath.Path:
+    """`path` as an epath.Path: URIs unchanged, local paths made absolute."""
+    return epath.Path(path) if is_remote(path) else epath.Path(Path(path).expanduser().absolute())
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):.1f} MiB"
+
+
+def copy_file(src: epath.Path, dst: epath.Path, progress: bool = False) -> int:
+    """Copies one file between any two epath locations in 64 MiB chunks; returns its size."""
+    from tqdm import tqdm
+
+    total, done = src.stat().length, 0
+    with (
+        src.open("rb") as fin,
+        dst.open("wb") as fout,
+        tqdm(
+            total=total,
+            unit="B",
+            unit_scale=True,
+            desc=src.name,
+            disable=not progress,
+            leave=False,
+        ) as bar,
+    ):
+        while chunk := fin.read(_CHUNK):
+            fout.write(chunk)
+            done += len(chunk)
+            bar.update(len(chunk))
+    return done
+
+
+def _files(root: epath.Path) -> list[epath.Path]:
+    """Every file below `root` (recursively), sorted, marker files last."""
+    found, stack = [], [root]
+    while stack:
+        for child in stack.pop().iterdir():
+            (stack.append if child.is_dir() else found.append)(child)
+    rel = lambda p: str(p)[len(str(root)) :].lstrip("/")
+    return sorted(found, key=lambda p: (p.name in MARKER_FILES and p.parent == root, rel(p)))
+
+
 @contextlib.contextmanager
-def atomic_output_dir(output: str | os.PathLike) -> Iterator[Path]:
-    """Yields a temp dir beside `output`; renamed to `output` only if the block succeeds."""
-    output = Path(output).absolute()
-    if output.exists() and any(output.iterdir()):
+def local_input(path, patterns: tuple[str, ...] = ("*",), progress: bool = True) -> Iterator[Path]:
+    """Yields `path` itself when local; stages a remote file or directory into a local temp dir.
+
+    safetensors' `safe_open` and torch's mmap need a local file. A remote directory is staged
+    non-recursively, only the files whose names match `patterns`. The temp dir (under $TMPDIR) is
+    removed when the block ends. Prints what it stages to stderr.
+    """
+    if not is_remote(path):
+        yield Path(path)
+        return
+    src = epath.Path(path)
+    if not src.exists():
+        raise ConversionError(f"Input not found: {path}.")
+    if src.is_dir():
+        files = [
+            f
+            for f in sorted(src.iterdir(), key=str)
+            if not f.is_dir() and any(fnmatch.fnmatch(f.name, p) for p in patterns)
+        ]
+        if not files:
+            raise ConversionError(f"{path} holds no file matching {list(patterns)}.")
+    else:
+        files = [src]
+    staging = Path(tempfile.mkdtemp(prefix="f1-conversion-stage-"))
+    try:
+        local = staging / (src.name or "input")
+        if src.is_dir():
+            local.mkdir()
+        total = 0
+        for f in files:
+            target = local / f.name if src.is_dir() else local
+            print(f"staging {f} -> {target}", file=sys.stderr, flush=True)
+            total += copy_file(f, epath.Path(target), progress)
+        print(f"staged {len(files)} file(s), {_mib(total)}", file=sys.stderr, flush=True)
+        yield local
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def check_output_free(output) -> None:
+    """Refuses an `output` (local or remote) that exists and is not an empty directory."""
+    out = as_epath(output)
+    if out.exists() and (not out.is_dir() or any(True for _ in out.iterdir())):
         raise ConversionError(f"Output {output} exists and is not empty; choose a new directory.")
+
+
+def publish(local: Path, destination, progress: bool = False) -> None:
+    """Copies the finished directory `local` to the remote `destination`, file by file, marker
+    files (config.json, model_config.json) last. On failure, removes what it copied."""
+    dest = epath.Path(destination)
+    files = _files(epath.Path(local))
+    print(f"uploading {len(files)} file(s) to {destination}", file=sys.stderr, flush=True)
+    written: list[epath.Path] = []
+    try:
+        for f in files:
+            target = dest / str(f)[len(str(local)) :].lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            written.append(target)
+            copy_file(f, target, progress)
+    except BaseException as e:
+        for target in reversed(written):
+            with contextlib.suppress(Exception):
+                target.unlink()
+        if isinstance(e, Exception):
+            raise ConversionError(
+                f"Copying the result to {destination} failed ({type(e).__name__}: {e}); the "
+                "files already copied were removed."
+            ) from e
+        raise
+
+
+@contextlib.contextmanager
+def atomic_output_dir(output, progress: bool = False) -> Iterator[Path]:
+    """Yields a local temp dir that becomes `output` only if the block succeeds.
+
+    Local `output`: the temp dir is beside it and renamed into place (atomic). Remote `output`
+    (a URI): the temp dir is under $TMPDIR and its files are copied to `output` at the end,
+    markers last (`publish`). An existing non-empty `output` is refused before any work.
+    """
+    check_output_free(output)
+    if is_remote(output):
+        tmp = Path(tempfile.mkdtemp(prefix="f1-conversion-out-"))
+        try:
+            yield tmp
+            publish(tmp, output, progress)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
+    output = Path(output).absolute()
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
     try:
@@ -229,19 +375,13 @@ def atomic_output_dir(output: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def load_orbax(path: Path) -> dict:
-    """Restores a tree saved by `checkpoints.save_params` (or any Orbax PyTree checkpoint) as NumPy arrays."""
-    import jax
-    import orbax.checkpoint as ocp
-
-    path = Path(path).absolute()
+def load_orbax(path) -> dict:
+    """Restores a PyTree checkpoint (ours from `save_params`, openpi's params, local or remote)
+    as NumPy arrays on the host, whatever device topology saved it (`restore_on_host`)."""
+    path = as_epath(path)
     if not path.exists():
         raise ConversionError(f"Orbax checkpoint not found: {path}.")
-    with ocp.StandardCheckpointer() as ckptr:
-        try:
-            tree = ckptr.restore(path)
-        except Exception as e:
-            raise ConversionError(
-                f"{path} could not be restored as an Orbax checkpoint: {e}"
-            ) from None
-    return jax.tree.map(np.asarray, tree)
+    try:
+        return restore_on_host(path)
+    except Exception as e:
+        raise ConversionError(f"{path} could not be restored as an Orbax checkpoint: {e}") from None

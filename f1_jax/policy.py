@@ -13,7 +13,6 @@ run recorded, so the model sees exactly what it saw in training.
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -22,13 +21,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from data_pipelines.sources import get_source
 from f1_jax import transforms
-from f1_jax.models.f1 import F1, F1Config, model_inputs, observation_spec, sample_actions
-from f1_jax.models.sizes import model_config_from
+from f1_jax.models.f1 import F1, F1Config, model_inputs, sample_actions
 from f1_jax.tokenizer import Tokenizer
 from f1_jax.training import checkpoints as ckpt
 from f1_jax.training import state as st
+from f1_jax.training.run_record import read_run_record
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,31 +48,18 @@ def read_checkpoint_info(
     path: str, step: int | None = None, dataset: str | None = None
 ) -> CheckpointInfo:
     """Reads the JSON record of a run (workdir or checkpoints/) at `step` (default: latest)."""
-    run = ckpt.read_only_checkpoints(path)
-    step = run.latest_step() if step is None else int(step)
-    if step not in run.all_steps():
-        raise FileNotFoundError(
-            f"No checkpoint for step {step} in {run.directory}; steps: {run.all_steps()}"
-        )
-    record = run.restore_record(step)
-    config = ml_collections.ConfigDict(json.loads(record["config"]))
-    model_config = model_config_from(config.model)
-    names = list(record["dataset_names"])
-    name = names[0] if dataset is None else dataset
-    if name not in record["dataset_statistics"]:
-        raise KeyError(f"Unknown dataset {name!r}; this checkpoint has statistics for {names}.")
-    ds = config.data.datasets[names.index(name)]
-    cameras = dict(ds.get("cameras") or get_source(ds["source"]).DEFAULT_CAMERAS)
+    record = read_run_record(path, step)
+    name = record.check_dataset(dataset)
     return CheckpointInfo(
-        config=config,
-        model_config=model_config,
-        spec=observation_spec(model_config, config.data),
-        tokenizer_path=config.data.tokenizer_path,
+        config=record.config,
+        model_config=record.model_config,
+        spec=record.spec,
+        tokenizer_path=record.tokenizer_path,
         dataset_name=name,
-        dataset_stats=record["dataset_statistics"][name],
-        cameras=cameras,
-        step=step,
-        directory=str(run.directory),
+        dataset_stats=record.statistics[name],
+        cameras=record.cameras[name],
+        step=record.step,
+        directory=record.directory,
     )
 
 

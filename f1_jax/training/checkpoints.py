@@ -11,6 +11,8 @@ have seen next. Paths are never made absolute when they are URIs.
 from typing import Any
 
 import grain
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -192,6 +194,50 @@ def read_only_checkpoints(path: PathLike) -> RunCheckpoints:
     return run
 
 
+def tree_metadata(path: PathLike) -> Any:
+    """The tree of a PyTree checkpoint's metadata (one `ArrayMetadata` etc. per leaf)."""
+    metadata = ocp.PyTreeCheckpointer().metadata(as_path(path))
+    tree = getattr(metadata, "item_metadata", metadata)
+    return getattr(tree, "tree", tree)
+
+
+def restore_on_host(path: PathLike, keys: tuple[str, ...] | None = None) -> Any:
+    """A PyTree checkpoint as NumPy arrays in host memory, whatever topology saved it.
+
+    No target tree: the checkpoint's own metadata tree is the target and every array is restored
+    as `np.ndarray` (openpi restores its checkpoints this way), so parameters saved sharded over
+    a pod's devices restore on a single CPU host, without touching any accelerator.
+    `keys`: restore only these top-level entries (partial restore).
+    """
+    path = as_path(path)
+    tree = tree_metadata(path)
+    item = tree if keys is None else {k: tree[k] for k in keys}
+    restore_args = jax.tree.map(
+        lambda m: (
+            ocp.RestoreArgs(restore_type=np.ndarray)
+            if isinstance(m, ocp.metadata.ArrayMetadata)
+            else ocp.RestoreArgs()
+        ),
+        item,
+    )
+    return ocp.PyTreeCheckpointer().restore(
+        path,
+        args=ocp.args.PyTreeRestore(
+            item=item, restore_args=restore_args, partial_restore=keys is not None
+        ),
+    )
+
+
+def _params_key(path: epath.Path, use_ema: bool) -> str:
+    key = "ema_params" if use_ema else "params"
+    if not path.is_dir():
+        raise FileNotFoundError(f"No train state at {path}.")
+    tree = tree_metadata(path)
+    if tree is not None and hasattr(tree, "keys") and tree.get(key) is None:
+        raise KeyError(f"Checkpoint {path} has no {key!r} (saved without EMA?); use_ema={use_ema}.")
+    return key
+
+
 def restore_params(
     directory: PathLike, step: int, abstract_params: Any, use_ema: bool = False
 ) -> Any:
@@ -200,15 +246,10 @@ def restore_params(
     Partial restore: the optimizer state is never read, so serving needs no room for Adam moments.
     `directory` is a run's `checkpoints/` dir; abstract_params may carry shardings (e.g. one device).
     """
-    key = "ema_params" if use_ema else "params"
     path = as_path(directory) / str(step) / "state"
     if not path.is_dir():
         raise FileNotFoundError(f"No train state for step {step} at {path}.")
-    metadata = ocp.PyTreeCheckpointer().metadata(path)
-    tree = getattr(metadata, "item_metadata", None)
-    tree = getattr(tree, "tree", tree)
-    if tree is not None and hasattr(tree, "keys") and tree.get(key) is None:
-        raise KeyError(f"Checkpoint {path} has no {key!r} (saved without EMA?); use_ema={use_ema}.")
+    key = _params_key(path, use_ema)
     restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_params)
     try:
         restored = ocp.PyTreeCheckpointer().restore(
@@ -224,6 +265,16 @@ def restore_params(
             f"trained?): {e}"
         ) from e
     return restored[key]
+
+
+def restore_params_on_host(directory: PathLike, step: int, use_ema: bool = False) -> Any:
+    """Only the (EMA) parameters of a saved train state, as NumPy arrays in host memory, whatever
+    topology saved them (`restore_on_host`); the optimizer state is never read."""
+    path = as_path(directory) / str(step) / "state"
+    if not path.is_dir():
+        raise FileNotFoundError(f"No train state for step {step} at {path}.")
+    key = _params_key(path, use_ema)
+    return restore_on_host(path, keys=(key,))[key]
 
 
 def _has_step_dirs(path: epath.Path) -> bool:

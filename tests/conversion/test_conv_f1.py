@@ -47,6 +47,8 @@ def exported(official_tiny, tmp_path_factory):
                 "--output",
                 str(root / "f1"),
                 "--with-expert-lm-heads",
+                "--dtype",
+                "released",
                 "--no-progress",
             ]
         )
@@ -215,3 +217,20 @@ def test_normalisation_statistics_survive_the_round_trip(official_tiny, tmp_path
     api.export_f1(tmp_path / "ours", tmp_path / "out", progress=False)
     again = load_file(str(tmp_path / "out" / "model.safetensors"))
     np.testing.assert_array_equal(again[key], tensors[key])
+
+
+def test_load_import_gives_the_nested_tree(exported, tiny_config, tmp_path):
+    tree, config, meta = api.load_import(exported / "ours")
+    params, *_ = api.load_converted(exported / "ours")
+    assert config == tiny_config and meta["source"] == "f1"
+    flat = engine.flatten(tree)
+    assert set(flat) == set(params)
+    np.testing.assert_array_equal(
+        flat["stack/layers/und/q_einsum"], params["stack/layers/und/q_einsum"]
+    )
+    del params["foresight/mask_embedding"]
+    api._write(tmp_path / "partial", params, config, "test", ["partial"], [], {})
+    with pytest.raises(api.ConversionError, match=r"missing 1: \['foresight/mask_embedding'\]"):
+        api.load_import(tmp_path / "partial")
+    tree, _, _ = api.load_import(tmp_path / "partial", require_complete=False)
+    assert "mask_embedding" not in tree["foresight"]
