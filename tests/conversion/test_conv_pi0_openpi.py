@@ -15,7 +15,13 @@ from conversion import api
 from conversion.cli import main
 from conversion.io import ConversionError
 from f1_jax.training.checkpoints import save_params
-from tests.conversion.test_conv_paligemma import HUB_NAMES, NEW_NAMES, rename, tiny_paligemma
+from tests.conversion.test_conv_paligemma import (
+    HUB_NAMES,
+    NEW_NAMES,
+    assert_forward_parity,
+    rename,
+    tiny_paligemma,
+)
 
 torch = pytest.importorskip(
     "torch", reason="conversion fixtures are built with torch (the test extra)"
@@ -287,7 +293,7 @@ def test_openpi_import_equals_pi0_import(pi0_files, imported, tiny_config, tmp_p
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_pi0_verify_forward(pi0_files, variant, capsys):
+def test_pi0_verify_forward(pi0_files, variant, tiny_config, capsys):
     assert (
         main(
             [
@@ -305,7 +311,7 @@ def test_pi0_verify_forward(pi0_files, variant, capsys):
     )
     report = json.loads(capsys.readouterr().out)
     assert report["max_abs_diff"] == 0.0
-    assert report["forward"]["image_features"] < 1e-5 and report["forward"]["text_hidden"] < 1e-5
+    assert_forward_parity(report["forward"], tiny_config)
 
 
 def test_pi0_passed_as_f1_is_named(pi0_files, tmp_path, tiny_config):

@@ -16,6 +16,7 @@ from flax import traverse_util
 
 from f1_jax.models import foresight as fs
 from f1_jax.models.foresight import ForesightConfig, ForesightIO
+from tolerances import assert_close
 
 torch = pytest.importorskip("torch", reason="torch is the reference for the parity tests")
 F = torch.nn.functional
@@ -173,7 +174,7 @@ def test_temporal_conv_matches_torch_conv1d():
     )
     want = want.permute(0, 2, 1).reshape(2, 29, 1, 8).permute(0, 2, 1, 3).numpy()
     assert got.shape == (2, 1, 29, 8)
-    np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+    assert_close(got, want, terms=4 * 8 + 1)  # 4 frames x 8 channels, + bias
 
 
 def test_embed_history_matches_reference():
@@ -191,7 +192,9 @@ def test_embed_history_matches_reference():
     want = np.concatenate([sos, cond], axis=1) + p["wm_cond_pos_embs"]
     want = want + _ref_pos_lvl(p, TINY)[:30]
     assert got.shape == (2, 30, 32)
-    np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5)
+    # float64 reference; stages: temporal conv (4 x 8 + bias), + hist pos, wm_embeddings (8 +
+    # bias), + cond pos, + output pos + lvl.
+    assert_close(got, want, terms=(4 * 8 + 1, 1, 8 + 1, 1, 2))
 
     # Only the last prefix token (the scale-0 query) carries pos[0] + lvl[0].
     zeroed = dict(
@@ -201,12 +204,14 @@ def test_embed_history_matches_reference():
     )
     diff = got - np.asarray(_jitted(TINY, "embed_history")(zeroed, hist))
     np.testing.assert_array_equal(diff[:, :-1], 0.0)
-    np.testing.assert_allclose(
+    # A difference of two outputs: it rounds at their magnitude (two adds + the subtraction).
+    assert_close(
         diff[:, -1],
         np.broadcast_to(
             p["wm_output_position_embedding"][0, 0] + p["lvl_embed"]["embedding"][0], (2, 32)
         ),
-        atol=1e-6,
+        terms=3,
+        scale=np.abs(got[:, -1]).max(),
     )
 
 
@@ -225,7 +230,7 @@ def test_embed_scale_inputs_uses_the_right_posl_slice(num_scales):
         got = np.asarray(_jitted(config, "embed_scale_inputs", start)(params, x))
         want = x @ p["wm_embeddings"]["kernel"] + p["wm_embeddings"]["bias"]
         want = want + posl[config.num_cond + start : config.num_cond + start + n]
-        np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5)
+        assert_close(got, want, terms=(8 + 1, 2))  # float64 ref: x @ kernel + bias, + pos + lvl
         # The same thing spelled out: output positions start.. and level si for the whole scale.
         spelled = (
             x @ p["wm_embeddings"]["kernel"]
@@ -233,14 +238,14 @@ def test_embed_scale_inputs_uses_the_right_posl_slice(num_scales):
             + p["wm_output_position_embedding"][0, start : start + n]
             + p["lvl_embed"]["embedding"][si]
         )
-        np.testing.assert_allclose(got, spelled, atol=2e-5, rtol=1e-5)
+        assert_close(got, spelled, terms=(8 + 1, 2))
     # Stage-1 teacher forcing: all num_cond inputs at once, starting at output token 1.
     x = rng.standard_normal((1, config.num_cond, 8)).astype(np.float32)
     got = np.asarray(_jitted(config, "embed_scale_inputs", 1)(params, x))
     want = (
         x @ p["wm_embeddings"]["kernel"] + p["wm_embeddings"]["bias"] + posl[config.num_cond + 1 :]
     )
-    np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5)
+    assert_close(got, want, terms=(8 + 1, 2))
     with pytest.raises(ValueError):
         ForesightIO(config).apply({"params": params}, x, 2, method=ForesightIO.embed_scale_inputs)
 
@@ -258,7 +263,8 @@ def test_logits_match_torch():
         t(params["wm_out_proj"]["kernel"]).T,
         t(params["wm_out_proj"]["bias"]),
     ).numpy()
-    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+    # LayerNorm over 32 (mean and variance), then the Linear (32 + bias).
+    assert_close(got, want, terms=(2 * 32, 32 + 1))
 
 
 def test_mask_embedding_is_not_trained():
