@@ -5,8 +5,12 @@ understanding cameras resized with padding to 224, 5 generation frames (offsets 
 resized to 288 (Lanczos) + one shared 256 crop, a 50-step action chunk, the state, 48 tokens.
 
   python -m benchmarks.bench_data [--episodes 12 --steps 40 --batch_size 8 --batches 8]
+  python -m benchmarks.bench_data --checksums [--repeats 5]
 
-Prints one JSON line per measurement.
+Prints one JSON line per measurement. --checksums measures what record checksum verification
+costs: raw record reads (MB/s) and the grain pipeline (0 workers, an episode cache of one record
+so that nearly every sample reads its record, as with a large dataset), verification off and on,
+alternating on the same fixture in one run.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import numpy as np
 
 from data_pipelines import pipeline
 from data_pipelines.config import DataConfig, DatasetConfig
+from data_pipelines.reader import EpisodeReader
 from data_pipelines.sources import libero
 from f1_jax.tokenizer import Tokenizer, train_tokenizer
 
@@ -89,7 +94,7 @@ def time_batches(it, batch_size: int, batches: int, warmup: int = 2) -> float:
     return batches * batch_size / (time.perf_counter() - t0)
 
 
-def bench_grain(path, tok, workers, args) -> float:
+def bench_grain(path, tok, workers, args, episode_cache_size: int = 8) -> float:
     cfg = DataConfig(
         datasets=(DatasetConfig("libero_bench", "libero", path),),
         tokenizer_path=tok,
@@ -97,6 +102,7 @@ def bench_grain(path, tok, workers, args) -> float:
         num_workers=workers,
         read_threads=args.read_threads,
         prefetch_buffer_size=2 * args.batch_size,
+        episode_cache_size=episode_cache_size,
     )
     it = pipeline.make_train_iterator(cfg, seed=0)
     try:
@@ -190,6 +196,8 @@ def main() -> None:
     p.add_argument("--read_threads", type=int, default=2)
     p.add_argument("--workers", type=int, nargs="*", default=[0, 1, 2])
     p.add_argument("--skip_tfdata", action="store_true")
+    p.add_argument("--checksums", action="store_true", help="only the checksum-cost comparison")
+    p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
     root = tempfile.mkdtemp(prefix="bench_data_")
     try:
@@ -216,6 +224,9 @@ def run(args: argparse.Namespace, root: str) -> None:
         DataConfig(datasets=(DatasetConfig("libero_bench", "libero", path),), tokenizer_path=tok),
         progress=False,
     )  # stats pass untimed
+    if args.checksums:
+        bench_checksums(path, tok, args, common)
+        return
     for w in args.workers:
         sps = bench_grain(path, tok, w, args)
         print(
@@ -235,6 +246,56 @@ def run(args: argparse.Namespace, root: str) -> None:
         print(
             json.dumps(
                 {**common, "pipeline": "tf.data", "workers": 0, "samples_per_s": round(sps, 2)}
+            ),
+            flush=True,
+        )
+
+
+def bench_checksums(path, tok, args, common) -> None:
+    """Verification off vs on, alternating, same fixture and process: raw reads, then grain."""
+    reader = EpisodeReader(path)
+    total = sum(len(reader.serialized(i)) for i in range(len(reader)))
+    for verify in (False, True, False, True):
+        reader.verify_checksums = verify
+        t0 = time.perf_counter()
+        for _ in range(args.repeats * 4):
+            for i in range(len(reader)):
+                reader.serialized(i)
+        dt = (time.perf_counter() - t0) / (args.repeats * 4)
+        print(
+            json.dumps(
+                {
+                    **common,
+                    "pipeline": "record reads",
+                    "verify_checksums": verify,
+                    "records": len(reader),
+                    "mean_record_mb": round(total / len(reader) / 1e6, 3),
+                    "mb_per_s": round(total / dt / 1e6, 1),
+                    "us_per_record": round(dt / len(reader) * 1e6, 1),
+                }
+            ),
+            flush=True,
+        )
+    runs: dict[bool, list[float]] = {False: [], True: []}
+    try:
+        for _ in range(args.repeats):
+            for verify in (False, True):
+                EpisodeReader.VERIFY_CHECKSUMS = verify
+                runs[verify].append(bench_grain(path, tok, 0, args, episode_cache_size=1))
+    finally:
+        EpisodeReader.VERIFY_CHECKSUMS = True
+    for verify, sps in runs.items():
+        print(
+            json.dumps(
+                {
+                    **common,
+                    "pipeline": "grain",
+                    "workers": 0,
+                    "episode_cache_size": 1,
+                    "verify_checksums": verify,
+                    "samples_per_s_runs": [round(x, 2) for x in sps],
+                    "samples_per_s_median": round(float(np.median(sps)), 2),
+                }
             ),
             flush=True,
         )

@@ -61,6 +61,7 @@ class SampleBuilder:
         ]
         self._cache: collections.OrderedDict = collections.OrderedDict()
         self._bad: dict[tuple[int, int], Exception] = {}  # records found bad in this process
+        self._reported: set[tuple[int, int, int]] = set()  # (d, record, code) logged here
         self._lock = threading.Lock()  # grain reads with several threads per process
 
     def __getstate__(self):
@@ -68,6 +69,7 @@ class SampleBuilder:
         del state["_lock"]
         state["_cache"] = collections.OrderedDict()
         state["_bad"] = {}
+        state["_reported"] = set()
         return state
 
     def __setstate__(self, state):
@@ -122,7 +124,7 @@ class SampleBuilder:
             first = e
         code = BAD_RECORD if isinstance(first, CorruptRecordError) else BAD_IMAGE
         name = self.config.datasets[d].name
-        log.warning("bad sample of dataset %r, replaced: %s", name, first)
+        self._report(d, record, code, first)
         ranges = self._ranges[d]
         usable = np.flatnonzero(ranges[:, 1] > ranges[:, 0])
         usable = usable[usable != record] if code == BAD_RECORD else usable
@@ -135,7 +137,9 @@ class SampleBuilder:
             try:
                 example = self.build(d, r, t2, rng)
             except (CorruptRecordError, BadImageError) as e:
-                log.warning("replacement of a bad sample of dataset %r is bad too: %s", name, e)
+                self._report(
+                    d, r, BAD_RECORD if isinstance(e, CorruptRecordError) else BAD_IMAGE, e
+                )
                 continue
             example["replaced"] = np.array([record, t, code], np.int32)
             return example
@@ -143,6 +147,16 @@ class SampleBuilder:
             f"dataset {name!r}: bad sample ({first}) and {REPLACEMENT_TRIES} replacement draws "
             "failed too; the dataset is too damaged to sample"
         )
+
+    def _report(self, d: int, record: int, code: int, error: Exception) -> None:
+        """Logs the full reason once per record and process (the host's IntegrityMonitor counts
+        and names every replaced sample; worker logs add the detail, e.g. the camera)."""
+        key = (d, record, code)
+        if key not in self._reported:
+            self._reported.add(key)
+            log.warning(
+                "bad sample of dataset %r replaced: %s", self.config.datasets[d].name, error
+            )
 
     def build(self, d: int, record: int, t: int, rng: np.random.Generator) -> dict[str, Any]:
         """The example at step t of record `record` of dataset d (no replacement)."""
