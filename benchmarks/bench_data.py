@@ -94,7 +94,19 @@ def time_batches(it, batch_size: int, batches: int, warmup: int = 2) -> float:
     return batches * batch_size / (time.perf_counter() - t0)
 
 
-def bench_grain(path, tok, workers, args, episode_cache_size: int = 8) -> float:
+def time_batches_cpu(it, batch_size: int, batches: int, warmup: int = 2) -> tuple[float, float]:
+    """(samples/s wall, CPU ms of this process per sample): the CPU figure is what the pipeline
+    itself spends (0 workers), unaffected by other processes sharing the cores."""
+    for _ in range(warmup):
+        next(it)
+    t0, c0 = time.perf_counter(), time.process_time()
+    for _ in range(batches):
+        next(it)
+    n = batches * batch_size
+    return n / (time.perf_counter() - t0), (time.process_time() - c0) / n * 1e3
+
+
+def bench_grain(path, tok, workers, args, episode_cache_size: int = 8, cpu: bool = False):
     cfg = DataConfig(
         datasets=(DatasetConfig("libero_bench", "libero", path),),
         tokenizer_path=tok,
@@ -106,7 +118,8 @@ def bench_grain(path, tok, workers, args, episode_cache_size: int = 8) -> float:
     )
     it = pipeline.make_train_iterator(cfg, seed=0)
     try:
-        return time_batches(it, args.batch_size, args.batches)
+        timer = time_batches_cpu if cpu else time_batches
+        return timer(it, args.batch_size, args.batches)
     finally:
         if hasattr(it, "close"):
             it.close()
@@ -276,15 +289,16 @@ def bench_checksums(path, tok, args, common) -> None:
             ),
             flush=True,
         )
-    runs: dict[bool, list[float]] = {False: [], True: []}
+    runs: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
     try:
         for _ in range(args.repeats):
             for verify in (False, True):
                 EpisodeReader.VERIFY_CHECKSUMS = verify
-                runs[verify].append(bench_grain(path, tok, 0, args, episode_cache_size=1))
+                runs[verify].append(bench_grain(path, tok, 0, args, episode_cache_size=1, cpu=True))
     finally:
         EpisodeReader.VERIFY_CHECKSUMS = True
-    for verify, sps in runs.items():
+    for verify, results in runs.items():
+        sps, cpu_ms = np.array(results).T
         print(
             json.dumps(
                 {
@@ -295,6 +309,7 @@ def bench_checksums(path, tok, args, common) -> None:
                     "verify_checksums": verify,
                     "samples_per_s_runs": [round(x, 2) for x in sps],
                     "samples_per_s_median": round(float(np.median(sps)), 2),
+                    "cpu_ms_per_sample_median": round(float(np.median(cpu_ms)), 2),
                 }
             ),
             flush=True,
