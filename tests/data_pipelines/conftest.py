@@ -109,8 +109,8 @@ def agibot_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def corrupt_libero_dir(data_root, libero_dir):
-    """A copy of the LIBERO fixture whose record 1 has an invalid protobuf tag, and whose shard
-    ends in a truncated record."""
+    """A copy of the LIBERO fixture whose record 1 has an invalid protobuf tag (its checksum no
+    longer matches), and whose shard ends in a partial record header."""
     import shutil
 
     from data_pipelines.reader import scan_tfrecord

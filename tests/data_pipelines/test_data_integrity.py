@@ -123,6 +123,11 @@ def test_flipped_byte_is_detected_skipped_counted_and_named(kind, libero_dir, tm
     assert s.num_transitions == sum(LIBERO_LENGTHS) - length1
 
 
+def _take(cfg, n: int) -> list[dict]:
+    it = pipeline.make_train_iterator(cfg, seed=0)
+    return [next(it) for _ in range(n)]
+
+
 def test_corruption_after_the_stats_pass_is_replaced_counted_and_named(
     libero_dir, tokenizer_path, tmp_path, monkeypatch, caplog
 ):
@@ -135,7 +140,7 @@ def test_corruption_after_the_stats_pass_is_replaced_counted_and_named(
         batch_size=6,
         max_bad_fraction=0.5,
     )
-    clean = [next(it) for it in [pipeline.make_train_iterator(cfg, seed=0)] for _ in range(3)]
+    clean = _take(cfg, 3)
     state0 = EpisodeReader(data).decode(1)["steps"]["observation"]["state"][0]
     _damage("tensor", shard, 1, state0)
 
@@ -145,7 +150,7 @@ def test_corruption_after_the_stats_pass_is_replaced_counted_and_named(
 
     monkeypatch.setattr(summary, "scan", fail)
     caplog.set_level(logging.WARNING)
-    got = [next(it) for it in [pipeline.make_train_iterator(cfg, seed=0)] for _ in range(3)]
+    got = _take(cfg, 3)
     # ... and the read catches the damage: every sample of record 1 is replaced, deterministically.
     n_replaced = 0
     for a, b in zip(clean, got):
@@ -165,7 +170,7 @@ def test_corruption_after_the_stats_pass_is_replaced_counted_and_named(
     assert len(logged) == 1  # each bad record is named once
     assert f"shard {name} record 1 (dataset record 1)" in logged[0]
     assert "unreadable record" in logged[0]
-    again = [next(it) for it in [pipeline.make_train_iterator(cfg, seed=0)] for _ in range(3)]
+    again = _take(cfg, 3)
     for a, b in zip(got, again):
         for k in a:
             np.testing.assert_array_equal(a[k], b[k], err_msg=k)
@@ -184,8 +189,7 @@ def test_corruption_after_the_stats_pass_is_replaced_counted_and_named(
     # Over the budget (1 of 3 records), the run stops naming the shard.
     strict = dataclasses.replace(cfg, max_bad_fraction=0.2)
     with pytest.raises(DataIntegrityError, match=f"worst shards: {name}: 1 of 3 bad"):
-        for _ in range(3):
-            next(pipeline.make_train_iterator(strict, seed=0))
+        _take(strict, 3)
 
 
 def test_undecodable_image_is_replaced_counted_and_named(

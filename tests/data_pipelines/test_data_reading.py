@@ -112,3 +112,21 @@ def test_stats_cli(bridge_dir, tmp_path, capsys):
     (skip,) = out["skipped"]
     assert skip["kind"] == "unusable" and "need >= 3 to relabel" in skip["reason"]
     assert f"shard {skip['shard']} record {skip['shard_record']}" in captured.err
+
+
+def test_record_written_unparseable_is_named(libero_dir, tmp_path):
+    """A record whose checksum vouches for bytes that are not a valid tf.train.Example."""
+    from dp_fixtures import copy_dataset, record_payload, rewrite_payload, shard_path
+
+    data = copy_dataset(libero_dir, str(tmp_path / "lib"))
+    shard = shard_path(data)
+    _, payload = record_payload(shard, 2)
+    rewrite_payload(shard, 2, b"\x0f" + payload[1:])  # field 1 with wire type 7: not protobuf
+    reader = EpisodeReader(data)
+    name = os.path.basename(shard)
+    with pytest.raises(CorruptRecordError, match=f"shard {name} record 2 .*cannot decode"):
+        reader.decode(2)
+    s = summary.load_or_compute(
+        reader, DatasetConfig("l", "libero", data), str(tmp_path / "s"), progress=False
+    )
+    assert s.corrupt == (2,) and s.skipped[0].reason.startswith("cannot decode")
