@@ -77,7 +77,8 @@ def load_summaries(
         summary = load_or_compute(
             reader, ds, config.stats_dir, progress, config.gripper_convention
         ).with_token_budget(tokenizer)
-        log.info("%s", summary.describe())
+        # Corruption is worth a warning; routine skips (e.g. short Bridge episodes) are info.
+        log.log(logging.WARNING if summary.num_corrupt else logging.INFO, "%s", summary.describe())
         check_bad_fraction(
             ds.name,
             summary.num_corrupt,

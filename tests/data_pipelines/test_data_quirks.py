@@ -123,6 +123,7 @@ def test_drop_unlabeled_leaves_empty_instructions_out(libero_quirks_dir, tokeniz
         ("fractal", "fractal_dir", [], None),
         ("agibot", "agibot_dir", [7, 15], lambda a: 1 - a),  # closedness -> openness
     ],
+    ids=["libero", "bridge", "fractal", "agibot"],
 )
 def test_gripper_conventions(source, fixture, dims, native_to_open, request):
     path = request.getfixturevalue(fixture)
