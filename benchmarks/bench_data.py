@@ -5,8 +5,12 @@ understanding cameras resized with padding to 224, 5 generation frames (offsets 
 resized to 288 (Lanczos) + one shared 256 crop, a 50-step action chunk, the state, 48 tokens.
 
   python -m benchmarks.bench_data [--episodes 12 --steps 40 --batch_size 8 --batches 8]
+  python -m benchmarks.bench_data --checksums [--repeats 5]
 
-Prints one JSON line per measurement.
+Prints one JSON line per measurement. --checksums measures what record checksum verification
+costs: raw record reads (MB/s) and the grain pipeline (0 workers, an episode cache of one record
+so that nearly every sample reads its record, as with a large dataset), verification off and on,
+alternating on the same fixture in one run.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import numpy as np
 
 from data_pipelines import pipeline
 from data_pipelines.config import DataConfig, DatasetConfig
+from data_pipelines.reader import EpisodeReader
 from data_pipelines.sources import libero
 from f1_jax.tokenizer import Tokenizer, train_tokenizer
 
@@ -89,7 +94,19 @@ def time_batches(it, batch_size: int, batches: int, warmup: int = 2) -> float:
     return batches * batch_size / (time.perf_counter() - t0)
 
 
-def bench_grain(path, tok, workers, args) -> float:
+def time_batches_cpu(it, batch_size: int, batches: int, warmup: int = 2) -> tuple[float, float]:
+    """(samples/s wall, CPU ms of this process per sample): the CPU figure is what the pipeline
+    itself spends (0 workers), unaffected by other processes sharing the cores."""
+    for _ in range(warmup):
+        next(it)
+    t0, c0 = time.perf_counter(), time.process_time()
+    for _ in range(batches):
+        next(it)
+    n = batches * batch_size
+    return n / (time.perf_counter() - t0), (time.process_time() - c0) / n * 1e3
+
+
+def bench_grain(path, tok, workers, args, episode_cache_size: int = 8, cpu: bool = False):
     cfg = DataConfig(
         datasets=(DatasetConfig("libero_bench", "libero", path),),
         tokenizer_path=tok,
@@ -97,10 +114,12 @@ def bench_grain(path, tok, workers, args) -> float:
         num_workers=workers,
         read_threads=args.read_threads,
         prefetch_buffer_size=2 * args.batch_size,
+        episode_cache_size=episode_cache_size,
     )
     it = pipeline.make_train_iterator(cfg, seed=0)
     try:
-        return time_batches(it, args.batch_size, args.batches)
+        timer = time_batches_cpu if cpu else time_batches
+        return timer(it, args.batch_size, args.batches)
     finally:
         if hasattr(it, "close"):
             it.close()
@@ -190,6 +209,8 @@ def main() -> None:
     p.add_argument("--read_threads", type=int, default=2)
     p.add_argument("--workers", type=int, nargs="*", default=[0, 1, 2])
     p.add_argument("--skip_tfdata", action="store_true")
+    p.add_argument("--checksums", action="store_true", help="only the checksum-cost comparison")
+    p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
     root = tempfile.mkdtemp(prefix="bench_data_")
     try:
@@ -216,6 +237,9 @@ def run(args: argparse.Namespace, root: str) -> None:
         DataConfig(datasets=(DatasetConfig("libero_bench", "libero", path),), tokenizer_path=tok),
         progress=False,
     )  # stats pass untimed
+    if args.checksums:
+        bench_checksums(path, tok, args, common)
+        return
     for w in args.workers:
         sps = bench_grain(path, tok, w, args)
         print(
@@ -235,6 +259,58 @@ def run(args: argparse.Namespace, root: str) -> None:
         print(
             json.dumps(
                 {**common, "pipeline": "tf.data", "workers": 0, "samples_per_s": round(sps, 2)}
+            ),
+            flush=True,
+        )
+
+
+def bench_checksums(path, tok, args, common) -> None:
+    """Verification off vs on, alternating, same fixture and process: raw reads, then grain."""
+    reader = EpisodeReader(path)
+    total = sum(len(reader.serialized(i)) for i in range(len(reader)))
+    for verify in (False, True, False, True):
+        reader.verify_checksums = verify
+        t0 = time.perf_counter()
+        for _ in range(args.repeats * 4):
+            for i in range(len(reader)):
+                reader.serialized(i)
+        dt = (time.perf_counter() - t0) / (args.repeats * 4)
+        print(
+            json.dumps(
+                {
+                    **common,
+                    "pipeline": "record reads",
+                    "verify_checksums": verify,
+                    "records": len(reader),
+                    "mean_record_mb": round(total / len(reader) / 1e6, 3),
+                    "mb_per_s": round(total / dt / 1e6, 1),
+                    "us_per_record": round(dt / len(reader) * 1e6, 1),
+                }
+            ),
+            flush=True,
+        )
+    runs: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+    try:
+        for _ in range(args.repeats):
+            for verify in (False, True):
+                EpisodeReader.VERIFY_CHECKSUMS = verify
+                runs[verify].append(bench_grain(path, tok, 0, args, episode_cache_size=1, cpu=True))
+    finally:
+        EpisodeReader.VERIFY_CHECKSUMS = True
+    for verify, results in runs.items():
+        sps, cpu_ms = np.array(results).T
+        print(
+            json.dumps(
+                {
+                    **common,
+                    "pipeline": "grain",
+                    "workers": 0,
+                    "episode_cache_size": 1,
+                    "verify_checksums": verify,
+                    "samples_per_s_runs": [round(x, 2) for x in sps],
+                    "samples_per_s_median": round(float(np.median(sps)), 2),
+                    "cpu_ms_per_sample_median": round(float(np.median(cpu_ms)), 2),
+                }
             ),
             flush=True,
         )

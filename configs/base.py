@@ -55,6 +55,12 @@ def base_config() -> ml_collections.ConfigDict:
             "balance_weights": False,
             "num_workers": 8,
             "stats_dir": "",
+            # docs/data.md "Data integrity": episodes with an empty instruction are kept (True:
+            # left out, as OpenVLA); gripper actions in each dataset's own convention ("native",
+            # as the original) or "open_is_positive"; the share of bad records that stops a run.
+            "drop_unlabeled": False,
+            "gripper_convention": "native",
+            "max_bad_fraction": 0.01,
         }
     )
     c.eval_data = ml_collections.ConfigDict({"datasets": []})  # held-out episodes; empty: no eval

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-from data_pipelines.sources import SOURCE_KINDS
+from data_pipelines.sources import GRIPPER_CONVENTIONS, SOURCE_KINDS
 from f1_jax.transforms import CAMERAS, MAX_DIM, NORM_MODES, ObservationSpec
 
 
@@ -19,6 +19,7 @@ class DatasetConfig:
     weight: sampling weight (relative; times the number of transitions if balance_weights).
     cameras: standard camera -> dataset image key (None = absent); None uses the source default.
     norm_mode: overrides DataConfig.norm_mode for this dataset.
+    drop_unlabeled: overrides DataConfig.drop_unlabeled for this dataset.
     """
 
     name: str
@@ -28,6 +29,7 @@ class DatasetConfig:
     split: str = "train"
     cameras: Mapping[str, str | None] | None = None
     norm_mode: str | None = None
+    drop_unlabeled: bool | None = None
 
     def __post_init__(self):
         if self.source not in SOURCE_KINDS:
@@ -56,6 +58,12 @@ class DataConfig:
     The fields from `cameras` to `max_token_len` are those of `f1_jax.transforms.ObservationSpec`
     (the `observation` property): camera slots, image sizes, frame offsets of the generation
     expert's history and predicted frames (taken from `gen_camera`), chunk and padding widths.
+
+    Data quirks (docs/data.md "Data integrity"): drop_unlabeled leaves episodes with an empty
+    instruction out of sampling (OpenVLA does; the default keeps them with an empty prompt);
+    gripper_convention is "native" (each dataset's own gripper action, as the original F1) or
+    "open_is_positive"; max_bad_fraction is the share of a dataset's records that may be bad
+    (checksum, framing or parse failures, undecodable images) before the run stops.
     """
 
     datasets: tuple[DatasetConfig, ...]
@@ -86,6 +94,9 @@ class DataConfig:
     prefetch_buffer_size: int = 64
     stats_dir: str | None = None
     episode_cache_size: int = 8
+    drop_unlabeled: bool = False
+    gripper_convention: str = "native"
+    max_bad_fraction: float = 0.01
 
     def __post_init__(self):
         if not self.datasets:
@@ -97,6 +108,13 @@ class DataConfig:
             raise ValueError(f"unknown norm_mode {self.norm_mode!r}; expected {NORM_MODES}")
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if self.gripper_convention not in GRIPPER_CONVENTIONS:
+            raise ValueError(
+                f"unknown gripper_convention {self.gripper_convention!r}; expected one of "
+                f"{GRIPPER_CONVENTIONS}"
+            )
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise ValueError(f"max_bad_fraction {self.max_bad_fraction} outside [0, 1]")
         self.observation  # validates the observation fields
 
     @property
@@ -105,6 +123,11 @@ class DataConfig:
         return ObservationSpec(
             **{f.name: getattr(self, f.name) for f in dataclasses.fields(ObservationSpec)}
         )
+
+    def drop_unlabeled_for(self, d: int) -> bool:
+        """Whether dataset d leaves its empty-instruction episodes out of sampling."""
+        own = self.datasets[d].drop_unlabeled
+        return self.drop_unlabeled if own is None else own
 
     @property
     def frame_offsets(self) -> tuple[int, ...]:

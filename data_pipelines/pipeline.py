@@ -4,6 +4,7 @@ Order of operations (all grain MapDataset ops are index arithmetic, nothing is r
   per dataset: frame index (record, t) -> global shuffle (seeded) -> repeat
   -> mix by weight -> random_map(build example; rng from (seed, global index))
   -> host slice [process_index::process_count] -> batch -> iterator (threads / worker processes)
+  -> IntegrityMonitor (in this process: logs and counts replaced bad samples, enforces the budget)
 Because the example at global position i depends only on (seed, i), the batches a host sees do
 not depend on the number of worker processes, and `get_state()/set_state()` (a few integers)
 resumes exactly.
@@ -11,26 +12,37 @@ resumes exactly.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import logging
 from typing import Any, Sequence
 
 import numpy as np
 
+from data_pipelines import sources
 from data_pipelines.config import DataConfig
+from data_pipelines.integrity import check_bad_fraction
 from data_pipelines.reader import EpisodeReader
-from data_pipelines.sample import SampleBuilder
+from data_pipelines.sample import BAD_IMAGE, BAD_RECORD, SampleBuilder
 from data_pipelines.summary import DatasetSummary, load_or_compute
+from f1_jax.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
 
 # Bookkeeping keys a host batch carries beside the model inputs
-# (`config.observation.example_spec()`): where each example came from. Never sent to the device.
-HOST_ONLY_KEYS = ("dataset_index", "episode_index", "step_index")
+# (`config.observation.example_spec()`): where each example came from, and `replaced`
+# int32 [3] = (bad record, bad step, reason 1 record / 2 image) when a bad sample was replaced
+# ((-1, -1, 0) otherwise). Never sent to the device.
+HOST_ONLY_KEYS = ("dataset_index", "episode_index", "step_index", "replaced")
 
 
 class FrameSource:
-    """Random-access grain source of (dataset index, record, t) int64 [3] for one dataset."""
+    """Random-access grain source of (dataset index, record, t) int64 [3] for one dataset.
 
-    def __init__(self, dataset_index: int, summary: DatasetSummary):
-        lo, hi = summary.sample_ranges[:, 0], summary.sample_ranges[:, 1]
+    ranges: int64 [num_records, 2], the drawable [lo, hi) steps of each record."""
+
+    def __init__(self, dataset_index: int, ranges: np.ndarray):
+        lo, hi = ranges[:, 0], ranges[:, 1]
         counts = hi - lo
         # int32 halves the index that is pickled into every worker process.
         self._record = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
@@ -52,39 +64,125 @@ def _sub_seed(seed: int, *path: int) -> int:
 def load_summaries(
     config: DataConfig, progress: bool = True
 ) -> tuple[list[EpisodeReader], list[DatasetSummary]]:
-    """Opens every dataset and loads (or computes and caches) its summary and statistics."""
+    """Opens every dataset and loads (or computes and caches) its summary and statistics.
+
+    Logs each dataset's summary (counts, skipped records by shard and record) and raises
+    integrity.DataIntegrityError, naming the worst shards, when more than
+    `config.max_bad_fraction` of a dataset's records are bad.
+    """
+    tokenizer = Tokenizer(config.tokenizer_path, config.max_token_len)
     readers, summaries = [], []
     for ds in config.datasets:
         reader = EpisodeReader(ds.path, ds.split)
+        summary = load_or_compute(
+            reader, ds, config.stats_dir, progress, config.gripper_convention
+        ).with_token_budget(tokenizer)
+        # Corruption is worth a warning; routine skips (e.g. short Bridge episodes) are info.
+        log.log(logging.WARNING if summary.num_corrupt else logging.INFO, "%s", summary.describe())
+        check_bad_fraction(
+            ds.name,
+            summary.num_corrupt,
+            summary.num_records,
+            config.max_bad_fraction,
+            summary.bad_by_shard(),
+            summary.shard_records,
+        )
         readers.append(reader)
-        summaries.append(load_or_compute(reader, ds, config.stats_dir, progress))
+        summaries.append(summary)
     return readers, summaries
 
 
 def dataset_statistics(config: DataConfig) -> dict[str, dict[str, Any]]:
-    """{dataset name: {"state": stats, "action": stats, "norm_mode": mode, "num_transitions",
-    "num_corrupt"}} for checkpointing with the model and un-normalising its actions."""
+    """{dataset name: {"state": stats, "action": stats, "norm_mode": mode, "gripper_convention",
+    "action_to_native" (only when the convention changes this dataset's gripper dims),
+    "num_transitions" (sampled), "num_corrupt", "counts"}} for checkpointing with the model and
+    un-normalising its actions."""
     _, summaries = load_summaries(config, progress=False)
-    return {
-        s.name: {
+    out = {}
+    for d, (ds, s) in enumerate(zip(config.datasets, summaries)):
+        entry = {
             "state": s.state_stats,
             "action": s.action_stats,
             "norm_mode": ds.norm_mode or config.norm_mode,
-            "num_transitions": s.num_transitions,
-            "num_corrupt": len(s.corrupt),
+            "gripper_convention": config.gripper_convention,
+            "num_transitions": s.num_sampled(config.drop_unlabeled_for(d)),
+            "num_corrupt": s.num_corrupt,
+            "counts": s.counts(),
         }
-        for ds, s in zip(config.datasets, summaries)
-    }
+        to_native = sources.action_to_native(ds.source, config.gripper_convention)
+        if to_native is not None:
+            entry["action_to_native"] = to_native
+        out[s.name] = entry
+    return out
 
 
 def mixture_weights(config: DataConfig, summaries: Sequence[DatasetSummary]) -> np.ndarray:
-    """Normalised sampling weights (times the number of transitions if balance_weights)."""
+    """Normalised sampling weights (times the number of sampled transitions if
+    balance_weights)."""
     w = np.array([d.weight for d in config.datasets], np.float64)
     if config.balance_weights:
-        w = w * np.array([s.num_transitions for s in summaries], np.float64)
+        w = w * np.array(
+            [s.num_sampled(config.drop_unlabeled_for(d)) for d, s in enumerate(summaries)],
+            np.float64,
+        )
     if w.sum() <= 0:
         raise ValueError("all dataset weights are zero")
     return w / w.sum()
+
+
+class IntegrityMonitor:
+    """Runs on the host, after batching: logs every bad sample the workers replaced (dataset,
+    shard, record, step, reason), counts them, and stops the run (DataIntegrityError naming the
+    worst shards) once a dataset's bad records, those of the stats pass included, exceed
+    `max_bad_fraction`. Returns batches unchanged."""
+
+    def __init__(
+        self,
+        config: DataConfig,
+        readers: Sequence[EpisodeReader],
+        summaries: Sequence[DatasetSummary],
+    ):
+        self.config = config
+        self.readers = list(readers)
+        self.summaries = list(summaries)
+        self.bad: list[set[int]] = [set() for _ in summaries]  # records found bad at sample time
+        self.replaced = collections.Counter()  # dataset name -> samples replaced
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = np.flatnonzero(batch["replaced"][:, 2])
+        for row in rows.tolist():
+            d = int(batch["dataset_index"][row])
+            record, t, code = (int(v) for v in batch["replaced"][row])
+            name = self.config.datasets[d].name
+            self.replaced[name] += 1
+            if record in self.bad[d]:
+                continue
+            self.bad[d].add(record)
+            why = {BAD_RECORD: "unreadable record", BAD_IMAGE: "undecodable image"}[code]
+            log.warning(
+                "bad sample replaced: %s, step %d: %s (%d bad records found while sampling %r)",
+                self.readers[d].where(record),
+                t,
+                why,
+                len(self.bad[d]),
+                name,
+            )
+            self._check(d)
+        return batch
+
+    def _check(self, d: int) -> None:
+        summary, reader = self.summaries[d], self.readers[d]
+        by_shard = collections.Counter(summary.bad_by_shard())
+        for record in self.bad[d]:
+            by_shard[reader.locate(record)[0]] += 1
+        check_bad_fraction(
+            self.config.datasets[d].name,
+            summary.num_corrupt + len(self.bad[d]),
+            summary.num_records,
+            self.config.max_bad_fraction,
+            by_shard,
+            summary.shard_records,
+        )
 
 
 def make_example_dataset(
@@ -105,9 +203,13 @@ def make_example_dataset(
     for d, summary in enumerate(summaries):
         if weights[d] == 0:
             continue
-        if summary.num_transitions == 0:
-            raise ValueError(f"dataset {summary.name!r} has no usable steps")
-        ds = grain.MapDataset.source(FrameSource(d, summary))
+        ranges = summary.sampling_ranges(config.drop_unlabeled_for(d))
+        if not (ranges[:, 1] > ranges[:, 0]).any():
+            raise ValueError(
+                f"dataset {summary.name!r} has no usable steps ({summary.counts()}; "
+                f"drop_unlabeled={config.drop_unlabeled_for(d)})"
+            )
+        ds = grain.MapDataset.source(FrameSource(d, ranges))
         if config.shuffle:
             ds = ds.shuffle(seed=_sub_seed(seed, 1, d))
         ds = ds.repeat(config.num_epochs)
@@ -137,7 +239,8 @@ def make_train_iterator(
     config: DataConfig, seed: int, process_index: int = 0, process_count: int = 1
 ) -> "grain.DatasetIterator":
     """Iterator of host-local numpy batch dicts: `config.observation.example_spec()` with a
-    leading batch axis, plus HOST_ONLY_KEYS.
+    leading batch axis, plus HOST_ONLY_KEYS. Bad samples met while reading are replaced, logged
+    and counted (IntegrityMonitor).
 
     Host `process_index` of `process_count` reads the disjoint slice [process_index::process_count]
     of the global example sequence and yields batches of config.batch_size // process_count.
@@ -164,7 +267,8 @@ def make_train_iterator(
     if config.num_workers > 0:
         _ensure_absl_flags_parsed()
         it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.num_workers))
-    return iter(it_ds)
+    # After the workers, in this process: one monitor sees every bad sample this host meets.
+    return iter(it_ds.map(IntegrityMonitor(config, readers, summaries)))
 
 
 def eval_config(config: DataConfig) -> DataConfig:

@@ -19,6 +19,10 @@ class SchemaError(ValueError):
     """A decoded episode does not match what its source expects."""
 
 
+class EmptyEpisodeError(SchemaError):
+    """A readable episode with no steps (counted as `zero_steps`, not as corrupt)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class StdEpisode:
     """One episode in the standard schema.
@@ -94,7 +98,7 @@ def stack_steps(steps: Any) -> dict[str, Any]:
     """
     steps = [steps[i] for i in range(len(steps))]
     if not steps:
-        raise SchemaError("episode has no steps")
+        raise EmptyEpisodeError("episode has no steps")
 
     def _stack(values: list[Any]) -> Any:
         first = values[0]

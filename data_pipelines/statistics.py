@@ -1,7 +1,7 @@
 """Per-dataset normalisation statistics of state and action, and their cache.
 
 Stats are computed once over every step of a dataset after standardisation and cached as JSON,
-keyed by a fingerprint of the dataset files and the transform version, so a changed transform
+keyed by a fingerprint of the dataset's content and the transform version, so a changed transform
 or dataset never reuses stale statistics. (Normalising with them is part of the observation
 contract: `f1_jax.transforms.normalize`.)
 """
@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 def array_stats(x: np.ndarray) -> dict[str, Any]:
@@ -32,19 +35,17 @@ def array_stats(x: np.ndarray) -> dict[str, Any]:
     }
 
 
-def fingerprint(dataset_dir: str, split: str, source_kind: str, transform_version: str) -> str:
-    """sha256 (16 hex) of the dataset metadata, shard names/sizes and the transform version."""
-    h = hashlib.sha256()
-    h.update(f"{source_kind}|{transform_version}|{split}".encode())
+def fingerprint(dataset_dir: str, content: str, parts: Sequence[str]) -> str:
+    """sha256 (16 hex) of the dataset metadata (dataset_info.json, features.json), the shards'
+    content fingerprint (`EpisodeReader.content_fingerprint`) and `parts` (summary format,
+    source, transform version, split, options): any change to one of them is a new key."""
+    h = hashlib.sha256("|".join(parts).encode())
     for name in ("dataset_info.json", "features.json"):
         path = os.path.join(dataset_dir, name)
         if os.path.exists(path):
             with open(path, "rb") as f:
                 h.update(f.read())
-    for name in sorted(os.listdir(dataset_dir)):
-        path = os.path.join(dataset_dir, name)
-        if os.path.isfile(path) and ("tfrecord" in name or "array_record" in name):
-            h.update(f"{name}:{os.path.getsize(path)}".encode())
+    h.update(content.encode())
     return h.hexdigest()[:16]
 
 
@@ -60,10 +61,15 @@ def cache_path(dataset_dir: str, key: str, stats_dir: str | None = None) -> str:
 
 
 def load_json(path: str) -> dict[str, Any] | None:
+    """The JSON object at `path`, or None if it is missing or unreadable (then recomputed)."""
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        log.warning("ignoring unreadable cache %s (%s)", path, e)
+        return None
 
 
 def save_json(path: str, obj: Mapping[str, Any]) -> None:

@@ -15,7 +15,9 @@ def clean_instruction(text: str) -> str:
 class Tokenizer:
     """Encodes `bos + clean(text) + "\\n"`, right-padded with 0 to `max_len` with a mask.
 
-    Picklable: the SentencePiece processor is loaded lazily per process.
+    A prompt longer than `max_len` loses tokens from the end of the instruction, never the
+    closing "\\n" (the model learned that the prompt ends there). Picklable: the SentencePiece
+    processor is loaded lazily per process.
     """
 
     def __init__(self, model_path: str, max_len: int = 48):
@@ -36,10 +38,21 @@ class Tokenizer:
             self._sp = sentencepiece.SentencePieceProcessor(model_file=self.model_path)
         return self._sp
 
+    def _ids(self, text: str) -> tuple[list[int], list[int]]:
+        return self.sp.encode(clean_instruction(text), add_bos=True), self.sp.encode("\n")
+
+    def token_count(self, text: str) -> int:
+        """Length of the untruncated prompt `bos + clean(text) + "\\n"` in tokens."""
+        ids, end = self._ids(text)
+        return len(ids) + len(end)
+
     def encode(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        """text -> (tokens int32 [max_len], mask bool [max_len]); longer prompts are truncated."""
-        ids = self.sp.encode(clean_instruction(text), add_bos=True) + self.sp.encode("\n")
-        ids = ids[: self.max_len]
+        """text -> (tokens int32 [max_len], mask bool [max_len]); a longer prompt is cut inside
+        the instruction so that it still ends with "\\n"."""
+        ids, end = self._ids(text)
+        if len(end) >= self.max_len:
+            raise ValueError(f"max_len {self.max_len} leaves no room for an instruction")
+        ids = ids[: self.max_len - len(end)] + end
         tokens = np.zeros((self.max_len,), np.int32)
         tokens[: len(ids)] = ids
         mask = np.zeros((self.max_len,), bool)

@@ -133,6 +133,22 @@ def unnormalize(y: np.ndarray, stats: Mapping[str, Any], mode: str = "mean_std")
     raise ValueError(f"unknown norm mode {mode!r}; expected one of {NORM_MODES}")
 
 
+def actions_to_native(actions: np.ndarray, stats: Mapping[str, Any]) -> np.ndarray:
+    """Un-normalised actions [..., D] back in the robot's own gripper convention.
+
+    A run trained with `gripper_convention="open_is_positive"` records, for each dataset whose
+    gripper dims it changed, stats["action_to_native"] = {"dims", "scale", "offset"} with
+    native = scale * x + offset; without that entry the actions are returned unchanged.
+    """
+    to_native = stats.get("action_to_native")
+    if not to_native:
+        return actions
+    out = np.array(actions, np.float32, copy=True)
+    for d, scale, offset in zip(to_native["dims"], to_native["scale"], to_native["offset"]):
+        out[..., d] = scale * out[..., d] + offset
+    return out
+
+
 def pad_to(x: np.ndarray, dim: int = MAX_DIM) -> tuple[np.ndarray, np.ndarray]:
     """Zero-pads the last axis of `x` [..., D] to `dim`; returns (padded f32, mask bool [dim])."""
     d = x.shape[-1]
@@ -374,8 +390,10 @@ class ObservationTransform:
         }
 
     def robot_actions(self, actions: np.ndarray) -> np.ndarray:
-        """Normalised model actions [..., action_dim] -> robot units [..., dataset's dims]."""
-        return unnormalize(actions, self.stats["action"], self.stats["norm_mode"])
+        """Normalised model actions [..., action_dim] -> robot units [..., dataset's dims], in
+        the dataset's own gripper convention."""
+        raw = unnormalize(actions, self.stats["action"], self.stats["norm_mode"])
+        return actions_to_native(raw, self.stats)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -394,8 +412,9 @@ class DeploymentContract:
     exported model; the JAX policy, the server and the PyTorch runtime read it.
 
     datasets: name -> {"state": stats, "action": stats, "norm_mode": "mean_std" | "quantile",
-      "cameras": {standard camera: dataset image key or None}}; stats are per-dimension lists
-      "mean", "std", "q01", "q99", "min", "max" and a "count" (data_pipelines.statistics).
+      "cameras": {standard camera: dataset image key or None}, optionally "action_to_native"
+      (see `actions_to_native`)}; stats are per-dimension lists "mean", "std", "q01", "q99",
+      "min", "max" and a "count" (data_pipelines.statistics).
     """
 
     spec: ObservationSpec

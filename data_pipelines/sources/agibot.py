@@ -6,17 +6,22 @@ record also carrying `context_before` / `context_after` neighbouring frames so h
 action chunks only clamp at true episode bounds. Random access then re-parses one short record
 per sample instead of a whole episode.
 
-Raw layout read by the converter (OpenDriveLab/AgiBot-World README):
+Raw layout read by the converter (the AgiBot-World dataset card), unpacked or as the release's
+.tar archives (`sources.agibot_tar`):
   task_info/task_<task>.json               [{episode_id, task_name, ...}, ...]
   observations/<task>/<episode>/videos/{head,hand_left,hand_right}_color.mp4
   proprio_stats/<task>/<episode>/proprio_stats.h5
-      state/joint/position [T,14], state/effector/position [T,2],
-      action/joint/position [Ta,14], action/effector/position [Ta,2] (+ optional `index` [Ta]
-      giving the frame of each action row when actions are sparser than states).
+      state/joint/position [N,14] rad, state/effector/position [N,2] gripper opening in mm,
+      action/joint/position [N,14] rad, action/effector/position [N,2] gripper closedness
+      0 (open) .. 1 (closed), action/*/index [M] the frames at which the controller actually
+      sent a command (M <= N). Position arrays have one row per frame whatever M is; only when a
+      position array itself is shorter than N (some early files) are its rows taken to belong to
+      the `index` frames, and frames between commands hold the last command.
 
 Record steps: observation/{head,hand_left,hand_right} JPEG (short side resized to image_size),
 observation/state f32[16], action f32[16], language_instruction. 16 dims =
-[left arm 7 joints, left gripper, right arm 7 joints, right gripper]. The instruction is the
+[left arm 7 joints, left gripper, right arm 7 joints, right gripper], in the release's units (state
+gripper mm opening, action gripper closedness 0..1). The instruction is the
 `task_name` text before "|". Actions are shifted by +1 frame (action[t] = command of frame t+1,
 the last frame repeats), as F1-VLA does for this robot's action timestamps.
 
@@ -28,14 +33,20 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import shutil
 import subprocess
+import tempfile
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from data_pipelines import schema
+from data_pipelines.sources import agibot_tar
+from data_pipelines.sources.agibot_tar import PROPRIO_FILE
+
+log = logging.getLogger(__name__)
 
 KIND = "agibot"
 TRANSFORM_VERSION = "agibot-v1"
@@ -51,6 +62,19 @@ BROKEN_TASK_IDS = frozenset(
     {352, 354, 359, 361, 368, 376, 377, 410, 414, 421, 380, 384, 428, 460, 505, 510, 711}
 )
 DATASET_NAME = "agibot_world"
+SUPPORTED = (
+    "AgiBot-World Alpha/Beta gripper episodes converted with "
+    "`python -m data_pipelines.convert agibot` (agibot_world 1.0.0 segment records)"
+)
+REQUIRED_FEATURES = {
+    "steps/observation/state": (STATE_DIM,),
+    "steps/action": (STATE_DIM,),
+    "steps/language_instruction": "text",
+    "episode_metadata/sample_start": (),
+    "episode_metadata/sample_end": (),
+}
+# Action grippers (dims 7, 15) are closedness 0 open .. 1 closed -> 1 - a (1 open .. 0 closed).
+GRIPPER_OPEN_POSITIVE = {7: (-1.0, 1.0), 15: (-1.0, 1.0)}
 
 
 def feature_spec():
@@ -126,41 +150,74 @@ def instruction_from_task_name(task_name: str) -> str:
     return task_name.split("|")[0].strip()
 
 
-def _dense(values: np.ndarray, index: np.ndarray | None, fallback: np.ndarray) -> np.ndarray:
-    """Action rows placed at their frame `index` (when sparser than states), others = state."""
-    if index is None:
-        if len(values) != len(fallback):
-            raise schema.SchemaError(
-                f"{len(values)} action rows for {len(fallback)} frames and no index to place them"
-            )
-        return np.asarray(values, np.float32)
-    out = np.array(fallback, np.float32, copy=True)
-    out[np.asarray(index, np.int64)] = values
-    return out
+def per_frame_actions(
+    rows: np.ndarray, index: np.ndarray | None, num_frames: int, what: str
+) -> np.ndarray:
+    """Action rows [num_frames, D] from an `action/<group>/position` array and its `index`.
+
+    The release stores one position row per frame; `index` (often shorter: e.g. 1221 of 1278)
+    lists the frames where a command was actually sent, so it is ignored when the rows already
+    cover every frame. A shorter position array has one row per `index` frame; every frame then
+    holds the latest command (frames before the first command take the first one).
+    """
+    rows = np.asarray(rows, np.float32)
+    if len(rows) == num_frames:
+        return rows
+    if len(rows) == 0:
+        raise schema.SchemaError(f"{what}: no action rows for {num_frames} frames")
+    if len(rows) > num_frames:
+        raise schema.SchemaError(f"{what}: {len(rows)} action rows for {num_frames} frames")
+    if index is None or len(index) != len(rows):
+        have = "no index" if index is None else f"an index of {len(index)} entries"
+        raise schema.SchemaError(
+            f"{what}: {len(rows)} action rows for {num_frames} frames and {have}: cannot place them"
+        )
+    index = np.asarray(index, np.int64)
+    if np.any(np.diff(index) <= 0) or index[0] < 0 or index[-1] >= num_frames:
+        raise schema.SchemaError(f"{what}: index is not increasing within [0, {num_frames})")
+    latest = np.searchsorted(index, np.arange(num_frames), side="right") - 1
+    return rows[np.maximum(latest, 0)]
 
 
 def read_proprio(h5_path: str) -> tuple[np.ndarray, np.ndarray]:
-    """proprio_stats.h5 -> (state [T,16], action [T,16]) before the +1 shift."""
+    """proprio_stats.h5 -> (state [T,16], action [T,16]) before the +1 shift, in the release's
+    units (joints rad; state gripper mm opening; action gripper closedness 0..1)."""
     import h5py
 
     if not os.path.exists(h5_path):
         raise FileNotFoundError(f"missing AgiBot proprio file {h5_path}")
     with h5py.File(h5_path, "r") as f:
+        missing = [
+            k
+            for k in (
+                "state/joint/position",
+                "state/effector/position",
+                "action/joint/position",
+                "action/effector/position",
+            )
+            if k not in f
+        ]
+        if missing:
+            raise schema.SchemaError(f"{h5_path}: no {', '.join(missing)}")
         joint = np.asarray(f["state/joint/position"], np.float32)
         eff = np.asarray(f["state/effector/position"], np.float32)
         a_joint = np.asarray(f["action/joint/position"], np.float32)
         a_eff = np.asarray(f["action/effector/position"], np.float32)
         j_idx = np.asarray(f["action/joint/index"]) if "action/joint/index" in f else None
         e_idx = np.asarray(f["action/effector/index"]) if "action/effector/index" in f else None
-    if joint.shape[1:] != (14,) or eff.shape[1:] != (2,):
+    if joint.shape[1:] != (14,) or eff.shape[1:] != (2,) or len(eff) != len(joint):
         raise schema.SchemaError(
             f"{h5_path}: state joint {joint.shape} / effector {eff.shape}, "
-            "expected [T,14] / [T,2] (dexterous-hand episodes unsupported)"
+            "expected [N,14] / [N,2] (dexterous-hand episodes unsupported)"
         )
-    if len(a_joint) > len(joint) or len(a_eff) > len(eff):
-        raise schema.SchemaError(f"{h5_path}: more action rows than state rows")
-    a_joint = _dense(a_joint, j_idx, joint)
-    a_eff = _dense(a_eff, e_idx, eff)
+    n = len(joint)
+    a_joint = per_frame_actions(a_joint, j_idx, n, f"{h5_path} action/joint")
+    a_eff = per_frame_actions(a_eff, e_idx, n, f"{h5_path} action/effector")
+    if a_joint.shape[1:] != (14,) or a_eff.shape[1:] != (2,):
+        raise schema.SchemaError(
+            f"{h5_path}: action joint {a_joint.shape} / effector {a_eff.shape}, "
+            "expected [N,14] / [N,2]"
+        )
 
     def to16(j, e):
         return np.concatenate([j[:, :7], e[:, :1], j[:, 7:14], e[:, 1:2]], axis=1)
@@ -289,18 +346,18 @@ def episode_segments(
     task_id: int,
     episode_id: int,
     task_name: str,
-    raw_root: str,
+    h5_path: str,
+    video_dir: str,
     segment_len: int,
     context_before: int,
     context_after: int,
     image_size: int,
     frame_stride: int = 1,
-) -> list[dict[str, Any]]:
-    """One raw episode -> list of segment records (TFDS example dicts, images JPEG bytes)."""
-    h5 = os.path.join(raw_root, "proprio_stats", str(task_id), str(episode_id), "proprio_stats.h5")
-    state, action = read_proprio(h5)
+) -> tuple[list[dict[str, Any]], int]:
+    """One raw episode -> (segment records (TFDS example dicts, images JPEG bytes), number of
+    trailing proprio rows dropped because the videos end earlier)."""
+    state, action = read_proprio(h5_path)
     action = shift_actions(action, 1)
-    video_dir = os.path.join(raw_root, "observations", str(task_id), str(episode_id), "videos")
     frames = {}
     for cam in CAMERA_KEYS:
         enc = [
@@ -311,8 +368,10 @@ def episode_segments(
         frames[cam] = enc
     state, action = state[::frame_stride], action[::frame_stride]
     n = min(len(state), *(len(v) for v in frames.values()))
-    if n < len(state):
-        # Videos are sometimes a frame short of the proprio stream; keep the common prefix.
+    dropped = len(state) - n
+    if dropped:
+        # Videos are sometimes a frame short of the proprio stream; keep the common prefix
+        # (reported by `convert`).
         state, action = state[:n], action[:n]
     if n == 0:
         raise schema.SchemaError(f"task {task_id} episode {episode_id}: no frames")
@@ -346,7 +405,7 @@ def episode_segments(
                 },
             }
         )
-    return records
+    return records, dropped
 
 
 def list_episodes(
@@ -355,7 +414,18 @@ def list_episodes(
     """(task_id, episode_id, task_name) of all episodes in task_info/, skipping broken tasks."""
     info_dir = os.path.join(raw_root, "task_info")
     if not os.path.isdir(info_dir):
-        raise FileNotFoundError(f"{raw_root!r} has no task_info/ folder (AgiBot raw root expected)")
+        tars = sorted(
+            os.path.relpath(os.path.join(d, f), raw_root)
+            for d, _, files in os.walk(raw_root)
+            for f in files
+            if ".tar" in f
+        )
+        found = f"; it holds {len(tars)} archive(s), e.g. {tars[:3]}" if tars else ""
+        raise FileNotFoundError(
+            f"{raw_root!r} has no task_info/ folder{found}. Point --raw_root at the AgiBot-World "
+            "release root, the folder holding task_info/, observations/ and proprio_stats/ "
+            "(their .tar archives are read in place)"
+        )
     for name in sorted(os.listdir(info_dir)):
         if not (name.startswith("task_") and name.endswith(".json")):
             continue
@@ -367,6 +437,9 @@ def list_episodes(
         with open(os.path.join(info_dir, name)) as f:
             for ep in json.load(f):
                 yield task_id, int(ep["episode_id"]), str(ep["task_name"])
+
+
+REPORT_FILE = "agibot_conversion_report.json"
 
 
 def convert(
@@ -381,47 +454,90 @@ def convert(
 ) -> dict[str, Any]:
     """Converts raw AgiBot episodes to `out_dir/agibot_world/1.0.0` (TFRecord segment records).
 
-    Episodes with missing/undecodable files are skipped and reported; broken tasks are skipped.
-    Returns {"episodes", "segments", "skipped": [[task, episode, reason], ...], "path"}.
+    Reads the release unpacked or as its .tar archives (`agibot_tar`). Episodes with missing or
+    undecodable files are skipped, each listed with its reason (and logged as it happens); known
+    broken tasks are skipped. Returns {"episodes", "segments", "skipped": [[task, episode,
+    reason], ...], "trimmed": [[task, episode, proprio rows dropped], ...],
+    "skipped_broken_tasks", "archives", "path"}, also written to <path>/REPORT_FILE. Raises
+    ValueError listing every reason when no episode converts.
     """
     import tensorflow_datasets as tfds
 
-    skipped, counts = [], {"episodes": 0, "segments": 0}
+    skipped, trimmed, counts = [], [], {"episodes": 0, "segments": 0}
     skipped_tasks = sorted(t for t in BROKEN_TASK_IDS if task_ids is None or t in task_ids)
+    archives = agibot_tar.ArchiveIndex.build(raw_root)
+    if archives.archives:
+        log.info("reading %d AgiBot archive(s) in place", len(archives.archives))
+
+    def paths(task_id: int, episode_id: int, scratch: str) -> tuple[str, str]:
+        h5 = os.path.join(raw_root, "proprio_stats", str(task_id), str(episode_id), PROPRIO_FILE)
+        videos = os.path.join(raw_root, "observations", str(task_id), str(episode_id), "videos")
+        if (not os.path.exists(h5) or not os.path.isdir(videos)) and archives.has(
+            task_id, episode_id
+        ):
+            a_h5, a_videos = archives.extract(task_id, episode_id, scratch)
+            h5 = h5 if os.path.exists(h5) else (a_h5 or h5)
+            videos = videos if os.path.isdir(videos) else (a_videos or videos)
+        return h5, videos
 
     def examples():
         for task_id, episode_id, task_name in list_episodes(raw_root, task_ids):
-            try:
-                records = episode_segments(
-                    task_id,
-                    episode_id,
-                    task_name,
-                    raw_root,
-                    segment_len,
-                    context_before,
-                    context_after,
-                    image_size,
-                    frame_stride,
-                )
-            except (OSError, KeyError, ValueError, RuntimeError) as e:
-                skipped.append([task_id, episode_id, f"{type(e).__name__}: {e}"])
-                continue
+            with tempfile.TemporaryDirectory(prefix="agibot_episode_") as scratch:
+                try:
+                    h5, videos = paths(task_id, episode_id, scratch)
+                    records, dropped = episode_segments(
+                        task_id,
+                        episode_id,
+                        task_name,
+                        h5,
+                        videos,
+                        segment_len,
+                        context_before,
+                        context_after,
+                        image_size,
+                        frame_stride,
+                    )
+                except (OSError, KeyError, ValueError, RuntimeError) as e:
+                    reason = f"{type(e).__name__}: {e}"
+                    log.warning(
+                        "skipping AgiBot task %d episode %d: %s", task_id, episode_id, reason
+                    )
+                    skipped.append([task_id, episode_id, reason])
+                    continue
+            if dropped:
+                trimmed.append([task_id, episode_id, dropped])
             counts["episodes"] += 1
             for rec in records:
                 counts["segments"] += 1
                 yield f"{task_id}_{episode_id}_{rec['episode_metadata']['segment_index']}", rec
 
-    tfds.dataset_builders.store_as_tfds_dataset(
-        name=DATASET_NAME,
-        version="1.0.0",
-        features=feature_spec(),
-        data_dir=out_dir,
-        split_datasets={"train": examples()},
-        file_format="tfrecord",
-    )
-    return {
-        **counts,
+    path = os.path.join(out_dir, DATASET_NAME, "1.0.0")
+    report = {
         "skipped": skipped,
+        "trimmed": trimmed,
         "skipped_broken_tasks": skipped_tasks,
-        "path": os.path.join(out_dir, DATASET_NAME, "1.0.0"),
+        "archives": len(archives.archives),
+        "path": path,
     }
+    try:
+        tfds.dataset_builders.store_as_tfds_dataset(
+            name=DATASET_NAME,
+            version="1.0.0",
+            features=feature_spec(),
+            data_dir=out_dir,
+            split_datasets={"train": examples()},
+            file_format="tfrecord",
+        )
+    except AssertionError as e:  # TFDS: "No examples were yielded."
+        if counts["segments"]:
+            raise
+        reasons = "\n  ".join(f"task {t} episode {ep}: {why}" for t, ep, why in skipped)
+        raise ValueError(
+            f"no AgiBot episode under {raw_root} could be converted "
+            f"({len(skipped)} skipped{', broken tasks ' + str(skipped_tasks) if skipped_tasks else ''})"
+            + (f":\n  {reasons}" if skipped else "")
+        ) from e
+    report = {**counts, **report}
+    with open(os.path.join(path, REPORT_FILE), "w") as f:
+        json.dump(report, f, indent=1)
+    return report

@@ -27,6 +27,23 @@ TRANSFORM_VERSION = "bridge-v1"
 DEFAULT_CAMERAS: Mapping[str, str | None] = {"primary": "image_0", "secondary": "image_1"}
 OPEN_THRESHOLD = 0.95
 CLOSED_THRESHOLD = 0.05
+SUPPORTED = (
+    "Rail's Bridge-v2 release bridge_dataset 1.0.0 (rail.eecs.berkeley.edu/datasets/"
+    "bridge_release/data/tfds/bridge_dataset/; OpenVLA names the same folder bridge_orig)"
+)
+REQUIRED_FEATURES = {
+    "steps/observation/state": (7,),
+    "steps/action": (7,),
+    "steps/language_instruction": "text",
+}
+UNSUPPORTED_HINTS = {
+    "bridge": (
+        "This is the Open X-Embodiment copy `bridge` 0.1.0 (action as a dict of world_vector, "
+        "rotation_delta, open_gripper, terminate_episode; 480x640 images), which this source "
+        "does not read: download bridge_dataset 1.0.0 instead."
+    )
+}
+GRIPPER_OPEN_POSITIVE = {6: (1.0, 0.0)}  # binarised: already 1 open / 0 closed
 
 
 def feature_spec(image_size: tuple[int, int] = (256, 256)):

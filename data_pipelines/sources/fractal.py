@@ -20,6 +20,16 @@ from data_pipelines import schema
 KIND = "fractal"
 TRANSFORM_VERSION = "fractal-v1"
 DEFAULT_CAMERAS: Mapping[str, str | None] = {"primary": "image"}
+SUPPORTED = "fractal20220817_data 0.1.0 (gs://gresearch/robotics/fractal20220817_data/0.1.0)"
+REQUIRED_FEATURES = {
+    "steps/action/world_vector": (3,),
+    "steps/action/rotation_delta": (3,),
+    "steps/action/gripper_closedness_action": (1,),
+    "steps/observation/base_pose_tool_reached": (7,),
+    "steps/observation/gripper_closed": (1,),
+    "steps/observation/natural_language_instruction": "text",
+}
+GRIPPER_OPEN_POSITIVE = {6: (1.0, 0.0)}  # absolute: already 1 open / 0 closed
 
 
 def feature_spec(image_size: tuple[int, int] = (256, 320)):
@@ -40,17 +50,17 @@ def feature_spec(image_size: tuple[int, int] = (256, 320)):
             ),
             "attributes": tfds.features.FeaturesDict(
                 {
-                    "collection_mode": tfds.features.Scalar(dtype=np.int32),
+                    "collection_mode": tfds.features.Scalar(dtype=np.int64),
                     "collection_mode_name": tfds.features.Text(),
-                    "data_type": tfds.features.Scalar(dtype=np.int32),
+                    "data_type": tfds.features.Scalar(dtype=np.int64),
                     "data_type_name": tfds.features.Text(),
-                    "env": tfds.features.Scalar(dtype=np.int32),
+                    "env": tfds.features.Scalar(dtype=np.int64),
                     "env_name": tfds.features.Text(),
-                    "location": tfds.features.Scalar(dtype=np.int32),
+                    "location": tfds.features.Scalar(dtype=np.int64),
                     "location_name": tfds.features.Text(),
-                    "objects_family": tfds.features.Scalar(dtype=np.int32),
+                    "objects_family": tfds.features.Scalar(dtype=np.int64),
                     "objects_family_name": tfds.features.Text(),
-                    "task_family": tfds.features.Scalar(dtype=np.int32),
+                    "task_family": tfds.features.Scalar(dtype=np.int64),
                     "task_family_name": tfds.features.Text(),
                 }
             ),

@@ -7,7 +7,9 @@ language_instruction. Also the schema the built-in simulated task writes.
 
 Actions are kept in the dataset's own gripper convention (-1 open / +1 close), which is what the
 LIBERO simulator consumes, so evaluation needs no inversion (OpenVLA inverts to 1=open only
-because it discretises actions into tokens).
+because it discretises actions into tokens). With `gripper_convention="open_is_positive"` the
+gripper action becomes (1 - a) / 2 (1 open, 0 closed; equal to OpenVLA's 1 - clip(a, 0, 1) on the
+release's -1/+1 values, but affine, so a policy can map it back exactly).
 """
 
 from __future__ import annotations
@@ -24,6 +26,16 @@ TRANSFORM_VERSION = "libero-v1"
 DEFAULT_CAMERAS: Mapping[str, str | None] = {"primary": "image", "wrist": "wrist_image"}
 STATE_DIM = 8
 ACTION_DIM = 7
+SUPPORTED = (
+    "libero_{spatial,object,goal,10}_no_noops 1.0.0 (HF openvla/modified_libero_rlds) and "
+    "datasets written with `sources.libero.write_dataset`"
+)
+REQUIRED_FEATURES = {
+    "steps/observation/state": (STATE_DIM,),
+    "steps/action": (ACTION_DIM,),
+    "steps/language_instruction": "text",
+}
+GRIPPER_OPEN_POSITIVE = {6: (-0.5, 0.5)}  # -1 open / +1 close -> 1 open / 0 closed
 
 
 def feature_spec(image_size: tuple[int, int] = (256, 256)):

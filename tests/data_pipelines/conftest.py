@@ -16,6 +16,7 @@ from dp_fixtures import (
     bridge_episode,
     fractal_episode,
     libero_episode,
+    libero_quirk_episodes,
     write_rlds,
 )
 
@@ -55,7 +56,17 @@ def fractal_dir(data_root):
     from data_pipelines.sources import fractal
 
     eps = [fractal_episode(i) for i in range(2)]
-    return write_rlds(data_root, "fractal20220817_data", fractal.feature_spec((IMG, IMG + 4)), eps)
+    spec = fractal.feature_spec((IMG, IMG + 4))
+    return write_rlds(data_root, "fractal20220817_data", spec, eps, version="0.1.0")
+
+
+@pytest.fixture(scope="session")
+def libero_quirks_dir(data_root):
+    """LIBERO-schema episodes with an empty instruction, zero steps and a long instruction."""
+    from data_pipelines.sources import libero
+
+    eps = libero_quirk_episodes()
+    return libero.write_dataset(os.fspath(data_root), "libero_quirks_no_noops", eps, (IMG, IMG))
 
 
 @pytest.fixture(scope="session")
@@ -98,8 +109,8 @@ def agibot_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def corrupt_libero_dir(data_root, libero_dir):
-    """A copy of the LIBERO fixture whose record 1 has an invalid protobuf tag, and whose shard
-    ends in a truncated record."""
+    """A copy of the LIBERO fixture whose record 1 has an invalid protobuf tag (its checksum no
+    longer matches), and whose shard ends in a partial record header."""
     import shutil
 
     from data_pipelines.reader import scan_tfrecord
@@ -110,7 +121,7 @@ def corrupt_libero_dir(data_root, libero_dir):
         if name.startswith("f1_dataset_summary_"):
             os.remove(os.path.join(dst, name))
     shard = next(os.path.join(dst, n) for n in os.listdir(dst) if ".tfrecord-" in n)
-    offsets, _, _ = scan_tfrecord(shard)
+    offsets = scan_tfrecord(shard).offsets
     with open(shard, "r+b") as f:
         f.seek(int(offsets[1]))
         f.write(b"\x0f")  # field 1 with wire type 7: not valid protobuf

@@ -56,6 +56,7 @@ def test_batch_keys_shapes_dtypes(mixture):
         "dataset_index": ((B,), np.int32),
         "episode_index": ((B,), np.int32),
         "step_index": ((B,), np.int32),
+        "replaced": ((B, 3), np.int32),
     }
     # The one description of the batch: the observation contract's example, plus bookkeeping.
     spec = mixture.observation.example_spec()

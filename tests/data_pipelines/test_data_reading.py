@@ -8,17 +8,24 @@ import os
 import numpy as np
 import pytest
 
-from data_pipelines import statistics, summary
+from data_pipelines import summary
 from data_pipelines.config import DatasetConfig
+from data_pipelines.integrity import masked_crc32c
 from data_pipelines.reader import CorruptRecordError, EpisodeReader, scan_tfrecord
+from data_pipelines.sources import libero
 from dp_fixtures import LIBERO_LENGTHS
 
 
 def test_tfrecord_index(libero_dir):
     shard = next(os.path.join(libero_dir, n) for n in os.listdir(libero_dir) if ".tfrecord-" in n)
-    offsets, lengths, broken = scan_tfrecord(shard)
-    assert len(offsets) == 3 and broken == 0
-    assert offsets[0] == 12 and offsets[-1] + lengths[-1] + 4 == os.path.getsize(shard)
+    index = scan_tfrecord(shard)
+    assert len(index.offsets) == 3 and index.problems == ()
+    assert index.offsets[0] == 12
+    assert index.offsets[-1] + index.lengths[-1] + 4 == os.path.getsize(shard)
+    with open(shard, "rb") as f:
+        data = f.read()
+    for off, ln, crc in zip(index.offsets, index.lengths, index.crcs):
+        assert masked_crc32c(data[off : off + ln]) == crc  # the footer TFDS/TF wrote
 
 
 def test_array_record_copy_reads_the_same(libero_dir, libero_array_record_dir):
@@ -45,12 +52,17 @@ def test_convert_cli(libero_dir, tmp_path):
 
 def test_corrupt_record_is_skipped_and_counted(corrupt_libero_dir, tmp_path):
     reader = EpisodeReader(corrupt_libero_dir)
-    assert len(reader) == 3 and reader.num_broken_tails == 1
-    with pytest.raises(CorruptRecordError, match="record 1: cannot decode"):
+    assert len(reader) == 3
+    with pytest.raises(CorruptRecordError, match=r"record 1 \(dataset record 1\): data fails its"):
         reader.decode(1)
     ds = DatasetConfig("bad", "libero", corrupt_libero_dir)
     s = summary.load_or_compute(reader, ds, stats_dir=str(tmp_path), progress=False)
-    assert s.corrupt == (1, -1)  # record 1, plus the truncated tail of the shard
+    assert s.corrupt == (-1, 1)  # the partial header at the end of the shard, then record 1
+    tail, bad = s.skipped
+    assert tail.shard_record == 3 and tail.count == 0  # garbage after the last listed record
+    assert "file ends 3 bytes into a header" in tail.reason
+    assert bad.record == 1 and "data fails its checksum" in bad.reason
+    assert s.num_corrupt == 1 and s.counts()["corrupt"] == 1
     assert s.lengths[1] == 0 and tuple(s.sample_ranges[1]) == (0, 0)
     good = [reader.decode(i)["steps"]["action"].shape[0] for i in (0, 2)]
     assert s.num_transitions == sum(good) < sum(LIBERO_LENGTHS)
@@ -77,8 +89,10 @@ def test_stats_by_hand_and_cache(libero_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(summary, "scan", fail)
     again = summary.load_or_compute(reader, ds, stats_dir=str(tmp_path), progress=False)
     assert again.state_stats == s.state_stats
-    # Another transform version must not reuse the cache.
-    assert statistics.fingerprint(libero_dir, "train", "libero", "libero-v2") != s.key
+    # Another transform version or gripper convention must not reuse the cache.
+    assert summary.summary_key(reader, ds, "open_is_positive") != s.key
+    monkeypatch.setattr(libero, "TRANSFORM_VERSION", "libero-v2")
+    assert summary.summary_key(reader, ds, "native") != s.key
 
 
 def test_stats_cli(bridge_dir, tmp_path, capsys):
@@ -90,6 +104,29 @@ def test_stats_cli(bridge_dir, tmp_path, capsys):
         )
         == 0
     )
-    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    captured = capsys.readouterr()
+    out = json.loads(captured.out.strip().splitlines()[-1])
     # 3 episodes: 6 and 4 steps relabel to 4 and 2 transitions; the 2-step one is unusable.
-    assert out["episodes"] == 2 and out["transitions"] == 6 and out["unusable"] == 1
+    assert out["episodes_kept"] == 2 and out["transitions"] == 6 and out["unusable"] == 1
+    assert out["records"] == 3 and out["corrupt"] == 0 and out["empty_instruction"] == 0
+    (skip,) = out["skipped"]
+    assert skip["kind"] == "unusable" and "need >= 3 to relabel" in skip["reason"]
+    assert f"shard {skip['shard']} record {skip['shard_record']}" in captured.err
+
+
+def test_record_written_unparseable_is_named(libero_dir, tmp_path):
+    """A record whose checksum vouches for bytes that are not a valid tf.train.Example."""
+    from dp_fixtures import copy_dataset, record_payload, rewrite_payload, shard_path
+
+    data = copy_dataset(libero_dir, str(tmp_path / "lib"))
+    shard = shard_path(data)
+    _, payload = record_payload(shard, 2)
+    rewrite_payload(shard, 2, b"\x0f" + payload[1:])  # field 1 with wire type 7: not protobuf
+    reader = EpisodeReader(data)
+    name = os.path.basename(shard)
+    with pytest.raises(CorruptRecordError, match=f"shard {name} record 2 .*cannot decode"):
+        reader.decode(2)
+    s = summary.load_or_compute(
+        reader, DatasetConfig("l", "libero", data), str(tmp_path / "s"), progress=False
+    )
+    assert s.corrupt == (2,) and s.skipped[0].reason.startswith("cannot decode")
