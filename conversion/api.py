@@ -70,13 +70,19 @@ def _write(
     subtrees,
     notes: list[str],
     buffers: dict[str, np.ndarray],
+    contract_from: Path | None = None,
 ):
+    """contract_from: a local directory whose norm_stats.json and tokenizer.model travel along
+    (an export of a run, imported back)."""
     with atomic_output_dir(output) as tmp:
         # Plain ndarray views of the memmaps: Orbax's handlers are registered for np.ndarray.
         save_params(tmp / "params", engine.unflatten({k: np.asarray(v) for k, v in params.items()}))
         config_io.write_sidecar(tmp / config_io.SIDECAR, config, source, sorted(subtrees), notes)
         if buffers:
             np.savez(tmp / "buffers.npz", **buffers)
+        if contract_from is not None:
+            for name in (NORM_STATS_FILE, TOKENIZER_FILE):
+                shutil.copyfile(contract_from / name, tmp / name)
     return output
 
 
@@ -225,14 +231,20 @@ def f1_params(
 def import_f1(input_path, output, config_path=None, progress: bool = True):
     """Official F1 model.safetensors + config.json -> our full tree."""
     config = read_official_config(input_path, config_path)
+    wanted = ("model.safetensors", NORM_STATS_FILE, TOKENIZER_FILE)
     with (
         _scratch(output) as allocate,
-        local_input(input_path, ("model.safetensors",), progress) as local,
+        local_input(input_path, wanted, progress) as local,
     ):
         params, buffers, notes = f1_params(
             _f1_file(local), config, str(input_path), progress, allocate
         )
-        return _write(output, params, config, "f1", ALL_SUBTREES, notes, buffers)
+        # An export of a run carries its deployment contract: keep it with the parameters.
+        folder = local if local.is_dir() else local.parent
+        contract = folder if (folder / NORM_STATS_FILE).exists() else None
+        if contract is not None:
+            notes.append(f"kept {NORM_STATS_FILE} and {TOKENIZER_FILE} of the export")
+        return _write(output, params, config, "f1", ALL_SUBTREES, notes, buffers, contract)
 
 
 def _pi0_layout(kind: str) -> str:
@@ -458,6 +470,20 @@ def load_import(directory, require_complete: bool = True) -> tuple[dict, F1Confi
             f"{directory} (an import of {meta.get('source')}, {meta.get('subtrees')})",
         )
     return engine.unflatten(params), config, meta
+
+
+def import_contract(directory) -> DeploymentContract | None:
+    """The deployment contract an import output carries (`import f1` of an export of a run
+    keeps its norm_stats.json and tokenizer), or None."""
+    base = as_epath(directory)
+    if not (base / NORM_STATS_FILE).exists():
+        return None
+    with local_input(directory, (NORM_STATS_FILE, TOKENIZER_FILE), progress=False) as local:
+        contract = read_deployment_contract(str(local))
+        if is_remote(directory):
+            tokenizer = _keep_tokenizer(Path(contract.tokenizer_path))
+            contract = dataclasses.replace(contract, tokenizer_path=tokenizer)
+    return contract
 
 
 def _keep_tokenizer(path: Path) -> str:

@@ -1,17 +1,23 @@
-"""Closed-loop inference with a trained F1.
+"""Closed-loop inference with a trained F1, from a run, an import output or an export.
 
-    policy = Policy.from_checkpoint("WORKDIR")           # or WORKDIR/checkpoints
+    policy = Policy.from_checkpoint("WORKDIR")           # or an export / import directory
     policy.reset()                                       # at every episode start
     out = policy.infer({"primary": rgb, "wrist": rgb, "state": s, "instruction": "..."}, key)
     out["actions"]                                       # [chunk, action_dim], robot units
 
 Observations become model inputs through the observation contract (`f1_jax.transforms`, the
 functions the training pipeline uses, in eval mode) and are normalised with the statistics the
-run recorded, so the model sees exactly what it saw in training.
+run recorded (a run's checkpoint record, or the `norm_stats.json` an export carries), so the
+model sees exactly what it saw in training.
+
+The frame-code cache: the model looks at the generation camera at t-9, t-6, t-3 and t; the frozen
+VQ-VAE encodes each new frame once and its multi-scale codes are kept for the later steps that
+look at it (`reset()` clears them). Actions and foresight are bit-identical with and without it.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any, Mapping
 
@@ -21,8 +27,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from conversion import api as conversion
 from f1_jax import transforms
-from f1_jax.models.f1 import F1, F1Config, model_inputs, sample_actions
+from f1_jax.models.f1 import F1, F1Config, model_inputs, sample_actions, to_unit_range
 from f1_jax.tokenizer import Tokenizer
 from f1_jax.training import checkpoints as ckpt
 from f1_jax.training import state as st
@@ -31,17 +38,47 @@ from f1_jax.training.run_record import read_run_record
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointInfo:
-    """What a run's record says about the model and its data."""
+    """Where a policy's weights and statistics came from, and the dataset it acts for.
 
-    config: ml_collections.ConfigDict
+    kind: "run", "import" or "export". config: the run's recipe (None for imports and exports).
+    step: the run's checkpoint step (None otherwise). directory: the run's checkpoints/ dir, or
+    the import / export directory.
+    """
+
+    kind: str
+    config: ml_collections.ConfigDict | None
     model_config: F1Config
     spec: transforms.ObservationSpec
     tokenizer_path: str
     dataset_name: str
-    dataset_stats: dict  # {"state", "action", "norm_mode", ...} of dataset_name
+    dataset_stats: Mapping[str, Any]  # {"state", "action", "norm_mode", ...} of dataset_name
     cameras: Mapping[str, str | None]  # standard camera -> dataset key
-    step: int
+    step: int | None
     directory: str
+
+
+def _info(
+    kind: str,
+    contract: transforms.DeploymentContract,
+    model_config: F1Config,
+    dataset: str | None,
+    directory: str,
+    config: ml_collections.ConfigDict | None = None,
+    step: int | None = None,
+) -> CheckpointInfo:
+    entry = contract.dataset(dataset)
+    return CheckpointInfo(
+        kind=kind,
+        config=config,
+        model_config=model_config,
+        spec=contract.spec,
+        tokenizer_path=contract.tokenizer_path,
+        dataset_name=dataset or contract.default_dataset,
+        dataset_stats=entry,
+        cameras=entry["cameras"],
+        step=step,
+        directory=directory,
+    )
 
 
 def read_checkpoint_info(
@@ -50,35 +87,68 @@ def read_checkpoint_info(
     """Reads the JSON record of a run (workdir or checkpoints/) at `step` (default: latest)."""
     record = read_run_record(path, step)
     name = record.check_dataset(dataset)
-    return CheckpointInfo(
-        config=record.config,
-        model_config=record.model_config,
-        spec=record.spec,
-        tokenizer_path=record.tokenizer_path,
-        dataset_name=name,
-        dataset_stats=record.statistics[name],
-        cameras=record.cameras[name],
-        step=record.step,
-        directory=record.directory,
+    return _info(
+        "run",
+        record.deployment_contract(name),
+        record.model_config,
+        name,
+        record.directory,
+        record.config,
+        record.step,
     )
 
 
+def checkpoint_kind(path: str) -> str:
+    """ "export" (model.safetensors + config.json), "import" (an `import` output) or "run"."""
+    base = ckpt.as_path(path)
+    if (base / "model.safetensors").exists() and (base / "config.json").exists():
+        return "export"
+    if (base / "model_config.json").exists() and (base / "params").exists():
+        return "import"
+    return "run"
+
+
+def _load_converted(path: str, kind: str):
+    """(params, model config, contract) of an export or an import output."""
+    if kind == "export":
+        return conversion.load_export(path)
+    params, config, _ = conversion.load_import(path)
+    contract = conversion.import_contract(path)
+    if contract is None:
+        raise FileNotFoundError(
+            f"{path} holds weights but no {transforms.NORM_STATS_FILE}, so actions cannot be "
+            "given in robot units: import an export of a run (`python -m conversion export "
+            "--run`), which carries it, or pass statistics=DIR_WITH_NORM_STATS."
+        )
+    return params, config, contract
+
+
 class Policy:
-    """A trained F1 behind the observation contract, with the episode's frame history."""
+    """A trained F1 behind the observation contract, with the episode's frame history and
+    frame-code cache. `fork()` gives another episode state sharing the weights and programs."""
 
     def __init__(
-        self, model: F1, params: Any, info: CheckpointInfo, tokenizer_path: str | None = None
+        self,
+        model: F1,
+        params: Any,
+        info: CheckpointInfo,
+        tokenizer_path: str | None = None,
+        frame_cache: bool = True,
     ):
         self.model = model
         self.params = params
         self.info = info
         self.spec = info.spec
-        tokenizer = Tokenizer(tokenizer_path or info.tokenizer_path, info.spec.max_token_len)
+        self.frame_cache = frame_cache
+        self.tokenizer = Tokenizer(tokenizer_path or info.tokenizer_path, info.spec.max_token_len)
         self.transform = transforms.ObservationTransform(
-            info.spec, info.cameras, info.dataset_stats, tokenizer
+            info.spec, info.cameras, info.dataset_stats, self.tokenizer
         )
+        self._codes: dict[int, np.ndarray] = {}  # episode frame index -> multi-scale codes [L]
+        self.encoded_frames = 0  # VQ-VAE encodings run by this policy (the cache's saving)
         # One compiled program per value of return_foresight, reused for every call.
         self._infer_fn = jax.jit(self._infer_device, static_argnames="return_foresight")
+        self._codes_fn = jax.jit(self._frame_codes_device)
 
     @classmethod
     def from_checkpoint(
@@ -89,22 +159,51 @@ class Policy:
         use_ema: bool = False,
         tokenizer_path: str | None = None,
         device: jax.Device | None = None,
+        frame_cache: bool = True,
+        statistics: str | None = None,
     ) -> "Policy":
-        """Loads a run's parameters onto one device (no optimizer state) and its statistics.
+        """Loads weights onto one device and the statistics that un-normalise actions.
 
-        path: run workdir or its checkpoints/ dir; step: default latest; dataset: whose statistics
-        (un)normalise state and actions, default the first of the mixture; tokenizer_path: overrides
-        the recorded one (e.g. when the run was trained on another machine).
+        path: a run (its workdir or checkpoints/; only the parameters are restored, never the
+          optimizer state), an export (`python -m conversion export --run`) or an import output
+          (`python -m conversion import ...`); local or a URI.
+        step, use_ema: runs only (default: the latest step). dataset: whose statistics
+          (un)normalise state and actions (default: the first of the run's mixture).
+        tokenizer_path: overrides the recorded tokenizer (a run trained on another machine).
+        statistics: a directory with a norm_stats.json (an export) for an import output that has
+          none.
         """
-        info = read_checkpoint_info(path, step, dataset)
-        model = F1(info.model_config)
+        kind = checkpoint_kind(path)
         sharding = jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])
-        abstract = jax.tree.map(
-            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
-            nn.unbox(st.abstract_params(model)),
+        if kind == "run":
+            info = read_checkpoint_info(path, step, dataset)
+            model = F1(info.model_config)
+            abstract = jax.tree.map(
+                lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+                nn.unbox(st.abstract_params(model)),
+            )
+            params = ckpt.restore_params(info.directory, info.step, abstract, use_ema=use_ema)
+            return cls(model, params, info, tokenizer_path, frame_cache)
+        if step is not None or use_ema:
+            raise ValueError(f"{path} is an {kind} directory: step and use_ema select run steps.")
+        if statistics is not None and kind == "import":
+            params, model_config, _ = conversion.load_import(path)
+            contract = transforms.read_deployment_contract(statistics)
+        else:
+            params, model_config, contract = _load_converted(path, kind)
+        info = _info(kind, contract, model_config, dataset, str(path))
+        params = jax.device_put(params, sharding)
+        return cls(F1(model_config), params, info, tokenizer_path, frame_cache)
+
+    def fork(self) -> "Policy":
+        """A policy with its own episode state (history, frame-code cache) sharing the weights
+        and the compiled programs: one per robot or server connection."""
+        other = copy.copy(self)
+        other.transform = transforms.ObservationTransform(
+            self.spec, self.info.cameras, self.info.dataset_stats, self.tokenizer
         )
-        params = ckpt.restore_params(info.directory, info.step, abstract, use_ema=use_ema)
-        return cls(model, params, info, tokenizer_path)
+        other._codes, other.encoded_frames = {}, 0
+        return other
 
     # --- episode state ---------------------------------------------------------------------------
 
@@ -113,8 +212,9 @@ class Policy:
         return self.transform.history
 
     def reset(self) -> None:
-        """Starts a new episode: forgets the generation camera's frame history."""
+        """Starts a new episode: forgets the frame history and the frame codes."""
         self.transform.reset()
+        self._codes = {}
 
     def observe(self, observation: Mapping[str, Any]) -> None:
         """Records a step's generation frame without inferring (steps executed open-loop from a
@@ -133,6 +233,30 @@ class Policy:
 
     # --- model -----------------------------------------------------------------------------------
 
+    def _frame_codes_device(self, params: Any, frame: jax.Array) -> jax.Array:
+        """One uint8 frame [h, w, 3] -> its multi-scale codes int32 [L]."""
+        frames = to_unit_range(frame)[None, None]
+        codes = self.model.apply({"params": params}, frames, method=F1.frame_codes)
+        return codes[0, 0]
+
+    def history_codes(self, gen_frames: np.ndarray, frame_index: np.ndarray | None) -> np.ndarray:
+        """int32 [H, L]: the codes of the history frames uint8 [H, h, w, 3], each encoded once per
+        episode when its index is known and the cache is on (every frame otherwise)."""
+        out = []
+        for k, frame in enumerate(gen_frames):
+            key = None if frame_index is None or not self.frame_cache else int(frame_index[k])
+            codes = self._codes.get(key) if key is not None else None
+            if codes is None:
+                codes = np.asarray(self._codes_fn(self.params, jnp.asarray(frame)))
+                self.encoded_frames += 1
+                if key is not None:
+                    self._codes[key] = codes
+            out.append(codes)
+        if frame_index is not None and self._codes:  # older frames are never looked at again
+            oldest = int(np.min(frame_index))
+            self._codes = {k: v for k, v in self._codes.items() if k >= oldest or k < 0}
+        return np.stack(out)
+
     def _infer_device(
         self, params: Any, example: dict, rng: jax.Array, return_foresight: bool
     ) -> dict:
@@ -150,10 +274,16 @@ class Policy:
         }
 
     def infer_normalized(
-        self, example: Mapping[str, np.ndarray], rng: jax.Array, return_foresight: bool = False
+        self,
+        example: Mapping[str, np.ndarray],
+        rng: jax.Array,
+        return_foresight: bool = False,
+        frame_index: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
-        """The jitted model on one preprocessed example: normalised actions [chunk, action_dim]
-        (+ foresight)."""
+        """The model on one preprocessed example: normalised actions [chunk, action_dim]
+        (+ foresight). frame_index: the history frames' episode indices, for the cache."""
+        example = dict(example)
+        example["history_codes"] = self.history_codes(example.pop("gen_frames"), frame_index)
         example = {k: jnp.asarray(v) for k, v in example.items()}
         out = self._infer_fn(self.params, example, rng, return_foresight=return_foresight)
         return jax.tree.map(np.asarray, out)
@@ -169,7 +299,9 @@ class Policy:
           "foresight_tokens" int32 [n] and "foresight_image" uint8 [h, w, 3] (the predicted frame
           `target_offsets[0]` steps ahead).
         """
-        out = self.infer_normalized(self.preprocess(observation), rng, return_foresight)
+        example = self.transform(observation)
+        frame_index = example.pop("frame_index")
+        out = self.infer_normalized(example, rng, return_foresight, frame_index)
         result = {"actions": self.transform.robot_actions(out["actions"])}
         if return_foresight:
             result["foresight_tokens"] = out["foresight_tokens"]

@@ -174,20 +174,32 @@ class F1(nn.Module):
         tokens = jnp.concatenate([self._precision.cast(patches), words], axis=1)
         return tokens, jnp.concatenate([image_pad, obs["token_mask"].astype(bool)], axis=1)
 
+    def frame_codes(self, frames: jax.Array) -> jax.Array:
+        """The frozen VQ-VAE's multi-scale codes of [B, T, h, w, 3] frames: int32 [B, T, L],
+        each frame's per-scale index maps concatenated (L = sum(pn^2), 680 at full size)."""
+        batch, steps = frames.shape[:2]
+        idx_list = self.vqvae.img_to_idx_list(frames.reshape(batch * steps, *frames.shape[2:]))
+        return jnp.concatenate(idx_list, axis=1).reshape(batch, steps, -1)
+
+    def codes_to_inputs(self, codes: jax.Array) -> jax.Array:
+        """Multi-scale codes [B, T, L] -> next-scale inputs [B, T, L - 1, z] (teacher-forcing
+        layout), exactly: the codes are all the VQ-VAE keeps of a frame."""
+        batch, steps = codes.shape[:2]
+        flat = codes.reshape(batch * steps, -1)
+        sizes = [pn * pn for pn in self.config.vqvae.patch_nums]
+        starts = np.cumsum([0] + sizes[:-1])
+        idx_list = [flat[:, s : s + n] for s, n in zip(starts, sizes)]
+        var_input = self.vqvae.idx_list_to_var_input(idx_list)
+        return jax.lax.stop_gradient(var_input.reshape(batch, steps, *var_input.shape[1:]))
+
     def encode_frames(self, frames: jax.Array) -> tuple[jax.Array, jax.Array]:
         """The frozen VQ-VAE on [B, T, h, w, 3] frames.
 
         Returns:
           next-scale inputs [B, T, 679, z] (teacher-forcing layout) and code indices [B, T, 680].
         """
-        batch, steps = frames.shape[:2]
-        idx_list = self.vqvae.img_to_idx_list(frames.reshape(batch * steps, *frames.shape[2:]))
-        var_input = self.vqvae.idx_list_to_var_input(idx_list)
-        codes = jnp.concatenate(idx_list, axis=1)
-        return (
-            jax.lax.stop_gradient(var_input.reshape(batch, steps, *var_input.shape[1:])),
-            codes.reshape(batch, steps, -1),
-        )
+        codes = self.frame_codes(frames)
+        return self.codes_to_inputs(codes), codes
 
     def sample_foresight(
         self, und_tokens: jax.Array, und_pad: jax.Array, gen_prefix: jax.Array, rng: jax.Array
@@ -249,9 +261,17 @@ class F1(nn.Module):
     def encode_prefix(
         self, obs: Batch, rng: jax.Array
     ) -> tuple[dict[str, jax.Array], KVCache, jax.Array]:
-        """Everything before denoising: understanding, history, foresight. See `sample_foresight`."""
+        """Everything before denoising: understanding, history, foresight. See `sample_foresight`.
+
+        The history comes as frames (obs["history"]) or, already encoded, as their multi-scale
+        codes (obs["history_codes"] int32 [B, T, L], see `frame_codes`: a closed-loop policy
+        encodes each frame once).
+        """
         und_tokens, und_pad = self.embed_understanding(obs)
-        history, _ = self.encode_frames(obs["history"])
+        if "history_codes" in obs:
+            history = self.codes_to_inputs(obs["history_codes"])
+        else:
+            history, _ = self.encode_frames(obs["history"])
         return self.sample_foresight(
             und_tokens, und_pad, self.foresight.embed_history(history), rng
         )
@@ -431,7 +451,9 @@ def model_inputs(batch: Batch, num_history: int = 4) -> Batch:
     """A batch of the observation contract (`ObservationSpec.example_spec` keys, uint8 images)
     -> F1's inputs. Runs inside the jitted step, so images travel to the device as uint8.
 
-    gen_frames [B, num_history (+ 1), h, w, 3] holds the history frames, then the target frame.
+    gen_frames [B, num_history (+ 1), h, w, 3] holds the history frames, then the target frame;
+    instead of them, history_codes int32 [B, num_history, L] may carry the history already
+    encoded (`F1.frame_codes`).
     """
     inputs = {
         "images": to_unit_range(batch["images"]),
@@ -440,10 +462,13 @@ def model_inputs(batch: Batch, num_history: int = 4) -> Batch:
         "token_mask": batch["token_mask"].astype(bool),
         "state": batch["state"].astype(jnp.float32),
     }
-    frames = to_unit_range(batch["gen_frames"])
-    inputs["history"] = frames[:, :num_history]
-    if frames.shape[1] > num_history:
-        inputs["target_frame"] = frames[:, num_history]
+    if "gen_frames" in batch:
+        frames = to_unit_range(batch["gen_frames"])
+        inputs["history"] = frames[:, :num_history]
+        if frames.shape[1] > num_history:
+            inputs["target_frame"] = frames[:, num_history]
+    if "history_codes" in batch:
+        inputs["history_codes"] = batch["history_codes"].astype(jnp.int32)
     if "actions" in batch:
         inputs["actions"] = batch["actions"].astype(jnp.float32)
         inputs["action_is_pad"] = batch["action_is_pad"].astype(bool)
