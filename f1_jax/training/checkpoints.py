@@ -150,10 +150,12 @@ class RunDir:
         }
 
     def latest_step(self) -> int | None:
-        """The latest complete checkpoint's step, or None when there is none."""
+        """The latest complete checkpoint's step, or None when there is none. Lists the
+        directory only (no CheckpointManager, whose creation is a collective on every process)."""
         if not self.checkpoints.exists():
             return None
-        return RunCheckpoints(self.checkpoints, 1, async_save=False, read_only=True).latest_step()
+        steps = ocp.path.step.checkpoint_steps(self.checkpoints)
+        return max(steps) if steps else None
 
 
 def save_params(path: PathLike, params: Any) -> None:
