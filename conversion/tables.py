@@ -233,7 +233,7 @@ def vae_rows(vqvae_paths: list[str], prefix: str, aliases: tuple[str, ...] = ())
 
 
 def f1_table(config: F1Config, vqvae_paths: list[str]) -> list[Row]:
-    """The official F1 `model.safetensors` (f1_vla_reference.md section 7)."""
+    """The official F1 `model.safetensors` (key names and layouts: docs/conversion.md)."""
     p = F1_PREFIX + "paligemma."
     lm = p + "language_model."
     rows = siglip_rows(p + "vision_tower.vision_model.", p + "multi_modal_projector.linear.", BF16)

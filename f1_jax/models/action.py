@@ -1,4 +1,4 @@
-"""The action expert's inputs and outputs, and flow matching (f1_vla_reference.md section 5).
+"""The action expert's inputs and outputs, and flow matching (docs/model.md, "Actions").
 
 Flow convention (pi0 / F1): t in (0, 1], t = 1 is pure noise, x_t = t * noise + (1 - t) * actions,
 and the network predicts the velocity u_t = noise - actions. Sampling integrates from t = 1 to 0
@@ -168,7 +168,7 @@ def flow_matching_loss(
     """Mean squared error to the target velocity `noise - actions`, as the original computes it.
 
     Steps past the episode end (`action_is_pad` [B, chunk]) are zeroed but stay in the denominator,
-    and the zero-padded action dims are part of the mean (f1_vla_reference.md section 11.5).
+    and the zero-padded action dims are part of the mean (docs/model.md, "Quirks").
     """
     error = jnp.square((noise - actions) - velocity.astype(jnp.float32))
     return jnp.mean(error * (~action_is_pad)[..., None])

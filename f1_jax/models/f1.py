@@ -1,6 +1,6 @@
 """The whole F1 model: token assembly, the U -> G -> A mask, the training loss and sampling.
 
-One sequence per sample, in expert order (f1_vla_reference.md section 3):
+One sequence per sample, in expert order (docs/model.md, "Token layout"):
   understanding  camera patch tokens + instruction tokens        block 0 (bidirectional)
   generation     sos + 678 history tokens                         block 0 (with understanding)
                  token 679: last history token = scale-0 query   its own block
@@ -61,6 +61,11 @@ class F1Config:
     # "sampled": the original stage-2/3 path, coarser scales are sampled from the model's own logits.
     # "teacher_forcing": ground-truth next-scale inputs with the mask-embedding mixture (stage 1).
     foresight_training: str = "sampled"
+    # Sampled training: run the prefix (cameras, instruction, history) once, with gradient, and
+    # both sample the coarse scales and compute the loss over its KV cache (the block mask keeps
+    # the prefix blind to what follows, so this is the joint pass, computed once). False: the
+    # original's order, a gradient-free prefix pass to sample, then one joint pass.
+    reuse_prefix: bool = True
     action_loss_weight: float = 1.0
     foresight_loss_weight: float = 0.1
 
@@ -211,18 +216,41 @@ class F1(nn.Module):
             next-scale inputs fed back), f_hat [B, L, L, z]; n = tokens of the predicted scales.
           The KV cache over understanding + all generation tokens, and its pad mask [B, P].
         """
-        fc = self.config.foresight
-        pad, starts = sequence_layout(und_pad, fc, chunk_size=None)
+        pad, starts = sequence_layout(und_pad, self.config.foresight, chunk_size=None)
         mask = masks.block_attention_mask(pad, starts)
         positions = masks.positions_from_pad(pad)
         end = und_tokens.shape[1] + gen_prefix.shape[1]
         (_, gen_out, _), cache = self.stack(
             [und_tokens, gen_prefix, None], positions[:, :end], mask[:, :end, :end]
         )
-        logits = self.foresight.logits(gen_out[:, -1:])
-        batch, z = und_tokens.shape[0], fc.z_channels
+        foresight, cache = self.sample_scales(gen_out[:, -1:], cache, positions, mask, end, rng)
+        return foresight, cache, pad
+
+    def sample_scales(
+        self,
+        query: jax.Array,
+        cache: KVCache,
+        positions: jax.Array,
+        mask: jax.Array,
+        end: int,
+        rng: jax.Array,
+    ) -> tuple[dict[str, jax.Array], KVCache]:
+        """Next-scale sampling after the prefix: scale 0 from the prefix's last output, each later
+        scale from its inputs run over the growing KV cache.
+
+        Args:
+          query: [B, 1, gen.width] the scale-0 query's output (the prefix's last token).
+          cache: the prefix's KV cache ([depth, B, end, K, H]).
+          positions, mask: [B, N] and [B, N, N] of a sequence layout whose first `end` tokens are
+            the prefix and whose next ones the generation scales.
+        Returns:
+          the foresight dict of `sample_foresight` and the cache grown by every fed-back scale.
+        """
+        fc = self.config.foresight
+        batch, z = query.shape[0], fc.z_channels
         side = fc.patch_nums[-1]
         f_hat = jnp.zeros((batch, side, side, z), jnp.float32)
+        logits = self.foresight.logits(query)
         all_tokens, all_logits, fed_back = [], [], []
         for si in range(fc.num_scales):
             if si > 0:
@@ -254,7 +282,7 @@ class F1(nn.Module):
             "scale_inputs": scale_inputs,
             "f_hat": f_hat,
         }
-        return foresight, cache, pad
+        return foresight, cache
 
     # --- inference pieces (composed by `sample_actions`) ----------------------------------------
 
@@ -305,23 +333,6 @@ class F1(nn.Module):
         gen_prefix = self.foresight.embed_history(var_inputs[:, :-1])
         targets = codes[:, -1, : fc.num_predicted]
 
-        num_fed = fc.num_predicted - fc.scale_lengths[0]
-        if c.foresight_training == "sampled":
-            foresight, _, _ = self.sample_foresight(und_tokens, und_pad, gen_prefix, rng_fore)
-            scale_inputs = jax.lax.stop_gradient(foresight["scale_inputs"])
-        else:
-            scale_inputs = mix_mask_embedding(
-                rng_mask,
-                var_inputs[:, -1, :num_fed],
-                self.foresight.mask_embedding_value(),
-                fc.mask_sample_prob,
-                fc.mask_token_prob,
-            )
-        gen_tokens = jnp.concatenate(
-            [gen_prefix, self.foresight.embed_scale_inputs(scale_inputs, fc.scale_lengths[0])],
-            axis=1,
-        )
-
         with_actions = c.action_loss_weight > 0 or self.is_initializing()
         act_tokens = None
         if with_actions:
@@ -333,16 +344,69 @@ class F1(nn.Module):
                 noisy_actions(actions, noise, t),
                 t,
             )
-
         pad, starts = sequence_layout(und_pad, fc, c.action.chunk_size if with_actions else None)
-        (_, gen_out, act_out), _ = self.stack(
-            [und_tokens, self._precision.cast(gen_tokens), act_tokens],
-            masks.positions_from_pad(pad),
-            masks.block_attention_mask(pad, starts),
-        )
+        positions = masks.positions_from_pad(pad)
+        mask = masks.block_attention_mask(pad, starts)
+        gen_prefix = self._precision.cast(gen_prefix)
 
-        first = fc.num_cond  # the scale-0 query is the last history token
-        logits = self.foresight.logits(gen_out[:, first : first + fc.num_predicted])
+        num_fed = fc.num_predicted - fc.scale_lengths[0]
+        if c.foresight_training == "sampled" and c.reuse_prefix:
+            # The prefix once, with gradient; the scales are sampled on its cache (no gradient:
+            # their inputs are stop_gradient), then scales + actions run over the same cache.
+            end = und_tokens.shape[1] + gen_prefix.shape[1]
+            (_, prefix_out, _), cache = self.stack(
+                [und_tokens, gen_prefix, None], positions[:, :end], mask[:, :end, :end]
+            )
+            foresight, _ = self.sample_scales(
+                jax.lax.stop_gradient(prefix_out[:, -1:]),
+                jax.lax.stop_gradient(cache),
+                positions,
+                mask,
+                end,
+                rng_fore,
+            )
+            scale_inputs = jax.lax.stop_gradient(foresight["scale_inputs"])
+            scale_tokens = self.foresight.embed_scale_inputs(scale_inputs, fc.scale_lengths[0])
+            if num_fed or act_tokens is not None:
+                (_, gen_out, act_out), _ = self.stack(
+                    [None, self._precision.cast(scale_tokens) if num_fed else None, act_tokens],
+                    positions[:, end:],
+                    mask[:, end:],
+                    kv_cache=cache,
+                )
+            gen_out = (
+                prefix_out[:, -1:]
+                if not num_fed
+                else jnp.concatenate([prefix_out[:, -1:].astype(gen_out.dtype), gen_out], axis=1)
+            )
+        else:
+            if c.foresight_training == "sampled":
+                foresight, _, _ = self.sample_foresight(und_tokens, und_pad, gen_prefix, rng_fore)
+                scale_inputs = jax.lax.stop_gradient(foresight["scale_inputs"])
+            else:
+                scale_inputs = mix_mask_embedding(
+                    rng_mask,
+                    var_inputs[:, -1, :num_fed],
+                    self.foresight.mask_embedding_value(),
+                    fc.mask_sample_prob,
+                    fc.mask_token_prob,
+                )
+            gen_tokens = jnp.concatenate(
+                [
+                    gen_prefix,
+                    self._precision.cast(
+                        self.foresight.embed_scale_inputs(scale_inputs, fc.scale_lengths[0])
+                    ),
+                ],
+                axis=1,
+            )
+            (_, gen_out, act_out), _ = self.stack(
+                [und_tokens, gen_tokens, act_tokens], positions, mask
+            )
+            first = fc.num_cond  # the scale-0 query is the last history token
+            gen_out = gen_out[:, first : first + fc.num_predicted]
+
+        logits = self.foresight.logits(gen_out)
         foresight_loss = _cross_entropy(logits, targets)
         correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
         metrics = {

@@ -1,6 +1,6 @@
 """The generation expert's inputs and outputs: visual foresight by VAR next-scale prediction.
 
-f1_vla_reference.md sections 4.2-4.4, var_reference.md section 3. The generation expert (a Gemma
+docs/model.md, "Foresight". The generation expert (a Gemma
 stack, see gemma.py) never sees code indices: it sees continuous VQ-VAE next-scale inputs
 [.., z] embedded by one shared Linear `wm_embeddings`.
 

@@ -1,4 +1,4 @@
-"""Gemma blocks and the multi-expert joint-attention stack (f1_vla_reference.md section 2.1).
+"""Gemma blocks and the multi-expert joint-attention stack (docs/model.md, "Three experts").
 
 Each expert (understanding, generation, action) has its own norms, Q/K/V/O projections and GeGLU
 MLP; in every layer the Q/K/V of all present experts are concatenated along the sequence axis and go
@@ -125,7 +125,7 @@ class RMSNorm(nn.Module):
 
 
 def apply_rope(x: jax.Array, positions: jax.Array, base: float = 10_000.0) -> jax.Array:
-    """Rotary embedding, rotate-half convention, computed in fp32 (reference 2.1 step 3).
+    """Rotary embedding, rotate-half convention, computed in fp32, as the original.
 
     Args:
       x: [B, T, heads, H].

@@ -1,4 +1,4 @@
-"""Block attention masks and RoPE position ids (f1_vla_reference.md section 3).
+"""Block attention masks and RoPE position ids (docs/model.md, "Token layout").
 
 A token group is described by two per-token vectors: `pad` (True for real tokens) and
 `block_start` (1 where a new attention block starts). Token i may attend to token j when j's block

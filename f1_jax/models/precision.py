@@ -1,6 +1,6 @@
 """Numerical precision settings shared by every model module.
 
-`default` follows DESIGN.md: fp32 parameters, bf16 matmul inputs, fp32 norms, RoPE, softmax and
+`default` (docs/model.md, "Numerics"): fp32 parameters, bf16 matmul inputs, fp32 norms, RoPE, softmax and
 losses. `parity` runs everything in fp32 with the highest matmul precision, for tests against
 reference implementations (transformers, torch.nn.functional).
 """

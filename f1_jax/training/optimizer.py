@@ -1,5 +1,5 @@
 """AdamW with per-group learning rates, warm-up + cosine/constant schedules, global-norm clipping
-and per-stage freezing (f1_vla_reference.md section 9).
+and per-stage freezing (the original's per-group learning rates; README "Training").
 
 Every parameter belongs to one group by its path: `vision` (SigLIP + projector), `und` (Gemma-2B and
 its embedding), `gen` (generation expert + foresight heads), `act` (action expert + projections),

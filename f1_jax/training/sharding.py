@@ -1,4 +1,4 @@
-"""Device mesh and logical-axis sharding rules (DESIGN.md decision 3).
+"""Device mesh and logical-axis sharding rules (docs/architecture.md, "Sharding").
 
 Parameters carry logical axis names (`embed`, `mlp`, `q_heads`, `vocab`, `layers`, ...); a rule
 table in the config maps each name to mesh axes (`data`, `fsdp`, `tensor`). Within a slice the

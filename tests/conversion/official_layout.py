@@ -1,7 +1,7 @@
 """The official F1 state-dict layout, written out independently of conversion/tables.py.
 
-Transcribed from f1_vla_reference.md section 7 (key patterns x layer counts, PyTorch shapes,
-dtypes) and var_reference.md section 2 (VAR VQ-VAE keys), parameterised by sizes so the same
+Transcribed from the released F1 state dict (key patterns x layer counts, PyTorch shapes,
+dtypes) and VAR's VQ-VAE keys, parameterised by sizes so the same
 table describes the released model and the tiny test models.
 """
 

@@ -124,7 +124,7 @@ def test_verify_reports_zero_difference(official_tiny, capsys):
     )  # lvl_1L, ema buffer, two expert lm_heads: not params
 
 
-# The released config.json's sizes (f1_vla/config/f1_config.json, f1_vla_reference.md 1.2).
+# The released config.json's sizes (f1_vla/config/f1_config.json in the official repository).
 RELEASED_CONFIG = {
     "und_expert_config": {
         "text_config": {

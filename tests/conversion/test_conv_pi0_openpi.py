@@ -1,7 +1,7 @@
 """lerobot pi0 (both key layouts, with and without `model.`) and openpi JAX checkpoints -> ours.
 
 The pi0 files are assembled from transformers models (PaliGemma + a Gemma action expert); the
-openpi tree is derived from the same tensors with the formulas of f1_vla_reference.md 7.1, so
+openpi tree is derived from the same tensors with lerobot's pi0 conversion formulas, so
 the two imports must agree bit for bit.
 """
 
@@ -89,7 +89,7 @@ def pi0_tensors(config, layout: str, model_prefix: bool) -> dict[str, np.ndarray
 
 
 def openpi_tree(config, pi0_old: dict) -> dict:
-    """openpi's params tree from an old-layout pi0 state dict (reference 7.1 formulas, inverted)."""
+    """openpi's params tree from an old-layout pi0 state dict (lerobot's conversion formulas, inverted)."""
     s, P = config.siglip, "model.paligemma_with_expert."
     heads, hd, w = s.num_heads, s.width // s.num_heads, s.width
     v = P + "paligemma.vision_tower.vision_model."

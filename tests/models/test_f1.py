@@ -212,3 +212,40 @@ def test_cached_velocity_equals_the_joint_pass(tiny_model):
     cached, joint = jax.jit(nn.apply(both, model))(params)
     # The stack (cached prefix vs one joint pass), then the velocity projection (32 + bias).
     assert_close(cached, joint, terms=(_stack_terms(batch), TINY.action.width + 1))
+
+
+@pytest.mark.parametrize("num_scales", [1, 4])
+def test_prefix_reuse_gives_the_joint_pass_loss_and_gradients(tiny_model, num_scales):
+    """Sampled training with the prefix run once (its cache reused for sampling and for the loss)
+    equals the original order (a gradient-free prefix pass to sample, then one joint pass): the
+    same foresight samples, loss, metrics and gradients of every parameter, in fp32."""
+    _, params, batch = tiny_model
+    base = dataclasses.replace(
+        TINY, foresight=dataclasses.replace(TINY.foresight, num_scales=num_scales)
+    )
+    rng = jax.random.key(4)
+
+    def loss_and_grads(reuse: bool):
+        model = F1(dataclasses.replace(base, reuse_prefix=reuse))
+        fn = jax.value_and_grad(lambda p: model.apply(p, batch, rng), has_aux=True)
+        return jax.jit(fn)(params)
+
+    (loss_new, metrics_new), grads_new = loss_and_grads(True)
+    (loss_old, metrics_old), grads_old = loss_and_grads(False)
+    terms = _stack_terms(batch)
+    for name in metrics_old:
+        assert_close(metrics_new[name], metrics_old[name], terms=terms, scale=1.0)
+    assert_close(loss_new, loss_old, terms=terms, scale=abs(float(loss_old)))
+    flat_new = jax.tree_util.tree_leaves_with_path(grads_new)
+    flat_old = dict(jax.tree_util.tree_leaves_with_path(grads_old))
+    moved = 0
+    # Backward through the stack: the forward's reduction lengths again. Scale: the parameter's
+    # largest gradient entry, but at least 1e-6 of the largest gradient anywhere (a gradient
+    # that cancels to ~0, e.g. of a bias under a norm, is noise at the size of its summands).
+    largest = max(float(jnp.abs(g).max()) for _, g in flat_new)
+    for path, g_new in flat_new:
+        g_old = flat_old[path]
+        scale = max(float(jnp.abs(g_old).max()), 1e-6 * largest)
+        assert_close(g_new, g_old, terms=2 * terms, scale=scale, err_msg=jax.tree_util.keystr(path))
+        moved += int(float(jnp.abs(g_old).max()) > 1e-6 * largest)
+    assert moved > 50  # the gradients compared are real, not all zeros

@@ -1,7 +1,7 @@
 """Foresight (generation expert I/O): embeddings vs hand-written references, VAR sampler, masking.
 
-References are written from the formulas of f1_vla_reference.md sections 4.2-4.4 and VAR's
-`sample_with_top_k_top_p_` rule (var_reference.md 3.7), with the Flax weights copied over.
+References are written from the original's formulas (docs/model.md, "Foresight") and VAR's
+`sample_with_top_k_top_p_` rule, with the Flax weights copied over.
 """
 
 import functools

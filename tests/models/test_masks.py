@@ -1,4 +1,4 @@
-"""The cumulative block mask and position ids (f1_vla_reference.md section 3)."""
+"""The cumulative block mask and position ids (docs/model.md, "Token layout")."""
 
 import jax.numpy as jnp
 import numpy as np
