@@ -216,8 +216,9 @@ class F1Model(nn.Module):
 
         Args:
           inputs: images [B, C, S, S, 3], image_mask [B, C], tokens [B, Lt], token_mask [B, Lt],
-            state [B, <= state_dim], and gen_frames [B, T, h, w, 3] unless history_codes
-            [B, T, sum(pn^2)] (the frames' codes, e.g. from a frame-code cache) are given.
+            state [B, <= state_dim], and gen_frames [B, T, h, w, 3] (the first T = 4 are the
+            history) unless history_codes [B, 4, sum(pn^2)] (the frames' codes, e.g. from a
+            frame-code cache) are given. Moved to the model's device.
           generator: randomness of the foresight sampling and of the noise (default: torch's).
           noise: [B, chunk, action_dim] starting noise (not modified); default N(0, 1).
           decode: with return_foresight, also decode the foresight to an image (the VQ-VAE
@@ -227,31 +228,34 @@ class F1Model(nn.Module):
           {"tokens" [B, n], "logits" [B, n, V], "f_hat" [B, z, L, L], and if decode "image"
           [B, h, w, 3] in [-1, 1]}.
         """
-        c = self.config
+        c, device = self.config, self.device
+        inputs = {k: v.to(device) for k, v in inputs.items()}
         with exact_fp32():
             und_tokens, und_pad = self.embed_understanding(inputs)
-            if history_codes is None:
-                frames = inputs["gen_frames"]
+            if history_codes is not None:
+                history_codes = history_codes.to(device)
+            else:
+                frames = inputs["gen_frames"][:, : c.foresight.history_frames]
                 codes = self.frame_codes(frames.reshape(-1, *frames.shape[2:]))
                 history_codes = codes.view(frames.shape[0], frames.shape[1], -1)
             foresight, cache, prefix_pad = self.sample_foresight(
                 und_tokens, und_pad, history_codes, generator
             )
             batch = prefix_pad.shape[0]
-            state = _pad_to(inputs["state"].to(self.device), c.action.state_dim)
+            state = _pad_to(inputs["state"], c.action.state_dim)
             if noise is None:
                 noise = torch.randn(
                     batch,
                     c.action.chunk_size,
                     c.action.action_dim,
                     generator=generator,
-                    device=self.device,
+                    device=device,
                 )
 
             def velocity_fn(x_t: torch.Tensor, t: np.ndarray) -> torch.Tensor:
                 return self.velocity(cache, prefix_pad, state, x_t, t)
 
-            actions = euler_sample(velocity_fn, noise.to(self.device), c.action.num_steps)
+            actions = euler_sample(velocity_fn, noise.to(device), c.action.num_steps)
         if not return_foresight:
             return actions
         if decode:

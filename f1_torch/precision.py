@@ -18,8 +18,12 @@ from collections.abc import Iterator
 
 import torch
 
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16}
-DTYPES["bfloat16"] = torch.bfloat16
+DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+}
 
 
 def compute_dtype(dtype: str | torch.dtype) -> torch.dtype:

@@ -13,11 +13,14 @@ foresight codes may flip where bf16 moves a logit across a small margin, so only
 rate is bounded.
 """
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 
+from f1_jax.models.foresight import _top_k_top_p_logits
 from f1_torch import TorchPolicy
+from f1_torch.foresight import top_k_top_p_filter
 from tests.torch_runtime import exports
 from tests.torch_runtime.reference import jax_history_codes, jax_reference
 
@@ -77,12 +80,15 @@ def test_tiny_fp32_equals_jax(tiny_export, tiny_case):
         got = policy.infer_normalized(example, noise=noise, return_foresight=True)
         want_codes = jax_history_codes(tiny_export, example)
         _check_fp32(got, want, policy.history_codes(example).numpy(), want_codes)
-        _, foresight = policy.model.sample_actions(
-            policy.model_inputs(example),
-            history_codes=policy.history_codes(example)[None],
+        # The model on its own, encoding the history frames itself (no frame-code cache).
+        frames = torch.from_numpy(example["gen_frames"])[None]
+        actions, foresight = policy.model.sample_actions(
+            policy.model_inputs(example) | {"gen_frames": frames},
             noise=torch.from_numpy(noise)[None],
             return_foresight=True,
+            decode=False,
         )
+        np.testing.assert_array_equal(actions[0].numpy(), got["actions"])
         assert np.abs(foresight["logits"][0].numpy() - want["logits"]).max() <= FP32_LOGIT_TOL
 
 
@@ -126,3 +132,15 @@ def test_small_fp32_and_bf16(small_export):
     assert BF16_MIN_ERROR < error <= BF16_MAX_RELATIVE_RMS * _rms(want["actions"])
     agreement = np.mean(foresight["tokens"][0].numpy() == want["tokens"])
     assert agreement >= BF16_MIN_CODE_AGREEMENT
+
+
+@pytest.mark.parametrize("top_k, top_p", [(900, 0.95), (5, 0.0), (0, 0.6), (3, 0.5), (64, 1.0)])
+def test_top_k_top_p_filter_equals_jax(top_k, top_p):
+    """VAR's filter, as f1_jax implements it: the same logits survive (ties included)."""
+    rng = np.random.default_rng(top_k)
+    logits = rng.normal(0, 2, (2, 7, 64)).astype(np.float32)
+    logits[0, 0, :8] = logits[0, 0, 8]  # ties at the k-th value
+    ours = top_k_top_p_filter(torch.from_numpy(logits), top_k, top_p).numpy()
+    theirs = np.asarray(_top_k_top_p_logits(jnp.asarray(logits), top_k, top_p))
+    np.testing.assert_array_equal(np.isinf(ours), np.isinf(theirs))
+    np.testing.assert_array_equal(ours[~np.isinf(ours)], theirs[~np.isinf(theirs)])
