@@ -10,9 +10,8 @@ bf16 (bf16 weights and matmuls, fp32 elsewhere) rounds differently from XLA's bf
 compared by statistics against the fp32 reference, next to f1_jax's own bf16 path (`default`
 precision): at tiny its action error must stay within BF16_VS_JAX times the JAX bf16 error (both
 measured ~2.6e-3 RMS for actions of RMS ~1.5; at small 6.3e-3 vs 6.5e-3) and far above the fp32
-error (so bf16 really ran);
-foresight codes may flip where bf16 moves a logit across a small margin, so only their agreement
-rate is bounded.
+error (so bf16 really ran); foresight codes may flip where bf16 moves a logit across a small
+margin, so only their agreement rate is bounded.
 """
 
 import jax.numpy as jnp
