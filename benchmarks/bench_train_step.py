@@ -1,6 +1,12 @@
 """Train-step time and model FLOPs utilisation (MFU) of the F1 train step.
 
   python -m benchmarks.bench_train_step --sizes tiny,small [--batch 8] [--steps 5]
+      [--variant model.reuse_prefix=False --variant ''] [--compile_only]
+
+Each line also carries XLA's FLOPs of the compiled step and the compiler's memory analysis
+(arguments, temporaries, a peak estimate); `--compile_only` prints just those, so the full-size
+step can be sized on a CPU (one device: `--sizes full --batch 16 --compile_only`). On a GPU the
+device's measured peak memory is added.
 
 Model FLOPs per example (analytic, stated here so numbers are comparable across machines):
   for every transformer (SigLIP, and each expert of the joint stack) 6 x (layer parameters) x
@@ -13,6 +19,7 @@ best throughput of a large fp32 matmul on this machine (stated in the output).
 """
 
 import argparse
+import ast
 import time
 
 import flax.linen as nn
@@ -35,13 +42,12 @@ def measured_matmul_peak(n: int = 2048) -> float:
     return 2 * n**3 / best
 
 
-def model_flops_per_example(model_config, num_und_tokens: int) -> float:
+def model_flops_per_example(model_config, num_und_tokens: int, cams: int = 3) -> float:
     """Analytic training FLOPs of one example (see module docstring)."""
     c = model_config
     fc = c.foresight
     siglip_layer = 4 * (c.siglip.width**2 + c.siglip.width) + 2 * c.siglip.width * c.siglip.mlp_dim
     patches = c.siglip.num_patches
-    cams = 3
     flops = 6 * siglip_layer * c.siglip.depth * patches * cams
     flops += 12 * c.siglip.depth * c.siglip.width * patches * patches * cams
     flops += 6 * c.siglip.width * c.siglip.out_width * patches * cams
@@ -60,29 +66,88 @@ def model_flops_per_example(model_config, num_und_tokens: int) -> float:
     return float(flops)
 
 
-def bench(size: str, batch_size: int, num_steps: int, peak: float, peak_source: str) -> None:
+def _set(config, assignment: str) -> str:
+    """Applies `field.path=value` (a Python literal, or a bare string) to the config."""
+    path, _, text = assignment.partition("=")
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = text
+    node, *rest = path.split(".")
+    target = config[node]
+    for key in rest[:-1]:
+        target = target[key]
+    target[rest[-1]] = value
+    return assignment
+
+
+def _gib(n: float) -> float:
+    return round(n / 2**30, 3)
+
+
+def bench(
+    size: str,
+    batch_size: int,
+    num_steps: int,
+    peak: float,
+    peak_source: str,
+    overrides: list[str],
+    compile_only: bool,
+) -> None:
     config = base_config()
     config.model.size = size
     config.model.precision = "default" if jax.default_backend() != "cpu" else "parity"
     config.model.remat_policy = "none" if size != "full" else "full"
     config.model.chunk_size = 4 if size == "tiny" else 30
     config.optimizer.frozen = ("vqvae",)
+    for assignment in overrides:
+        _set(config, assignment)
     mesh = sharding.make_mesh((1, -1, 1))
     ts = setup.train_setup(config, mesh)
     model_config = ts.model_config
-    state = ts.init_fn(jax.random.key(0))
     spec = observation_spec(model_config, config.data)
-    batch = {
-        k: np.zeros(v.shape, v.dtype) + (1 if v.dtype == bool else 0)
-        for k, v in setup.abstract_batch(spec, batch_size).items()
-    }
-    batch = sharding.host_batch_to_global(batch, mesh)
+    abstract = setup.abstract_batch(spec, batch_size, mesh)
     with nn.logical_axis_rules(ts.rules), jax.set_mesh(mesh):
         step = setup.jit_train_step(config, ts)
         start = time.perf_counter()
-        compiled = step.lower(state, batch).compile()
+        compiled = step.lower(ts.abstract_state, abstract).compile()
         compile_s = time.perf_counter() - start
-        xla_flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
+    cost = compiled.cost_analysis() or {}
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    xla_flops = float(cost.get("flops", float("nan")))
+    memory = compiled.memory_analysis()
+    und_tokens = len(spec.cameras) * model_config.siglip.num_patches + spec.max_token_len
+    flops = model_flops_per_example(model_config, und_tokens, len(spec.cameras)) * batch_size
+    fields = dict(
+        benchmark="train_step",
+        size=size,
+        batch=batch_size,
+        precision=config.model.precision,
+        remat=config.model.remat_policy,
+        overrides=overrides,
+        devices=jax.device_count(),
+        model_tflop_per_step=round(flops / 1e12, 4),
+        xla_tflop_per_step=round(xla_flops / 1e12, 4),
+        xla_gflop_per_example=round(xla_flops / batch_size / 1e9, 2),
+        aot_argument_gib=_gib(memory.argument_size_in_bytes),
+        aot_temp_gib=_gib(memory.temp_size_in_bytes),
+        aot_peak_estimate_gib=_gib(
+            memory.argument_size_in_bytes
+            + memory.temp_size_in_bytes
+            + memory.output_size_in_bytes
+            - memory.alias_size_in_bytes
+        ),
+        compile_s=round(compile_s, 1),
+    )
+    if compile_only:
+        emit(**fields)
+        return
+    state = ts.init_fn(jax.random.key(0))
+    batch = {
+        k: np.zeros(v.shape, v.dtype) + (1 if v.dtype == bool else 0) for k, v in abstract.items()
+    }
+    batch = sharding.host_batch_to_global(batch, mesh)
+    with nn.logical_axis_rules(ts.rules), jax.set_mesh(mesh):
         state, _ = step(state, batch)
         jax.block_until_ready(state)
         times = []
@@ -92,23 +157,16 @@ def bench(size: str, batch_size: int, num_steps: int, peak: float, peak_source: 
             jax.block_until_ready(metrics["loss"])
             times.append(time.perf_counter() - t0)
     step_s = float(np.median(times))
-    und_tokens = 3 * model_config.siglip.num_patches + 48
-    flops = model_flops_per_example(model_config, und_tokens) * batch_size
+    stats = jax.devices()[0].memory_stats() or {}
     emit(
-        benchmark="train_step",
-        size=size,
-        batch=batch_size,
-        precision=config.model.precision,
+        **fields,
         step_ms=round(1e3 * step_s, 1),
         examples_per_s=round(batch_size / step_s, 2),
-        model_tflop_per_step=round(flops / 1e12, 4),
-        xla_tflop_per_step=round(xla_flops / 1e12, 4),
         model_tflops_per_s=round(flops / step_s / 1e12, 4),
         mfu=round(flops / step_s / (peak * jax.device_count()), 4),
         peak_tflops_per_device=round(peak / 1e12, 3),
         peak_source=peak_source,
-        compile_s=round(compile_s, 1),
-        devices=jax.device_count(),
+        device_peak_gib=_gib(stats["peak_bytes_in_use"]) if "peak_bytes_in_use" in stats else None,
     )
 
 
@@ -117,14 +175,30 @@ def main():
     parser.add_argument("--sizes", default="tiny,small")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="comma-separated config overrides measured as one variant, e.g. "
+        "'model.reuse_prefix=False' (repeat the flag for several; none: the defaults)",
+    )
+    parser.add_argument(
+        "--compile_only",
+        action="store_true",
+        help="only compile: XLA FLOPs and the compiler's memory analysis (any machine)",
+    )
     args = parser.parse_args()
     kind = jax.devices()[0].device_kind
     if kind in PEAK_FLOPS:
         peak, source = PEAK_FLOPS[kind], f"{kind} bf16 dense datasheet"
+    elif args.compile_only:
+        peak, source = float("nan"), "not measured"
     else:
         peak, source = measured_matmul_peak(), "measured fp32 2048^3 matmul on this machine"
+    variants = [v.split(",") if v else [] for v in args.variant] or [[]]
     for size in args.sizes.split(","):
-        bench(size, args.batch, args.steps, peak, source)
+        for overrides in variants:
+            bench(size, args.batch, args.steps, peak, source, overrides, args.compile_only)
 
 
 if __name__ == "__main__":

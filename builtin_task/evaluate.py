@@ -2,6 +2,7 @@
 
     python -m builtin_task.evaluate --checkpoint WORKDIR[/checkpoints] --episodes 60 \
         [--output DIR] [--action_horizon K] [--seed S] [--step N] [--dataset NAME] [--use_ema]
+        [--backend jax|torch] [--match_backends] [--image_size PX]
 
 Every policy runs on the same held-out seeds (`builtin_task.eval_seeds`). Writes to the
 output directory (default WORKDIR/evaluation): results.json (success rate per task and overall
@@ -143,8 +144,43 @@ def baseline_episode(env, act: Callable[[dict], np.ndarray], seed: int) -> tuple
     return env.goal.task, bool(info["success"]), int(info["steps"])
 
 
+Actor = Callable[[dict, int, int], dict]  # (observation, episode seed, step) -> policy output
+
+
+def make_actor(policy, backend: str, seed: int, shared_noise: bool) -> Actor:
+    """How one inference is drawn, per backend.
+
+    jax: key fold_in(fold_in(key(seed), episode seed), step). torch: a generator seeded from
+    (seed, episode seed, step). shared_noise: the starting noise of the denoising comes from
+    NumPy, seeded the same way, for both backends (with greedy foresight, the two backends then
+    compute the same function and must reach the same outcomes).
+    """
+    chunk, width = policy.spec.chunk_size, policy.spec.action_dim
+
+    def noise(episode: int, step: int) -> np.ndarray | None:
+        if not shared_noise:
+            return None
+        rng = np.random.default_rng([seed, episode, step])
+        return rng.standard_normal((chunk, width)).astype(np.float32)
+
+    if backend == "jax":
+        key = jax.random.key(seed)
+
+        def act(obs: dict, episode: int, step: int) -> dict:
+            rng = jax.random.fold_in(jax.random.fold_in(key, episode), step)
+            return policy.infer(obs, rng, return_foresight=True, noise=noise(episode, step))
+
+        return act
+
+    def act_torch(obs: dict, episode: int, step: int) -> dict:
+        draw = int(np.random.SeedSequence([seed, episode, step]).generate_state(1)[0])
+        return policy.infer(obs, seed=draw, noise=noise(episode, step), return_foresight=True)
+
+    return act_torch
+
+
 def policy_episode(
-    env, policy, seed: int, rng, action_horizon: int | None, record: bool
+    env, policy, act: Actor, seed: int, action_horizon: int | None, record: bool
 ) -> dict[str, Any]:
     """One closed-loop episode: infer a chunk, execute its first `action_horizon` actions (every
     executed step's frame still enters the policy's history), repeat until done.
@@ -158,9 +194,7 @@ def policy_episode(
     frames, foresights = [obs["image"]], []
     done, info, step = False, {"success": False, "steps": 0}, 0
     while not done:
-        out = policy.infer(
-            obs, jax.random.fold_in(jax.random.fold_in(rng, seed), step), return_foresight=True
-        )
+        out = act(obs, seed, step)
         if record:
             foresights.append((step, out["foresight_image"]))
         actions = out["actions"][:action_horizon] if action_horizon else out["actions"]
@@ -189,7 +223,7 @@ def policy_episode(
 
 
 def _sim_image_size(config) -> int | None:
-    sim = config.get("sim") if hasattr(config, "get") else None
+    sim = config.get("sim") if config is not None else None
     if sim is not None and "image_size" in sim:
         return int(sim.image_size)
     return None
@@ -215,28 +249,50 @@ def run(
     max_steps: int | None = None,
     gif_episodes: int = 3,
     progress: bool = True,
+    backend: str = "jax",
+    greedy_foresight: bool = False,
+    shared_noise: bool = False,
 ) -> dict[str, Any]:
-    """Evaluates `checkpoint` (run workdir or checkpoints/) on `episodes` held-out seeds.
+    """Evaluates `checkpoint` on `episodes` held-out seeds.
 
+    checkpoint: backend "jax": a run (workdir or checkpoints/), an export or an import; "torch":
+      an export (`python -m conversion export --run`), run by the PyTorch runtime.
     action_horizon: actions executed per inferred chunk (default: the whole chunk).
-    image_size: simulator camera size; default the recorded `config.sim.image_size` (the size of
-    the generated training data), else the simulator's default.
+    image_size: simulator camera size; default the recorded `config.sim.image_size` of a run
+      (the size of its training data); required for exports, which carry no recipe.
+    greedy_foresight, shared_noise: the deterministic mode in which both backends compute the
+      same function (see make_actor).
     Returns (and writes to output_dir/results.json) the summary with "policy", "noop", "random".
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
-    policy = Policy.from_checkpoint(checkpoint, step=step, dataset=dataset, use_ema=use_ema)
-    chunk = policy.model.config.action.chunk_size
+    top_k = 1 if greedy_foresight else None
+    if backend == "torch":
+        from f1_torch.policy import TorchPolicy  # deferred: torch only for --backend torch
+
+        policy = TorchPolicy.from_export(checkpoint, dataset=dataset, top_k=top_k)
+        config = None
+    else:
+        policy = Policy.from_checkpoint(
+            checkpoint, step=step, dataset=dataset, use_ema=use_ema, top_k=top_k
+        )
+        config = policy.info.config
+    chunk = policy.spec.chunk_size
     if action_horizon is not None and not 1 <= action_horizon <= chunk:
         raise ValueError(f"action_horizon must be in [1, {chunk}], got {action_horizon}")
-    size = image_size or _sim_image_size(policy.info.config)
+    size = image_size or _sim_image_size(config)
+    if size is None:
+        raise ValueError(
+            f"{checkpoint} records no simulator image size: pass image_size (--image_size), the "
+            "size its training data was rendered at (the debug recipe's sim.image_size, 64)."
+        )
+    act = make_actor(policy, backend, seed, shared_noise)
     env_kwargs = {"max_steps": max_steps or MAX_STEPS}
     if size:
         env_kwargs["image_size"] = size
     env = SimEnv(**env_kwargs)
     blind = SimEnv(render_images=False, max_steps=env_kwargs["max_steps"])  # baselines: no pixels
     seeds = eval_seeds(episodes)
-    rng = jax.random.key(seed)
     os.makedirs(output_dir, exist_ok=True)
     tile = max(policy.spec.gen_crop, 96)
 
@@ -246,7 +302,7 @@ def run(
         seeds, desc="evaluate", unit="episode", disable=not progress, dynamic_ncols=True
     )
     for i, s in enumerate(bar):
-        ep = policy_episode(env, policy, s, rng, action_horizon, record=True)
+        ep = policy_episode(env, policy, act, s, action_horizon, record=True)
         outcomes["policy"].append((ep["task"], ep["success"]))
         strip = episode_strip(ep["frames"], ep["pairs"], tile)
         save_png(os.path.join(output_dir, "strips", f"episode_{i:03d}.png"), strip)
@@ -274,10 +330,13 @@ def run(
 
     results: dict[str, Any] = {name: summarize(o) for name, o in outcomes.items()}
     results["meta"] = {
-        "checkpoint": policy.info.directory,
-        "step": policy.info.step,
-        "dataset": policy.info.dataset_name,
+        "checkpoint": str(checkpoint),
+        "backend": backend,
+        "step": policy.info.step if backend == "jax" else None,
+        "dataset": policy.info.dataset_name if backend == "jax" else policy.dataset,
         "use_ema": use_ema,
+        "greedy_foresight": greedy_foresight,
+        "shared_noise": shared_noise,
         "episodes": episodes,
         "seeds": [int(s) for s in seeds],
         "action_horizon": action_horizon or chunk,
@@ -316,7 +375,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m builtin_task.evaluate", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--checkpoint", required=True, help="run workdir or its checkpoints/ dir")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a run (workdir or checkpoints/), an export or an import (torch backend: an export)",
+    )
+    parser.add_argument("--backend", choices=("jax", "torch"), default="jax")
+    parser.add_argument(
+        "--match_backends",
+        action="store_true",
+        help="greedy foresight and NumPy starting noise: both backends compute the same policy",
+    )
     parser.add_argument("--episodes", type=int, required=True)
     parser.add_argument("--output", default=None, help="default: WORKDIR/evaluation")
     parser.add_argument(
@@ -329,7 +398,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--step", type=int, default=None, help="default: latest checkpoint")
     parser.add_argument("--dataset", default=None, help="statistics to use (default: first)")
     parser.add_argument("--use_ema", action="store_true")
-    parser.add_argument("--image_size", type=int, default=None)
+    parser.add_argument(
+        "--image_size", type=int, default=None, help="simulator size (default: the run's)"
+    )
     parser.add_argument("--gif_episodes", type=int, default=3)
     args = parser.parse_args(argv)
     try:
@@ -344,6 +415,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             use_ema=args.use_ema,
             image_size=args.image_size,
             gif_episodes=args.gif_episodes,
+            backend=args.backend,
+            greedy_foresight=args.match_backends,
+            shared_noise=args.match_backends,
         )
     except (FileNotFoundError, KeyError, ValueError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e  # no KeyError quotes

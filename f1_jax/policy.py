@@ -123,6 +123,14 @@ def _load_converted(path: str, kind: str):
     return params, config, contract
 
 
+def _with_top_k(config: F1Config, top_k: int | None) -> F1Config:
+    if top_k is None:
+        return config
+    return dataclasses.replace(
+        config, foresight=dataclasses.replace(config.foresight, top_k=int(top_k))
+    )
+
+
 class Policy:
     """A trained F1 behind the observation contract, with the episode's frame history and
     frame-code cache. `fork()` gives another episode state sharing the weights and programs."""
@@ -161,6 +169,7 @@ class Policy:
         device: jax.Device | None = None,
         frame_cache: bool = True,
         statistics: str | None = None,
+        top_k: int | None = None,
     ) -> "Policy":
         """Loads weights onto one device and the statistics that un-normalise actions.
 
@@ -172,12 +181,13 @@ class Policy:
         tokenizer_path: overrides the recorded tokenizer (a run trained on another machine).
         statistics: a directory with a norm_stats.json (an export) for an import output that has
           none.
+        top_k: overrides the foresight sampling's top-k (1: greedy).
         """
         kind = checkpoint_kind(path)
         sharding = jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])
         if kind == "run":
             info = read_checkpoint_info(path, step, dataset)
-            model = F1(info.model_config)
+            model = F1(_with_top_k(info.model_config, top_k))
             abstract = jax.tree.map(
                 lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
                 nn.unbox(st.abstract_params(model)),
@@ -193,7 +203,7 @@ class Policy:
             params, model_config, contract = _load_converted(path, kind)
         info = _info(kind, contract, model_config, dataset, str(path))
         params = jax.device_put(params, sharding)
-        return cls(F1(model_config), params, info, tokenizer_path, frame_cache)
+        return cls(F1(_with_top_k(model_config, top_k)), params, info, tokenizer_path, frame_cache)
 
     def fork(self) -> "Policy":
         """A policy with its own episode state (history, frame-code cache) sharing the weights
@@ -258,14 +268,21 @@ class Policy:
         return np.stack(out)
 
     def _infer_device(
-        self, params: Any, example: dict, rng: jax.Array, return_foresight: bool
+        self,
+        params: Any,
+        example: dict,
+        rng: jax.Array,
+        noise: jax.Array | None,
+        return_foresight: bool,
     ) -> dict:
         batch = jax.tree.map(lambda x: x[None], example)
         obs = model_inputs(batch, self.model.config.foresight.history_frames)
+        noise = None if noise is None else noise[None]
+        params = {"params": params}
         if not return_foresight:
-            return {"actions": sample_actions(self.model, {"params": params}, obs, rng)[0]}
+            return {"actions": sample_actions(self.model, params, obs, rng, noise)[0]}
         actions, foresight = sample_actions(
-            self.model, {"params": params}, obs, rng, return_foresight=True
+            self.model, params, obs, rng, noise, return_foresight=True
         )
         return {
             "actions": actions[0],
@@ -279,17 +296,24 @@ class Policy:
         rng: jax.Array,
         return_foresight: bool = False,
         frame_index: np.ndarray | None = None,
+        noise: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
         """The model on one preprocessed example: normalised actions [chunk, action_dim]
-        (+ foresight). frame_index: the history frames' episode indices, for the cache."""
+        (+ foresight). frame_index: the history frames' episode indices, for the cache;
+        noise: the denoising's starting noise [chunk, action_dim] (default: drawn from rng)."""
         example = dict(example)
         example["history_codes"] = self.history_codes(example.pop("gen_frames"), frame_index)
         example = {k: jnp.asarray(v) for k, v in example.items()}
-        out = self._infer_fn(self.params, example, rng, return_foresight=return_foresight)
+        noise = None if noise is None else jnp.asarray(noise, jnp.float32)
+        out = self._infer_fn(self.params, example, rng, noise, return_foresight=return_foresight)
         return jax.tree.map(np.asarray, out)
 
     def infer(
-        self, observation: Mapping[str, Any], rng: jax.Array, return_foresight: bool = False
+        self,
+        observation: Mapping[str, Any],
+        rng: jax.Array,
+        return_foresight: bool = False,
+        noise: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
         """One control step.
 
@@ -301,7 +325,7 @@ class Policy:
         """
         example = self.transform(observation)
         frame_index = example.pop("frame_index")
-        out = self.infer_normalized(example, rng, return_foresight, frame_index)
+        out = self.infer_normalized(example, rng, return_foresight, frame_index, noise)
         result = {"actions": self.transform.robot_actions(out["actions"])}
         if return_foresight:
             result["foresight_tokens"] = out["foresight_tokens"]

@@ -19,8 +19,8 @@ as RuntimeError; the connection and the server stay up.
 Each connection has its own episode state (frame history, frame-code cache): one robot per
 connection. Inference runs off the event loop, one request at a time per device. The n-th
 request of a connection (from 0, counted since its last reset) samples with
-`fold_in(key(seed), n)` (JAX) or a generator seeded with (seed, n) (PyTorch), so a run is
-reproducible request for request.
+`fold_in(key(seed), n)` (JAX) or a torch generator seeded from (seed, n) (PyTorch), so a run
+is reproducible request for request.
 """
 
 import asyncio
@@ -117,9 +117,8 @@ class TorchSession:
         self.policy.reset()
 
     def infer(self, observation: dict, request: int, return_foresight: bool) -> dict:
-        return self.policy.infer(
-            observation, seed=(self.seed, request), return_foresight=return_foresight
-        )
+        seed = int(np.random.SeedSequence([self.seed, request]).generate_state(1)[0])
+        return self.policy.infer(observation, seed=seed, return_foresight=return_foresight)
 
 
 def check_observation(observation: Any, allowed: set[str]) -> dict:
@@ -234,18 +233,26 @@ class PolicyServer:
                 await stop.wait()
 
 
-def metadata(info: Any, spec: transforms.ObservationSpec, backend: str, chunk_steps: int) -> dict:
-    """What a client learns on connect: the observation it must send and the actions it gets."""
-    cameras = dict(info.cameras)
+def metadata(policy: Any, backend: str, chunk_steps: int) -> dict:
+    """What a client learns on connect: the observation it must send and the actions it gets.
+    policy: a JAX `Policy` or a `f1_torch.TorchPolicy` (both hold their ObservationTransform)."""
+    spec, transform = policy.spec, policy.transform
+    cameras = dict(transform.cameras)
     keys = {"state", *INSTRUCTION_KEYS, *CONTROL_KEYS, *transforms.CAMERAS}
     keys |= {k for k in cameras.values() if k}
+    if backend == "jax":
+        info = policy.info
+        source = {"kind": info.kind, "path": str(info.directory), "step": info.step}
+        dataset = info.dataset_name
+    else:
+        source, dataset = dict(policy.contract.source), policy.dataset
     return {
         "backend": backend,
-        "source": {"kind": info.kind, "path": str(info.directory), "step": info.step},
-        "dataset": info.dataset_name,
+        "source": source,
+        "dataset": dataset,
         "cameras": {k: v for k, v in cameras.items() if v},
-        "state_dim": len(info.dataset_stats["state"]["mean"]),
-        "action_dim": len(info.dataset_stats["action"]["mean"]),
+        "state_dim": transform.state_width,
+        "action_dim": transform.action_dim,
         "chunk_size": spec.chunk_size,
         "actions_per_reply": chunk_steps or spec.chunk_size,
         "history_offsets": list(spec.history_offsets),
@@ -254,14 +261,17 @@ def metadata(info: Any, spec: transforms.ObservationSpec, backend: str, chunk_st
 
 
 def load(checkpoint: str, backend: str, dataset: str | None, device: str, dtype: str):
-    """(policy, its info, its observation spec) for `backend`."""
+    """The policy of `backend` (jax: a run, an export or an import; torch: an export)."""
     if backend == "jax":
-        policy = Policy.from_checkpoint(checkpoint, dataset=dataset)
-        return policy, policy.info, policy.spec
-    from f1_torch.policy import TorchPolicy  # deferred: torch is needed only for --backend torch
+        return Policy.from_checkpoint(checkpoint, dataset=dataset)
+    import torch  # deferred: torch is needed only for --backend torch
 
-    policy = TorchPolicy.from_export(checkpoint, dataset=dataset, device=device, dtype=dtype)
-    return policy, policy.info, policy.spec
+    from f1_torch.policy import TorchPolicy  # deferred: as above
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        log.warning("no CUDA device: the torch backend runs on the CPU")
+        device = "cpu"
+    return TorchPolicy.from_export(checkpoint, device=device, dtype=dtype, dataset=dataset)
 
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A run, an export or an import directory.")
@@ -272,7 +282,7 @@ _DATASET = flags.DEFINE_string("dataset", None, "Whose statistics (default: the 
 _CHUNK_STEPS = flags.DEFINE_integer("chunk_steps", 0, "Return only the first K actions (0: all).")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed (noise and foresight).")
 _DEVICE = flags.DEFINE_string("device", "cuda", "torch backend: device (falls back to cpu).")
-_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "torch backend: dtype.")
+_DTYPE = flags.DEFINE_enum("dtype", "fp32", ["fp32", "bf16"], "torch backend: dtype.")
 flags.mark_flag_as_required("checkpoint")
 
 
@@ -280,13 +290,11 @@ def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    policy, info, spec = load(
-        _CHECKPOINT.value, _BACKEND.value, _DATASET.value, _DEVICE.value, _DTYPE.value
-    )
+    policy = load(_CHECKPOINT.value, _BACKEND.value, _DATASET.value, _DEVICE.value, _DTYPE.value)
     server = PolicyServer(
         policy,
         _BACKEND.value,
-        metadata(info, spec, _BACKEND.value, _CHUNK_STEPS.value),
+        metadata(policy, _BACKEND.value, _CHUNK_STEPS.value),
         seed=_SEED.value,
         chunk_steps=_CHUNK_STEPS.value,
     )

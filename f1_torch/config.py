@@ -211,11 +211,16 @@ def from_official(official: Mapping[str, Any]) -> F1Config:
         eps=vision.get("layer_norm_eps", 1e-6),
         out_width=text["hidden_size"],
     )
+    # An f1-jax export also carries the run's own settings under f1_jax.config: its foresight
+    # sampling rule (top-k / top-p) is the one the run's JAX policy samples with.
+    ours = (extra.get("config") or {}).get("foresight", {})
     foresight = ForesightConfig(
         width=gen["hidden_size"],
         num_scales=gen.get("num_resolutions", 4),
         temporal_kernel=gen.get("temporal_conv_kernel_size", 4),
         temporal_stride=gen.get("temporal_conv_stride", 4),
+        top_k=int(ours.get("top_k", ForesightConfig.top_k)),
+        top_p=float(ours.get("top_p", ForesightConfig.top_p)),
     )
     action = ActionConfig(
         width=act["hidden_size"],

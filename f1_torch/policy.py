@@ -13,6 +13,7 @@ saw in training, and actions are returned in the robot's units.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -69,10 +70,11 @@ class TorchPolicy:
         self.model = model
         self.contract = contract
         self.spec = contract.spec
-        tokenizer = Tokenizer(
+        self.dataset = dataset or contract.default_dataset
+        self.tokenizer = Tokenizer(
             tokenizer_path or contract.tokenizer_path, contract.spec.max_token_len
         )
-        self.transform = contract.transform(tokenizer, dataset)
+        self.transform = contract.transform(self.tokenizer, dataset)
         self.frame_cache = FrameCodeCache() if frame_cache else None
 
     @classmethod
@@ -106,6 +108,14 @@ class TorchPolicy:
     @property
     def device(self) -> torch.device:
         return self.model.device
+
+    def fork(self) -> TorchPolicy:
+        """A policy with its own episode state (history, frame codes) sharing the loaded model:
+        one per robot or server connection."""
+        other = copy.copy(self)
+        other.transform = self.contract.transform(self.tokenizer, self.dataset)
+        other.frame_cache = FrameCodeCache() if self.frame_cache is not None else None
+        return other
 
     # --- episode state ---------------------------------------------------------------------
 

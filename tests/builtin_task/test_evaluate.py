@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from builtin_task import eval_seeds, task_for_seed
-from builtin_task import evaluate
+from builtin_task import eval_seeds, evaluate, task_for_seed
+from conversion.cli import main as conversion_main
 
 
 def test_wilson_interval():
@@ -48,3 +48,34 @@ def test_run_writes_results_strips_and_gif(sim_run, tmp_path):
     assert strip.ndim == 3 and strip.shape[0] > 96
     with Image.open(os.path.join(out, "rollouts.gif")) as gif:
         assert gif.n_frames > 2
+
+
+def test_the_export_gives_the_same_outcomes_in_jax_and_in_the_torch_runtime(sim_run, tmp_path):
+    """The run exported, then evaluated closed loop by both runtimes on the same held-out seeds:
+    with greedy foresight and the same starting noise they compute the same policy, so every
+    episode ends the same way (same success, same length)."""
+    pytest.importorskip("torch", reason="the torch runtime needs torch (the test extra)")
+    export = str(tmp_path / "export")
+    assert conversion_main(["export", "--run", sim_run["workdir"], "--output", export]) == 0
+    results = {
+        backend: evaluate.run(
+            export,
+            3,
+            str(tmp_path / backend),
+            max_steps=12,
+            progress=False,
+            backend=backend,
+            greedy_foresight=True,
+            shared_noise=True,
+            image_size=32,
+            gif_episodes=0,
+        )
+        for backend in ("jax", "torch")
+    }
+    jax_eps, torch_eps = results["jax"]["episodes"], results["torch"]["episodes"]
+    assert [(e["seed"], e["success"], e["steps"]) for e in jax_eps] == [
+        (e["seed"], e["success"], e["steps"]) for e in torch_eps
+    ]
+    assert results["jax"]["policy"] == results["torch"]["policy"]
+    with pytest.raises(ValueError, match="image_size"):
+        evaluate.run(export, 1, str(tmp_path / "x"), progress=False)

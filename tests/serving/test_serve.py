@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from builtin_task import SimEnv
+from conversion.cli import main as conversion_main
 from f1_jax import serve
 
 websocket_client_policy = pytest.importorskip(
@@ -26,12 +27,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(policy):
-    """The JAX backend serving the session's tiny run, on a free loopback port."""
+def _start(policy, backend: str):
+    """Serves `policy` on a free loopback port in a thread; yields {"port", "metadata"}."""
     port = _free_port()
-    meta = serve.metadata(policy.info, policy.spec, "jax", chunk_steps=0)
-    instance = serve.PolicyServer(policy, "jax", meta, seed=SEED)
+    meta = serve.metadata(policy, backend, chunk_steps=0)
+    instance = serve.PolicyServer(policy, backend, meta, seed=SEED)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -43,6 +43,22 @@ def server(policy):
     running.result(timeout=30)  # the server closed its connections and stopped listening
     loop.call_soon_threadsafe(loop.stop)
     thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(policy):
+    """The JAX backend serving the session's tiny run."""
+    yield from _start(policy, "jax")
+
+
+@pytest.fixture(scope="module")
+def torch_policy(sim_run, tmp_path_factory):
+    pytest.importorskip("torch", reason="the torch backend needs torch (the test extra)")
+    from f1_torch.policy import TorchPolicy
+
+    export = str(tmp_path_factory.mktemp("serve_export") / "export")
+    assert conversion_main(["export", "--run", sim_run["workdir"], "--output", export]) == 0
+    return TorchPolicy.from_export(export)
 
 
 def _client(server):
@@ -97,9 +113,26 @@ def test_bad_requests_get_named_errors_and_the_server_keeps_serving(server):
 
 
 def test_first_k_actions_option(policy):
-    meta = serve.metadata(policy.info, policy.spec, "jax", chunk_steps=2)
+    meta = serve.metadata(policy, "jax", chunk_steps=2)
     instance = serve.PolicyServer(policy, "jax", meta, seed=SEED, chunk_steps=2)
     session = instance.session()
     obs = SimEnv(image_size=32).reset(3)
     out = instance._answer(session, dict(obs), 0)
     assert out["actions"].shape == (2, 7) and meta["actions_per_reply"] == 2
+
+
+def test_the_torch_backend_serves_the_export_like_the_in_process_runtime(torch_policy):
+    local = torch_policy.fork()
+    for running in _start(torch_policy, "torch"):
+        client = websocket_client_policy.WebsocketClientPolicy("127.0.0.1", running["port"])
+        assert client.get_server_metadata()["backend"] == "torch"
+        env = SimEnv(image_size=32)
+        obs = env.reset(11)
+        local.reset()
+        for step in range(10):
+            served = client.infer(dict(obs, reset=step == 0))
+            seed = int(np.random.SeedSequence([SEED, step]).generate_state(1)[0])
+            expected = local.infer(obs, seed=seed)
+            np.testing.assert_array_equal(served["actions"], expected["actions"])
+            obs, _, done, _ = env.step(served["actions"][0])
+            assert not done
