@@ -26,7 +26,8 @@ ALLOWED: dict[str, set[str]] = {
     "f1_jax.launch": CONTRACT | {"f1_jax.training", "f1_jax.models", "data_pipelines"},
     "configs": {"f1_jax.training.sharding", "f1_jax.models"},
     "builtin_task": CONTRACT
-    | {"f1_jax.models", "f1_jax.training", "f1_jax.policy", "data_pipelines", "configs"},
+    | {"f1_jax.models", "f1_jax.training", "f1_jax.policy", "f1_torch", "data_pipelines"}
+    | {"conversion", "configs"},
     "benchmarks": {"*"},
 }
 PACKAGES = (
