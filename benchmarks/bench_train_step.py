@@ -1,7 +1,7 @@
 """Train-step time and model FLOPs utilisation (MFU) of the F1 train step.
 
   python -m benchmarks.bench_train_step --sizes tiny,small [--batch 8] [--steps 5]
-      [--variant model.reuse_prefix=False --variant ''] [--compile_only]
+      [--variant 'model.reuse_prefix=False' --variant ''] [--compile_only]
 
 Each line also carries XLA's FLOPs of the compiled step and the compiler's memory analysis
 (arguments, temporaries, a peak estimate); `--compile_only` prints just those, so the full-size
@@ -179,8 +179,9 @@ def main():
         "--variant",
         action="append",
         default=[],
-        help="comma-separated config overrides measured as one variant, e.g. "
-        "'model.reuse_prefix=False' (repeat the flag for several; none: the defaults)",
+        help="semicolon-separated config overrides measured as one variant, e.g. "
+        "'model.reuse_prefix=False;data.cameras=(\"primary\",\"wrist\")' (repeat the flag for "
+        "several variants; '' is the defaults)",
     )
     parser.add_argument(
         "--compile_only",
@@ -195,7 +196,7 @@ def main():
         peak, source = float("nan"), "not measured"
     else:
         peak, source = measured_matmul_peak(), "measured fp32 2048^3 matmul on this machine"
-    variants = [v.split(",") if v else [] for v in args.variant] or [[]]
+    variants = [v.split(";") if v else [] for v in args.variant] or [[]]
     for size in args.sizes.split(","):
         for overrides in variants:
             bench(size, args.batch, args.steps, peak, source, overrides, args.compile_only)

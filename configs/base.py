@@ -40,6 +40,10 @@ def base_config() -> ml_collections.ConfigDict:
             "num_scales": 4,  # foresight scales predicted (10 at stage 1)
             "chunk_size": 30,
             "foresight_training": "sampled",  # sampled (original stage 2/3) or teacher_forcing
+            # sampled: the prefix once, its KV cache reused for sampling and the loss (the same
+            # loss and gradients as the original's two passes, one prefix forward less)
+            "reuse_prefix": True,
+            "unroll_layers": False,  # benchmarks only: XLA counts a loop body's FLOPs once
             "action_loss_weight": 1.0,
             "foresight_loss_weight": 0.1,
         }
@@ -49,6 +53,12 @@ def base_config() -> ml_collections.ConfigDict:
             "datasets": [],
             "tokenizer_path": os.path.join(data_dir(), "paligemma_tokenizer.model"),
             "batch_size": 32,
+            # The model's camera slots: a slot no dataset of the mixture fills only costs compute
+            # (its tokens are masked), so recipes list the cameras their data has.
+            "cameras": ("primary", "secondary", "wrist"),
+            # Ship generation frames as the frozen VQ-VAE's codes, encoded once per dataset
+            # (no VQ-VAE in the train step; centred crops only, no crop augmentation).
+            "frame_codes": False,
             "history_offsets": (-9, -6, -3, 0),
             "target_offsets": (3,),
             "norm_mode": "mean_std",

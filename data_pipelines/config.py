@@ -55,9 +55,11 @@ class DataConfig:
     """A data mixture and how to turn it into training batches.
 
     batch_size is global; each of process_count hosts yields batch_size // process_count.
-    The fields from `cameras` to `max_token_len` are those of `f1_jax.transforms.ObservationSpec`
+    The fields from `cameras` to `frame_codes` are those of `f1_jax.transforms.ObservationSpec`
     (the `observation` property): camera slots, image sizes, frame offsets of the generation
-    expert's history and predicted frames (taken from `gen_camera`), chunk and padding widths.
+    expert's history and predicted frames (taken from `gen_camera`), chunk and padding widths,
+    and whether those frames travel as stored VQ-VAE codes (`data_pipelines.frame_codes`: the
+    centred crop only, no crop augmentation).
 
     Data quirks (docs/data.md "Data integrity"): drop_unlabeled leaves episodes with an empty
     instruction out of sampling (OpenVLA does; the default keeps them with an empty prompt);
@@ -80,6 +82,7 @@ class DataConfig:
     state_dim: int = MAX_DIM  # states and actions are zero-padded to these widths
     action_dim: int = MAX_DIM
     max_token_len: int = 48
+    frame_codes: int = 0  # > 0: ship generation frames as this many VQ-VAE codes each
     norm_mode: str = "mean_std"
     color_augment: bool = True
     brightness: tuple[float, float] = (0.8, 1.2)
@@ -97,6 +100,9 @@ class DataConfig:
     drop_unlabeled: bool = False
     gripper_convention: str = "native"
     max_bad_fraction: float = 0.01
+    # With frame_codes: one stored-codes directory per dataset (data_pipelines.frame_codes), set
+    # by the trainer once it has written them.
+    frame_code_stores: tuple[str, ...] = ()
 
     def __post_init__(self):
         if not self.datasets:
@@ -116,6 +122,10 @@ class DataConfig:
         if not 0.0 <= self.max_bad_fraction <= 1.0:
             raise ValueError(f"max_bad_fraction {self.max_bad_fraction} outside [0, 1]")
         self.observation  # validates the observation fields
+        if self.frame_code_stores and len(self.frame_code_stores) != len(self.datasets):
+            raise ValueError(
+                f"{len(self.frame_code_stores)} frame-code stores for {len(self.datasets)} datasets"
+            )
 
     @property
     def observation(self) -> ObservationSpec:
@@ -145,6 +155,7 @@ class DataConfig:
             d = dict(d.to_dict() if hasattr(d, "to_dict") else d)
             datasets.append(d if isinstance(d, DatasetConfig) else DatasetConfig(**d))
         tuple_fields = (
+            "frame_code_stores",
             "cameras",
             "history_offsets",
             "target_offsets",

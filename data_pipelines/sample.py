@@ -20,6 +20,7 @@ import numpy as np
 
 from data_pipelines import schema
 from data_pipelines.config import DataConfig
+from data_pipelines.frame_codes import FrameCodeStore
 from data_pipelines.integrity import BadImageError, CorruptRecordError, DataIntegrityError
 from data_pipelines.reader import EpisodeReader
 from data_pipelines.sources import standardize_record
@@ -63,10 +64,12 @@ class SampleBuilder:
         self._bad: dict[tuple[int, int], Exception] = {}  # records found bad in this process
         self._reported: set[tuple[int, int, int]] = set()  # (d, record, code) logged here
         self._lock = threading.Lock()  # grain reads with several threads per process
+        self._stores: list[FrameCodeStore] | None = None  # opened on first use, per process
 
     def __getstate__(self):
         state = self.__dict__.copy()
         del state["_lock"]
+        state["_stores"] = None
         state["_cache"] = collections.OrderedDict()
         state["_bad"] = {}
         state["_reported"] = set()
@@ -158,6 +161,16 @@ class SampleBuilder:
                 "bad sample of dataset %r replaced: %s", self.config.datasets[d].name, error
             )
 
+    def _frame_codes(self, d: int, record: int, idx: np.ndarray, has_camera: bool) -> np.ndarray:
+        """int32 [F, L]: the stored codes of the sample's generation frames (centred crops), or
+        the all-black frame's codes for a dataset without the generation camera."""
+        if self._stores is None:
+            self._stores = [FrameCodeStore(p) for p in self.config.frame_code_stores]
+        store = self._stores[d]
+        if not has_camera:
+            return np.tile(store.blank, (len(idx), 1))
+        return store.frames(record, idx)
+
     def build(self, d: int, record: int, t: int, rng: np.random.Generator) -> dict[str, Any]:
         """The example at step t of record `record` of dataset d (no replacement)."""
         cfg, spec = self.config, self.config.observation
@@ -191,9 +204,11 @@ class SampleBuilder:
 
         # Generation history + target frames: one crop shared by all frames of the sample.
         idx, _ = transforms.frame_indices(t, ep.length, spec.frame_offsets)
-        crop = spec.gen_crop
-        gen = np.zeros((len(idx), crop, crop, 3), np.uint8)
-        if spec.gen_camera in ep.images:
+        if spec.frame_codes:
+            gen = self._frame_codes(d, record, idx, spec.gen_camera in ep.images)
+        else:
+            gen = np.zeros((len(idx), spec.gen_crop, spec.gen_crop, 3), np.uint8)
+        if not spec.frame_codes and spec.gen_camera in ep.images:
             origin = transforms.generation_crop_origin(
                 frame(spec.gen_camera, int(idx[0])).shape[:2], spec, rng if cfg.train else None
             )
@@ -214,7 +229,7 @@ class SampleBuilder:
         return {
             "images": und,
             "image_mask": present,
-            "gen_frames": gen,
+            "gen_codes" if spec.frame_codes else "gen_frames": gen,
             "state": state,
             "actions": actions,
             "action_mask": action_mask,

@@ -49,15 +49,19 @@ def fingerprint(dataset_dir: str, content: str, parts: Sequence[str]) -> str:
     return h.hexdigest()[:16]
 
 
-def cache_path(dataset_dir: str, key: str, stats_dir: str | None = None) -> str:
-    """Where the summary JSON lives: stats_dir if given, else next to the data when writable,
+def cache_dir(dataset_dir: str, stats_dir: str | None = None) -> str:
+    """Where a dataset's caches live: stats_dir if given, else next to the data when writable,
     else ~/.cache/f1_jax."""
-    name = f"f1_dataset_summary_{key}.json"
     if stats_dir:
-        return os.path.join(stats_dir, name)
+        return stats_dir
     if os.access(dataset_dir, os.W_OK):
-        return os.path.join(dataset_dir, name)
-    return os.path.join(os.path.expanduser("~/.cache/f1_jax"), name)
+        return dataset_dir
+    return os.path.expanduser("~/.cache/f1_jax")
+
+
+def cache_path(dataset_dir: str, key: str, stats_dir: str | None = None) -> str:
+    """Where the summary JSON of `key` lives (`cache_dir`)."""
+    return os.path.join(cache_dir(dataset_dir, stats_dir), f"f1_dataset_summary_{key}.json")
 
 
 def load_json(path: str) -> dict[str, Any] | None:

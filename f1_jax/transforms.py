@@ -10,7 +10,8 @@ What the model sees, per example (`ObservationSpec.example_spec` lists shapes an
               image_mask bool [C]  absent camera is zeros and masked out of attention
   gen_frames  uint8 [F, c, c, 3]   the generation camera at `history_offsets` (oldest first) then
                                    `target_offsets`: short side resized to `gen_resize`, one c x c
-                                   crop shared by all F frames (centred at inference)
+                                   crop shared by all F frames (centred at inference); training
+                                   may ship them as the VQ-VAE's codes instead (`gen_codes`)
   state       float32 [state_dim]  normalised with the dataset's statistics, zero-padded
   tokens      int32 [L], token_mask bool [L]   `bos + instruction + "\\n"`, right-padded
   training also: actions float32 [chunk, action_dim], action_mask bool [action_dim],
@@ -54,6 +55,9 @@ class ObservationSpec:
     state_dim: int = MAX_DIM
     action_dim: int = MAX_DIM
     max_token_len: int = 48
+    # Training batches carry the generation frames as the frozen VQ-VAE's codes, this many per
+    # frame (sum(pn^2)); 0: as uint8 frames. Inference always starts from frames.
+    frame_codes: int = 0
 
     def __post_init__(self):
         unknown = [c for c in self.cameras if c not in CAMERAS]
@@ -89,11 +93,14 @@ class ObservationSpec:
         spec = {
             "images": ((len(self.cameras), side, side, 3), np.dtype(np.uint8)),
             "image_mask": ((len(self.cameras),), np.dtype(bool)),
-            "gen_frames": ((frames, crop, crop, 3), np.dtype(np.uint8)),
             "state": ((self.state_dim,), np.dtype(np.float32)),
             "tokens": ((self.max_token_len,), np.dtype(np.int32)),
             "token_mask": ((self.max_token_len,), np.dtype(bool)),
         }
+        if training and self.frame_codes:
+            spec["gen_codes"] = ((frames, self.frame_codes), np.dtype(np.int32))
+        else:
+            spec["gen_frames"] = ((frames, crop, crop, 3), np.dtype(np.uint8))
         if training:
             spec["actions"] = ((self.chunk_size, self.action_dim), np.dtype(np.float32))
             spec["action_mask"] = ((self.action_dim,), np.dtype(bool))

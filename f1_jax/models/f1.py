@@ -66,6 +66,9 @@ class F1Config:
     # the prefix blind to what follows, so this is the joint pass, computed once). False: the
     # original's order, a gradient-free prefix pass to sample, then one joint pass.
     reuse_prefix: bool = True
+    # Unroll the layer scans: more compile time; only for XLA's FLOP count, which counts a loop
+    # body once (benchmarks/bench_train_step.py).
+    unroll_layers: bool = False
     action_loss_weight: float = 1.0
     foresight_loss_weight: float = 0.1
 
@@ -158,9 +161,11 @@ class F1(nn.Module):
     def setup(self):
         c = self.config
         precision = get_precision(c.precision)
-        self.siglip = SiglipEncoder(c.siglip, precision, c.remat_policy)
+        self.siglip = SiglipEncoder(c.siglip, precision, c.remat_policy, c.unroll_layers)
         self.embedder = Embedder(c.vocab_size, c.und.width, c.und.initializer(c.und.width))
-        self.stack = ExpertStack(c.experts, precision, remat_policy=c.remat_policy)
+        self.stack = ExpertStack(
+            c.experts, precision, remat_policy=c.remat_policy, unroll=c.unroll_layers
+        )
         self.foresight = ForesightIO(c.foresight)
         self.action_io = ActionInputs(c.action, precision)
         self.vqvae = VQVAE(c.vqvae)
@@ -190,11 +195,7 @@ class F1(nn.Module):
         """Multi-scale codes [B, T, L] -> next-scale inputs [B, T, L - 1, z] (teacher-forcing
         layout), exactly: the codes are all the VQ-VAE keeps of a frame."""
         batch, steps = codes.shape[:2]
-        flat = codes.reshape(batch * steps, -1)
-        sizes = [pn * pn for pn in self.config.vqvae.patch_nums]
-        starts = np.cumsum([0] + sizes[:-1])
-        idx_list = [flat[:, s : s + n] for s, n in zip(starts, sizes)]
-        var_input = self.vqvae.idx_list_to_var_input(idx_list)
+        var_input = self.vqvae.idx_list_to_var_input(self._scales(codes.reshape(batch * steps, -1)))
         return jax.lax.stop_gradient(var_input.reshape(batch, steps, *var_input.shape[1:]))
 
     def encode_frames(self, frames: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -321,6 +322,16 @@ class F1(nn.Module):
         """The foresight's accumulated latent decoded to an image [B, h, w, 3] in [-1, 1]."""
         return self.vqvae.fhat_to_img(f_hat)
 
+    def decode_codes(self, codes: jax.Array) -> jax.Array:
+        """A frame's multi-scale codes [B, L] decoded to an image [B, h, w, 3] in [-1, 1]."""
+        return self.vqvae.idx_list_to_img(self._scales(codes))
+
+    def _scales(self, codes: jax.Array) -> list[jax.Array]:
+        """[B, L] concatenated codes -> the per-scale index maps [B, pn^2]."""
+        sizes = [pn * pn for pn in self.config.vqvae.patch_nums]
+        starts = np.cumsum([0] + sizes[:-1])
+        return [codes[:, s : s + n] for s, n in zip(starts, sizes)]
+
     # --- training -----------------------------------------------------------------------------
 
     def __call__(self, batch: Batch, rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -328,8 +339,12 @@ class F1(nn.Module):
         c, fc = self.config, self.config.foresight
         rng_fore, rng_mask, rng_time, rng_noise = jax.random.split(rng, 4)
         und_tokens, und_pad = self.embed_understanding(batch)
-        frames = jnp.concatenate([batch["history"], batch["target_frame"][:, None]], axis=1)
-        var_inputs, codes = self.encode_frames(frames)
+        if "target_codes" in batch:  # frames stored as codes: no VQ-VAE in the step
+            codes = jnp.concatenate([batch["history_codes"], batch["target_codes"][:, None]], 1)
+            var_inputs = self.codes_to_inputs(codes)
+        else:
+            frames = jnp.concatenate([batch["history"], batch["target_frame"][:, None]], axis=1)
+            var_inputs, codes = self.encode_frames(frames)
         gen_prefix = self.foresight.embed_history(var_inputs[:, :-1])
         targets = codes[:, -1, : fc.num_predicted]
 
@@ -421,7 +436,7 @@ class F1(nn.Module):
             metrics["action_loss"] = action_loss
             loss = loss + c.action_loss_weight * action_loss
         if self.is_initializing():
-            self.vqvae(frames[:, 0])  # creates the decoder and every Phi, unused by the loss
+            self.vqvae(batch["history"][:, 0])  # creates the decoder and every Phi, unused
         metrics["loss"] = loss
         return loss, metrics
 
@@ -481,8 +496,11 @@ def observation_spec(
 ) -> transforms.ObservationSpec:
     """The observation contract of this model: image sizes, chunk and padding widths come from
     the model; cameras, frame offsets and token budget from `data` (a recipe's data section, or
-    any mapping with some of OBSERVATION_FIELDS; the others keep their defaults)."""
+    any mapping with some of OBSERVATION_FIELDS; the others keep their defaults), and whether
+    training batches carry frames as VQ-VAE codes (`data.frame_codes`, a bool there)."""
     fields = {k: data[k] for k in OBSERVATION_FIELDS if data is not None and k in data}
+    if data is not None and data.get("frame_codes"):
+        fields["frame_codes"] = config.vqvae.num_tokens
     for k in ("cameras", "history_offsets", "target_offsets"):
         if k in fields:
             fields[k] = tuple(fields[k])
@@ -516,8 +534,9 @@ def model_inputs(batch: Batch, num_history: int = 4) -> Batch:
     -> F1's inputs. Runs inside the jitted step, so images travel to the device as uint8.
 
     gen_frames [B, num_history (+ 1), h, w, 3] holds the history frames, then the target frame;
-    instead of them, history_codes int32 [B, num_history, L] may carry the history already
-    encoded (`F1.frame_codes`).
+    instead of them, gen_codes int32 [B, num_history (+ 1), L] (training from stored codes) or
+    history_codes int32 [B, num_history, L] (a policy's cached codes) carry them already encoded
+    (`F1.frame_codes`).
     """
     inputs = {
         "images": to_unit_range(batch["images"]),
@@ -531,6 +550,11 @@ def model_inputs(batch: Batch, num_history: int = 4) -> Batch:
         inputs["history"] = frames[:, :num_history]
         if frames.shape[1] > num_history:
             inputs["target_frame"] = frames[:, num_history]
+    if "gen_codes" in batch:
+        codes = batch["gen_codes"].astype(jnp.int32)
+        inputs["history_codes"] = codes[:, :num_history]
+        if codes.shape[1] > num_history:
+            inputs["target_codes"] = codes[:, num_history]
     if "history_codes" in batch:
         inputs["history_codes"] = batch["history_codes"].astype(jnp.int32)
     if "actions" in batch:

@@ -294,6 +294,7 @@ class ExpertStack(nn.Module):
     precision: Precision
     rope_base: float = 10_000.0
     remat_policy: str = "none"
+    unroll: bool = False  # unroll the layer scan (XLA's FLOP count sees a loop body once)
 
     @nn.compact
     def __call__(
@@ -330,6 +331,7 @@ class ExpertStack(nn.Module):
             split_rngs={"params": True},
             in_axes=(0, nn.broadcast, nn.broadcast),
             length=self.experts[0].depth,
+            unroll=self.experts[0].depth if self.unroll else 1,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
         xs, new_cache = layers(self.experts, self.precision, self.rope_base, name="layers")(

@@ -152,6 +152,7 @@ class SiglipEncoder(nn.Module):
     config: SiglipConfig
     precision: Precision
     remat_policy: str = "none"
+    unroll: bool = False  # unroll the layer scan (XLA's FLOP count sees a loop body once)
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
@@ -194,6 +195,7 @@ class SiglipEncoder(nn.Module):
             variable_axes={"params": 0},
             split_rngs={"params": True},
             length=c.depth,
+            unroll=c.depth if self.unroll else 1,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )(c, p, name="layers")(x, None)
         x = p.cast(_layer_norm(c.eps, "post_layernorm")(x))

@@ -97,21 +97,14 @@ class RunCheckpoints:
             items["record"] = ocp.args.JsonSave(record)
         return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
-    def restore(
-        self, step: int, abstract_state: Any, data_iterator: Any = None
-    ) -> tuple[Any, dict | None]:
-        """Restores the state into `abstract_state`'s shardings (and the iterator in place)."""
-        items = {"state": ocp.args.StandardRestore(abstract_state)}
-        if data_iterator is not None:
-            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-        names = self.manager.item_metadata(step)
-        if "record" in names and names["record"] is not None:
-            items["record"] = ocp.args.JsonRestore()
-        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-        return restored["state"], restored.get("record") if "record" in items else None
+    def restore_data(self, step: int, data_iterator: Any) -> None:
+        """Puts the data iterator back where step `step` left it (in place)."""
+        self.manager.restore(
+            step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(data_iterator))
+        )
 
     def restore_state(self, step: int, abstract_state: Any = None) -> Any:
-        """Only the train state (no data iterator), e.g. to inspect the parameters."""
+        """Only the train state (no data iterator), into `abstract_state`'s shardings."""
         return self.manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
         )["state"]

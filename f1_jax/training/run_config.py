@@ -26,6 +26,8 @@ RESUMABLE_PREFIXES = (
     "mesh",
     "sharding_rules",
     "init",  # read only when a run starts
+    "model.unroll_layers",  # the same program, unrolled
+    "model.reuse_prefix",  # the same loss and gradients (tested), computed once
     "data.num_workers",
     "data.read_threads",
     "data.prefetch_buffer_size",

@@ -85,13 +85,22 @@ def make_eval_step(model: F1, seed: int) -> Callable[[Any, dict], dict]:
         inputs = model_inputs(batch)
         rng = jax.random.key(seed)
         _, metrics = model.apply({"params": params}, inputs, rng)
-        obs = {
-            k: inputs[k]
-            for k in ("images", "image_masks", "tokens", "token_mask", "state", "history")
-        }
+        keys = (
+            "images",
+            "image_masks",
+            "tokens",
+            "token_mask",
+            "state",
+            "history",
+            "history_codes",
+        )
+        obs = {k: inputs[k] for k in keys if k in inputs}
         actions, foresight = sample_actions(
             model, {"params": params}, obs, rng, return_foresight=True
         )
+        target = inputs.get("target_frame")
+        if target is None:  # frames stored as codes: the true next frame is their decoding
+            target = model.apply({"params": params}, inputs["target_codes"], method=F1.decode_codes)
         valid = (~inputs["action_is_pad"])[..., None] & batch["action_mask"][:, None, :]
         error = jnp.square(actions - inputs["actions"]) * valid
         metrics["action_mse"] = jnp.sum(error) / jnp.maximum(jnp.sum(valid), 1)
@@ -99,7 +108,7 @@ def make_eval_step(model: F1, seed: int) -> Callable[[Any, dict], dict]:
             "metrics": metrics,
             "actions": actions,
             "foresight_image": foresight["image"],
-            "target_frame": inputs["target_frame"],
+            "target_frame": target,
         }
 
     return step

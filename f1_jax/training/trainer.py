@@ -16,7 +16,7 @@ import ml_collections
 
 from data_pipelines import dataset_statistics, make_train_iterator
 from f1_jax.training import checkpoints as ckpt
-from f1_jax.training import evaluation, initial_params, run_config, setup
+from f1_jax.training import evaluation, frame_codes, initial_params, run_config, setup
 from f1_jax.training import optimizer as opt
 from f1_jax.training import sharding
 from f1_jax.training import state as st
@@ -120,22 +120,29 @@ def train(
         config.train.async_checkpoints,
         use_ocdbt=config.train.get("checkpoint_ocdbt", True),
     )
+    if start is not None:
+        log.info("Resuming from step %d in %s.", start, run_dir.path)
+        state = checkpoints.restore_state(start, ts.abstract_state)
+    else:
+        state = _initial_state(config, ts)
+    if data_config.frame_codes:  # the frozen VQ-VAE encodes every frame once, before the loop
+        vqvae = state.params["vqvae"]
+        data_config = frame_codes.ensure_frame_codes(data_config, ts.model, vqvae)
+        if eval_data is not None:
+            eval_data = frame_codes.ensure_frame_codes(eval_data, ts.model, vqvae)
     train_iter = make_train_iterator(
         data_config, config.train.seed, jax.process_index(), jax.process_count()
     )
+    if start is not None:
+        checkpoints.restore_data(start, train_iter)
+    else:
+        start = 0
     stats = dataset_statistics(data_config)
     record = {
         "config": config.to_json_best_effort(),
         "dataset_statistics": stats,
         "dataset_names": [d.name for d in data_config.datasets],
     }
-
-    if start is not None:
-        log.info("Resuming from step %d in %s.", start, run_dir.path)
-        state, _ = checkpoints.restore(start, ts.abstract_state, train_iter)
-    else:
-        start = 0
-        state = _initial_state(config, ts)
     if jax.process_index() == 0:
         run_config.record_config(run_dir.config_history, run_dir.config, start, config_json)
 
