@@ -10,13 +10,22 @@ have seen next. Paths are never made absolute when they are URIs.
 
 from typing import Any
 
-import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
 PathLike = str | epath.PathLike
+
+
+def _grain():
+    """The grain module, or None where it is not installed (an inference-only machine reads
+    parameters and records, never a data iterator)."""
+    try:
+        import grain  # deferred: inference images may lack grain
+    except ImportError:
+        return None
+    return grain
 
 
 def as_path(path: PathLike) -> epath.Path:
@@ -66,9 +75,10 @@ class RunCheckpoints:
         self.directory = as_path(directory)
         handlers = {
             "state": ocp.StandardCheckpointHandler(use_ocdbt=use_ocdbt),
-            "data": grain.checkpoint.CheckpointHandler(),  # the grain data iterator's position
             "record": ocp.JsonCheckpointHandler(),
         }
+        if _grain() is not None:  # the data iterator's position (training always has grain)
+            handlers["data"] = _grain().checkpoint.CheckpointHandler()
         self.manager = ocp.CheckpointManager(
             self.directory, options=options, item_handlers=handlers
         )
@@ -92,7 +102,7 @@ class RunCheckpoints:
     ) -> bool:
         items = {"state": ocp.args.StandardSave(state)}
         if data_iterator is not None:
-            items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+            items["data"] = _grain().checkpoint.CheckpointSave(data_iterator)
         if record is not None:
             items["record"] = ocp.args.JsonSave(record)
         return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
@@ -100,7 +110,8 @@ class RunCheckpoints:
     def restore_data(self, step: int, data_iterator: Any) -> None:
         """Puts the data iterator back where step `step` left it (in place)."""
         self.manager.restore(
-            step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(data_iterator))
+            step,
+            args=ocp.args.Composite(data=_grain().checkpoint.CheckpointRestore(data_iterator)),
         )
 
     def restore_state(self, step: int, abstract_state: Any = None) -> Any:

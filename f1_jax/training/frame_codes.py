@@ -60,17 +60,6 @@ def codes_function(model: F1):
     return jax.jit(codes)
 
 
-def _record_codes(encode, vqvae_params, frames: list[np.ndarray], batch_size: int) -> np.ndarray:
-    out = []
-    for start in range(0, len(frames), batch_size):
-        chunk = np.stack(frames[start : start + batch_size])
-        if len(chunk) < batch_size:  # one program: pad the last batch
-            pad = np.zeros((batch_size - len(chunk), *chunk.shape[1:]), chunk.dtype)
-            chunk = np.concatenate([chunk, pad])
-        out.append(np.asarray(encode(vqvae_params, jnp.asarray(chunk)))[: len(frames) - start])
-    return np.concatenate(out)
-
-
 def encode_dataset(
     encode,
     vqvae_params: Any,
@@ -78,10 +67,29 @@ def encode_dataset(
     summary: DatasetSummary,
     ds,
     spec: transforms.ObservationSpec,
-    batch_size: int = 32,
+    batch_size: int = 256,
     progress: bool = True,
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """(record, codes [T, L]) of every usable record that has the generation camera."""
+    """(record, codes [T, L]) of every usable record that has the generation camera, encoding
+    `batch_size` frames per call across records (one compiled program: the last batch is
+    padded)."""
+    pending: list[tuple[int, list[np.ndarray]]] = []  # records whose frames wait for a batch
+    waiting = 0
+
+    def flush() -> Iterator[tuple[int, np.ndarray]]:
+        frames = [f for _, record_frames in pending for f in record_frames]
+        codes = []
+        for start in range(0, len(frames), batch_size):
+            chunk = np.stack(frames[start : start + batch_size])
+            padded = np.zeros((batch_size, *chunk.shape[1:]), chunk.dtype)
+            padded[: len(chunk)] = chunk
+            codes.append(np.asarray(encode(vqvae_params, jnp.asarray(padded)))[: len(chunk)])
+        codes = np.concatenate(codes)
+        offset = 0
+        for record, record_frames in pending:
+            yield record, codes[offset : offset + len(record_frames)]
+            offset += len(record_frames)
+
     usable = np.flatnonzero(summary.lengths > 0)
     for record in tqdm.tqdm(usable, desc=f"frame codes {ds.name}", disable=not progress):
         raw = reader.decode(int(record))
@@ -92,7 +100,13 @@ def encode_dataset(
             transforms.generation_crop(image_tools.decode_image(data), spec)
             for data in episode.images[spec.gen_camera]
         ]
-        yield int(record), _record_codes(encode, vqvae_params, frames, batch_size)
+        pending.append((int(record), frames))
+        waiting += len(frames)
+        if waiting >= batch_size:
+            yield from flush()
+            pending, waiting = [], 0
+    if pending:
+        yield from flush()
 
 
 def ensure_frame_codes(

@@ -2,8 +2,8 @@
 
 import pytest
 
-from tests.torch_runtime import exports
-from tests.torch_runtime.exports import Export
+from conversion import synthetic as exports
+from conversion.synthetic import Export
 
 
 def _export(tmp_path_factory, size: str) -> Export:

@@ -8,7 +8,7 @@ import numpy as np
 
 from conversion import engine
 from f1_jax.models.f1 import F1, model_inputs, sample_actions
-from tests.torch_runtime.exports import Export
+from conversion.synthetic import Export
 
 MODEL_KEYS = ("images", "image_mask", "tokens", "token_mask", "state", "gen_frames")
 

@@ -16,7 +16,7 @@ from f1_jax.models.sizes import get_model_config
 from f1_torch import LoadError, load_model
 from f1_torch.config import from_official
 from f1_torch.loader import P
-from tests.torch_runtime import exports
+from conversion import synthetic as exports
 
 
 @pytest.mark.parametrize("size", ["full", "small", "tiny", "debug"])

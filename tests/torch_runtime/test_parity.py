@@ -22,7 +22,7 @@ import torch
 from f1_jax.models.foresight import _top_k_top_p_logits
 from f1_torch import TorchPolicy
 from f1_torch.foresight import top_k_top_p_filter
-from tests.torch_runtime import exports
+from conversion import synthetic as exports
 from tests.torch_runtime.reference import jax_history_codes, jax_reference
 
 FP32_ACTION_TOL = 1e-5

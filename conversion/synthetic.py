@@ -1,6 +1,7 @@
-"""Exported model directories built at test time: random JAX parameters of a named size written
-the way `python -m conversion export` writes them (official keys and layouts), with every tensor
-in fp32, plus config.json, norm_stats.json and a small tokenizer.
+"""Synthetic exports: random parameters of a named size written the way `python -m conversion
+export` writes them (official keys and layouts, fp32 or the released dtypes), plus config.json,
+norm_stats.json and a small tokenizer. For the runtime's tests and the latency benchmark, and to
+try a robot's serving path before any weights exist.
 
 Random values, not the model's init: compiling F1's init costs tens of seconds on a small CPU.
 Scales follow fan-in (so attention is far from uniform and code logits are well separated) and
