@@ -89,6 +89,9 @@ def base_config() -> ml_collections.ConfigDict:
             "clip_norm": 1.0,
             "ema_decay": 0.0,  # 0: no EMA
             "grad_accum_steps": 1,
+            # Adam's first moment in "bfloat16" halves its memory (6.6 GiB at full size); the
+            # loss curves of both are compared in BENCHMARKS.md.
+            "mu_dtype": "float32",
             "frozen": ("vqvae",),  # groups: vision, und, gen, act, vqvae (always frozen)
         }
     )

@@ -13,6 +13,7 @@ from typing import Any
 
 from etils import epath
 
+from f1_jax import official_config
 from f1_jax.models.action import ActionConfig
 from f1_jax.models.f1 import F1Config
 from f1_jax.models.foresight import ForesightConfig
@@ -50,18 +51,6 @@ def config_from_dict(data: dict) -> F1Config:
     return F1Config(**kwargs)
 
 
-def _expert(name: str, gemma: dict) -> ExpertConfig:
-    return ExpertConfig(
-        name,
-        gemma["hidden_size"],
-        gemma["intermediate_size"],
-        gemma["num_hidden_layers"],
-        gemma.get("num_attention_heads", 8),
-        gemma.get("num_key_value_heads", 1),
-        gemma.get("head_dim", 256),
-    )
-
-
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     out = []
     for key in sorted(set(a) | set(b)):
@@ -81,7 +70,7 @@ def from_official(official: dict) -> F1Config:
     it is used when the official fields agree with it, and refused when they do not.
     """
     derived = _from_official_fields(official)
-    ours = (official.get("f1_jax") or {}).get("config")
+    ours = official_config.read_sizes(official)["embedded"]
     if ours is None:
         return derived
     try:
@@ -102,66 +91,23 @@ def from_official(official: dict) -> F1Config:
 
 
 def _from_official_fields(official: dict) -> F1Config:
-    try:
-        und = official["und_expert_config"]
-        text, vision = und["text_config"], und["vision_config"]
-        gen, act = official["gen_expert_config"], official["act_expert_config"]
-    except KeyError as e:
-        raise ValueError(
-            f"Not an F1 config.json: missing {e}. Expected und_expert_config "
-            "(with text_config and vision_config), gen_expert_config and "
-            "act_expert_config."
-        ) from None
-    extra = official.get("f1_jax", {})
-    vae = dict(gen.get("vae") or {})
-    patch_nums = tuple(int(p) for p in str(gen.get("pn", "1_2_3_4_5_6_8_10_13_16")).split("_"))
-    vq_defaults = VQVAEConfig()
-    vqvae = VQVAEConfig(
-        vocab_size=vae.get("vocab_size", vq_defaults.vocab_size),
-        z_channels=vae.get("z_channels", vq_defaults.z_channels),
-        ch=vae.get("ch", vq_defaults.ch),
-        share_quant_resi=vae.get("share_quant_resi", vq_defaults.share_quant_resi),
-        ch_mult=tuple(extra.get("vae_ch_mult", vq_defaults.ch_mult)),
-        num_res_blocks=extra.get("vae_num_res_blocks", vq_defaults.num_res_blocks),
-        norm_groups=extra.get("vae_norm_groups", vq_defaults.norm_groups),
-        patch_nums=patch_nums,
-    )
-    experts = (_expert("und", text), _expert("gen", gen), _expert("act", act))
-    siglip = SiglipConfig(
-        image_size=vision.get("image_size", 224),
-        patch_size=vision.get("patch_size", 14),
-        width=vision["hidden_size"],
-        depth=vision["num_hidden_layers"],
-        mlp_dim=vision["intermediate_size"],
-        num_heads=vision["num_attention_heads"],
-        eps=vision.get("layer_norm_eps", 1e-6),
-        out_width=text["hidden_size"],
-    )
-    foresight = ForesightConfig(
-        width=gen["hidden_size"],
-        z_channels=vqvae.z_channels,
-        vocab_size=vqvae.vocab_size,
-        patch_nums=patch_nums,
-        num_scales=gen.get("num_resolutions", 4),
-        temporal_kernel=gen.get("temporal_conv_kernel_size", 4),
-        temporal_stride=gen.get("temporal_conv_stride", 4),
-    )
-    action = ActionConfig(
-        width=act["hidden_size"],
-        action_dim=official.get("max_action_dim", 32),
-        state_dim=official.get("max_state_dim", 32),
-        chunk_size=official.get("chunk_size", 50),
-        num_steps=official.get("num_steps", 10),
-    )
+    sizes = official_config.read_sizes(official)
+    vqvae = VQVAEConfig(**sizes["vqvae"])
+    experts = {name: ExpertConfig(name, **e) for name, e in sizes["experts"].items()}
     return F1Config(
-        siglip=siglip,
-        und=experts[0],
-        gen=experts[1],
-        act=experts[2],
-        vocab_size=text.get("vocab_size", 257152),
+        siglip=SiglipConfig(**sizes["siglip"]),
+        und=experts["und"],
+        gen=experts["gen"],
+        act=experts["act"],
+        vocab_size=sizes["vocab_size"],
         vqvae=vqvae,
-        foresight=foresight,
-        action=action,
+        foresight=ForesightConfig(
+            z_channels=vqvae.z_channels,
+            vocab_size=vqvae.vocab_size,
+            patch_nums=vqvae.patch_nums,
+            **sizes["foresight"],
+        ),
+        action=ActionConfig(**sizes["action"]),
     )
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from conversion.io import NP_DTYPES, ConversionError
+from f1_jax.official_config import key_problems
 from conversion.tables import Extra, Row
 from f1_jax.models.f1 import F1, F1Config, example_batch
 from f1_jax.models.foresight import level_ids
@@ -229,21 +230,7 @@ def import_tensors(
     used.update(k for k in skip if k in keys)
     unexpected = sorted(keys - used - set(known_extras))
     if missing or misshaped or unexpected:
-        lines = [
-            f"{what}: cannot convert ({len(missing)} missing, {len(unexpected)} unexpected, "
-            f"{len(misshaped)} mis-shaped keys)."
-        ]
-        for title, items in (
-            ("missing", missing),
-            ("unexpected", unexpected),
-            ("mis-shaped", misshaped),
-        ):
-            if items:
-                lines.append(f"  {title}:")
-                lines += [f"    {item}" for item in items[:50]]
-                if len(items) > 50:
-                    lines.append(f"    ... and {len(items) - 50} more")
-        raise ConversionError("\n".join(lines))
+        raise ConversionError(key_problems(what, "convert", missing, unexpected, misshaped))
 
     extras = {k: source.get(k) for k in known_extras if k in keys and k not in used}
     allocate = allocate or (lambda path, shape: np.empty(shape, np.float32))

@@ -1,11 +1,6 @@
-"""Model sizes read from an exported model's `config.json` (the official F1 layout).
-
-The official `F1Config` nests a PaliGemma config (`und_expert_config`: SigLIP `vision_config` and
-Gemma `text_config`) and two Gemma configs (`gen_expert_config`, which also carries the VQ-VAE
-scales `pn`, the temporal conv and the `vae` dict, and `act_expert_config`). The VQ-VAE sizes the
-official class cannot express (channel multipliers, blocks, norm groups of a smaller tokenizer)
-sit under the extra key `f1_jax`. Everything else is fixed by the architecture and takes the
-original's value: RMSNorm eps 1e-6, RoPE base 10000, 4 history frames, flow time periods
+"""Model sizes read from an exported model's `config.json` (the official F1 layout, parsed by
+`f1_jax.official_config`). Everything the file does not state is fixed by the architecture and
+takes the original's value: RMSNorm eps 1e-6, RoPE base 10000, 4 history frames, flow time periods
 [4e-3, 4].
 """
 
@@ -16,6 +11,8 @@ import json
 import os
 from collections.abc import Mapping
 from typing import Any
+
+from f1_jax import official_config
 
 CONFIG_FILE = "config.json"
 
@@ -165,79 +162,27 @@ class F1Config:
         return self.vqvae.num_tokens - 1
 
 
-def _expert(gemma: Mapping[str, Any]) -> ExpertConfig:
-    return ExpertConfig(
-        width=gemma["hidden_size"],
-        mlp_dim=gemma["intermediate_size"],
-        depth=gemma["num_hidden_layers"],
-        num_heads=gemma.get("num_attention_heads", 8),
-        num_kv_heads=gemma.get("num_key_value_heads", 1),
-        head_dim=gemma.get("head_dim", 256),
-    )
-
-
 def from_official(official: Mapping[str, Any]) -> F1Config:
     """The official F1 config.json dict (any size) -> F1Config."""
-    try:
-        und = official["und_expert_config"]
-        text, vision = und["text_config"], und["vision_config"]
-        gen, act = official["gen_expert_config"], official["act_expert_config"]
-    except KeyError as e:
-        raise ValueError(
-            f"Not an F1 config.json: missing {e}. Expected und_expert_config (with text_config "
-            "and vision_config), gen_expert_config and act_expert_config."
-        ) from None
-    extra = official.get("f1_jax", {})
-    vae = dict(gen.get("vae") or {})
-    patch_nums = tuple(int(p) for p in str(gen.get("pn", "1_2_3_4_5_6_8_10_13_16")).split("_"))
-    default = VQVAEConfig()
-    vqvae = VQVAEConfig(
-        vocab_size=vae.get("vocab_size", default.vocab_size),
-        z_channels=vae.get("z_channels", default.z_channels),
-        ch=vae.get("ch", default.ch),
-        share_quant_resi=vae.get("share_quant_resi", default.share_quant_resi),
-        ch_mult=tuple(extra.get("vae_ch_mult", default.ch_mult)),
-        num_res_blocks=extra.get("vae_num_res_blocks", default.num_res_blocks),
-        norm_groups=extra.get("vae_norm_groups", default.norm_groups),
-        patch_nums=patch_nums,
-    )
-    siglip = SiglipConfig(
-        image_size=vision.get("image_size", 224),
-        patch_size=vision.get("patch_size", 14),
-        width=vision["hidden_size"],
-        depth=vision["num_hidden_layers"],
-        mlp_dim=vision["intermediate_size"],
-        num_heads=vision["num_attention_heads"],
-        eps=vision.get("layer_norm_eps", 1e-6),
-        out_width=text["hidden_size"],
-    )
+    sizes = official_config.read_sizes(official)
     # An f1-jax export also carries the run's own settings under f1_jax.config: its foresight
     # sampling rule (top-k / top-p) is the one the run's JAX policy samples with.
-    ours = (extra.get("config") or {}).get("foresight", {})
+    ours = (sizes["embedded"] or {}).get("foresight", {})
     foresight = ForesightConfig(
-        width=gen["hidden_size"],
-        num_scales=gen.get("num_resolutions", 4),
-        temporal_kernel=gen.get("temporal_conv_kernel_size", 4),
-        temporal_stride=gen.get("temporal_conv_stride", 4),
+        **sizes["foresight"],
         top_k=int(ours.get("top_k", ForesightConfig.top_k)),
         top_p=float(ours.get("top_p", ForesightConfig.top_p)),
     )
-    action = ActionConfig(
-        width=act["hidden_size"],
-        action_dim=official.get("max_action_dim", 32),
-        state_dim=official.get("max_state_dim", 32),
-        chunk_size=official.get("chunk_size", 50),
-        num_steps=official.get("num_steps", 10),
-    )
+    experts = sizes["experts"]
     return F1Config(
-        siglip=siglip,
-        und=_expert(text),
-        gen=_expert(gen),
-        act=_expert(act),
-        vocab_size=text.get("vocab_size", 257_152),
-        vqvae=vqvae,
+        siglip=SiglipConfig(**sizes["siglip"]),
+        und=ExpertConfig(**experts["und"]),
+        gen=ExpertConfig(**experts["gen"]),
+        act=ExpertConfig(**experts["act"]),
+        vocab_size=sizes["vocab_size"],
+        vqvae=VQVAEConfig(**sizes["vqvae"]),
         foresight=foresight,
-        action=action,
+        action=ActionConfig(**sizes["action"]),
     )
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
+from f1_jax.official_config import key_problems
 from f1_torch.config import F1Config, read_config
 from f1_torch.foresight import level_ids
 from f1_torch.model import F1Model
@@ -142,22 +143,7 @@ def plan_load(
         if tuple(file_shapes[key]) != tuple(expected[name])
     ]
     if missing or unexpected or misshaped:
-        summary = (
-            f"{what}: cannot load ({len(missing)} missing, {len(unexpected)} unexpected, "
-            f"{len(misshaped)} mis-shaped keys)."
-        )
-        lines = [summary]
-        for title, items in (
-            ("missing", missing),
-            ("unexpected", unexpected),
-            ("mis-shaped", misshaped),
-        ):
-            if items:
-                lines.append(f"  {title}:")
-                lines += [f"    {item}" for item in items[:50]]
-                if len(items) > 50:
-                    lines.append(f"    ... and {len(items) - 50} more")
-        raise LoadError("\n".join(lines))
+        raise LoadError(key_problems(what, "load", missing, unexpected, misshaped))
     return {name: key for name, (_, key) in chosen.items()}
 
 

@@ -9,11 +9,12 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 # What each part of the project may import from the project (besides itself). Longest prefix wins.
-CONTRACT = {"f1_jax.transforms", "f1_jax.image_tools", "f1_jax.tokenizer"}
+CONTRACT = {"f1_jax.transforms", "f1_jax.image_tools", "f1_jax.tokenizer", "f1_jax.official_config"}
 ALLOWED: dict[str, set[str]] = {
     "f1_jax": set(),  # the package's __init__ is empty
     "f1_jax.image_tools": set(),
     "f1_jax.tokenizer": set(),
+    "f1_jax.official_config": set(),
     "f1_jax.transforms": {"f1_jax.image_tools"},
     "f1_jax.models": CONTRACT,
     "data_pipelines": CONTRACT,
