@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from f1_jax.transforms import NORM_STATS_FILE, TOKENIZER_FILE, DeploymentContract
+from f1_jax.transforms import NORM_STATS_FILE, DeploymentContract
 
 OFFICIAL_FEATURES = {"state": "observation.state", "action": "action"}
 OFFICIAL_STATS = ("mean", "std", "min", "max", "q01", "q99")

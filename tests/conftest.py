@@ -24,3 +24,26 @@ jax.config.update(
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 from run_fixtures import policy, sim_run  # noqa: E402,F401  (session fixtures for every folder)
+
+
+# The longest tests first, so that the two test workers (`-n 2`) finish together instead of one
+# waiting on a long test picked up last.
+SLOW_FIRST = (
+    "training/test_two_process_preemption.py",
+    "training/test_stage_journey.py",
+    "training/test_remote_workdir.py",
+    "training/test_train_loop.py",
+    "training/test_stage_configs.py",
+    "models/test_f1.py",
+    "training/test_frame_codes.py",
+    "torch_runtime/test_parity.py",
+    "policy/test_policy_sources.py",
+)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    def rank(item) -> int:
+        path = item.nodeid.split("::")[0].removeprefix("tests/")
+        return SLOW_FIRST.index(path) if path in SLOW_FIRST else len(SLOW_FIRST)
+
+    items.sort(key=rank)  # stable: the rest keep their order

@@ -67,7 +67,11 @@ def test_stage_1_2_3_export_and_the_robot_units_match(sim_data, tmp_path, caplog
     runs = {name: str(tmp_path / name) for name in ("stage1", "stage2", "stage3")}
     trainer.train(_stage("stage1", sim_data, init), runs["stage1"])
     trainer.train(_stage("stage2", sim_data, runs["stage1"]), runs["stage2"])
-    trainer.train(_stage("stage3_libero", sim_data, f"{runs['stage2']}:2"), runs["stage3"])
+    stage3 = _stage("stage3_libero", sim_data, f"{runs['stage2']}:2")
+    # Stage 2's optimizer settings, so stage 3 reuses stage 2's compiled step (the persistent
+    # compilation cache): the journey is what this test checks, not stage 3's schedule.
+    stage3.optimizer = _stage("stage2", sim_data, "").optimizer
+    trainer.train(stage3, runs["stage3"])
     handoffs = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Initialised")]
     assert len(handoffs) == 3 and all("fresh: nothing" in m for m in handoffs), handoffs
     assert "step 2 (params)" in handoffs[1] and "step 2 (params)" in handoffs[2]
