@@ -8,6 +8,7 @@ stops the run with every mismatch listed.
 """
 
 import logging
+from typing import Callable
 
 import jax
 import orbax.checkpoint as ocp
@@ -72,14 +73,15 @@ def _groups(names: list[str]) -> list[str]:
 
 
 def load_initial_params(
-    params_path: str, vqvae_path: str, use_ema: bool, fresh: dict, abstract: dict
+    params_path: str, vqvae_path: str, use_ema: bool, fresh: Callable[[], dict], abstract: dict
 ) -> dict:
-    """`fresh` parameters with whatever `params_path` and `vqvae_path` provide put in.
+    """What `params_path` and `vqvae_path` provide, the rest from `fresh()`.
 
-    fresh: the freshly initialised (sharded) parameters; abstract: their abstract values with
-    shardings (the restore targets).
+    fresh: makes freshly initialised (sharded) parameters; called only when the sources lack
+    some, so a run whose sources hold everything never compiles the random initialisation.
+    abstract: the parameters' abstract values with shardings (the restore targets).
     """
-    merged = flatten_dict(fresh)
+    merged = {}
     if params_path:
         kind, path, step = checkpoints.params_source(params_path)
         if kind == "run":
@@ -112,4 +114,6 @@ def load_initial_params(
             raise ValueError(f"{path} lacks VQ-VAE parameters: {missing[:5]}")
         merged.update({("vqvae", *k): v for k, v in restored.items()})
         log.info("VQ-VAE from %s.", path)
+    if len(merged) < len(flatten_dict(abstract)):
+        merged = {**flatten_dict(fresh()), **merged}
     return unflatten_dict(merged)

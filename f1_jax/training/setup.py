@@ -46,7 +46,7 @@ class TrainSetup:
     tx: optax.GradientTransformation
     schedules: dict[str, optax.Schedule]  # learning rate per group, for logging
     ema_decay: float | None
-    init_fn: Callable[[jax.Array], st.TrainState]  # creates the state in its shards
+    init_fn: Callable[..., st.TrainState]  # (rng[, params]) -> the state, in its shards
     abstract_state: st.TrainState  # shapes with their target shardings (restore target)
     state_shardings: st.TrainState
     boxed_params: Any  # abstract parameters with their logical axis names

@@ -52,8 +52,10 @@ def make_state_fns(
 ) -> tuple[Callable[[jax.Array], TrainState], TrainState, Any]:
     """Returns (init_fn, abstract_state, state_shardings).
 
-    init_fn(rng) is jitted with out_shardings=state_shardings; abstract_state is the restore target
-    for checkpoints.
+    init_fn(rng) is jitted with out_shardings=state_shardings; init_fn(rng, params) builds the
+    state around given parameters without compiling their random initialisation (slow to compile
+    on CPU: a random-bits program per parameter). abstract_state is the restore target for
+    checkpoints.
     """
     boxed = (
         abstract_params(model) if boxed_params is None else boxed_params

@@ -57,18 +57,17 @@ def _global_batches(iterator, mesh):
 
 def _initial_state(config: ml_collections.ConfigDict, ts: setup.TrainSetup) -> st.TrainState:
     """A fresh state, with the weights `init.*` names put in."""
-    state = ts.init_fn(jax.random.key(config.train.seed))
+    rng = jax.random.key(config.train.seed)
     if not (config.init.params_path or config.init.vqvae_path):
-        return state
+        return ts.init_fn(rng)
     params = initial_params.load_initial_params(
         config.init.params_path,
         config.init.vqvae_path,
         config.init.get("use_ema", False),
-        state.params,
+        lambda: ts.init_fn(rng).params,
         ts.abstract_state.params,
     )
-    params = jax.device_put(params, ts.state_shardings.params)
-    return state.replace(params=params, ema_params=params if state.ema_params is not None else None)
+    return ts.init_fn(rng, jax.device_put(params, ts.state_shardings.params))
 
 
 def train(

@@ -45,3 +45,22 @@ def tiny_data(tmp_path_factory):
     )
     tokenizer = train_tokenizer(list(TEXTS) * 4, os.path.join(root, "tok.model"), 40)
     return {"train": train, "eval": held_out, "tokenizer": tokenizer, "stats": root}
+
+
+@pytest.fixture(scope="session")
+def tiny_init(tiny_data, tmp_path_factory):
+    """The tiny model's initial parameters (train.seed 42, as a fresh run makes them) as a
+    parameter checkpoint. Runs that start from it (`init.params_path`) compile only their step:
+    the random initialisation is the slowest program to compile on CPU."""
+    import jax
+
+    from f1_jax.models.f1 import F1
+    from f1_jax.models.sizes import model_config_from
+    from f1_jax.training import checkpoints, state
+    from train_fixtures import tiny_config
+
+    model = F1(model_config_from(tiny_config(tiny_data).model))
+    params = jax.jit(lambda k: state.init_params(model, k))(jax.random.key(42))
+    path = os.fspath(tmp_path_factory.mktemp("tiny_init") / "params")
+    checkpoints.save_params(path, params)
+    return path

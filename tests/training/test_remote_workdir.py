@@ -32,6 +32,7 @@ for steps in (2, 4):  # a run, then the same command with more steps: it resumes
     config = tiny_config(data, steps=steps, mesh=(1, 1, 1))
     config.train.checkpoint_every = 2
     config.train.checkpoint_ocdbt = False  # the emulator garbles OCDBT's conditional writes
+    config.init.params_path = os.environ["F1_TEST_INIT"]  # a local path into a bucket's run
     trainer.train(config, sys.argv[1])
     print("TRAINED", steps, flush=True)
 """
@@ -62,8 +63,9 @@ def gcs(monkeypatch):
     server.stop()
 
 
-def _train(workdir: str, data: dict, cwd) -> None:
+def _train(workdir: str, data: dict, init: str, cwd) -> None:
     env = dict(os.environ, F1_ROOT=ROOT, F1_TEST_DATA=json.dumps(data), PYTHONPATH=ROOT)
+    env["F1_TEST_INIT"] = init
     env.pop("XLA_FLAGS", None)
     env["JAX_COMPILATION_CACHE_DIR"] = os.path.join(
         tempfile.gettempdir(), "f1_jax_test_compile_cache"
@@ -100,9 +102,9 @@ def _read(gcs, name: str) -> str:
         return response.read().decode()
 
 
-def test_a_run_in_a_bucket_writes_everything_there_and_resumes(gcs, tiny_data, tmp_path):
+def test_a_run_in_a_bucket_writes_everything_there_and_resumes(gcs, tiny_data, tiny_init, tmp_path):
     workdir = f"gs://{BUCKET}/runs/tiny"
-    _train(workdir, tiny_data, tmp_path)
+    _train(workdir, tiny_data, tiny_init, tmp_path)
     files = _objects(gcs, "runs/tiny")
     assert "metrics.jsonl" in files and "config.json" in files
     assert "configs/config_00000000.json" in files and "configs/config_00000002.json" in files

@@ -23,10 +23,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _pair(workdir: str, data: dict, preempt_rank1: int = 0) -> list[str]:
+def _pair(workdir: str, data: dict, init: str, preempt_rank1: int = 0) -> list[str]:
     """Runs both processes to the end; returns their outputs."""
     port = str(_free_port())
     env = dict(os.environ, F1_TEST_DATA=json.dumps(data), PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+    env["F1_TEST_INIT"] = init
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
     # The three pairs compile the same step: share one persistent compilation cache.
     env["JAX_COMPILATION_CACHE_DIR"] = os.path.join(
@@ -55,18 +56,19 @@ def _losses(workdir: str) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in rows if r["split"] == "train"}
 
 
-def test_sigterm_to_one_process_saves_the_same_step_on_both(tiny_data, tmp_path):
+def test_sigterm_to_one_process_saves_the_same_step_on_both(tiny_data, tiny_init, tmp_path):
+    init = tiny_init
     straight, interrupted = str(tmp_path / "straight"), str(tmp_path / "interrupted")
-    _pair(straight, tiny_data)
+    _pair(straight, tiny_data, init)
 
-    outputs = _pair(interrupted, tiny_data, preempt_rank1=2)
+    outputs = _pair(interrupted, tiny_data, init, preempt_rank1=2)
     steps = [re.findall(r"Preemption at step (\d+)", out) for out in outputs]
     assert steps[0] and steps[0] == steps[1], steps  # both processes named the same step
     saved = int(steps[0][0])
     assert saved < STEPS
     assert sorted(int(s) for s in os.listdir(os.path.join(interrupted, "checkpoints"))) == [saved]
 
-    _pair(interrupted, tiny_data)  # the same command again: resumes at the saved step
+    _pair(interrupted, tiny_data, init)  # the same command again: resumes at the saved step
     want, got = _losses(straight), _losses(interrupted)
     assert sorted(got) == list(range(1, STEPS + 1))
     for step in range(saved + 1, STEPS + 1):

@@ -28,6 +28,9 @@ from f1_jax.training import trainer  # noqa: E402
 
 config = tiny_config(json.loads(os.environ["F1_TEST_DATA"]), steps=int(steps), mesh=(2, 1, 1))
 config.train.checkpoint_every = 100  # only preemption and the last step save
+# Starting weights written by the test: each process compiles only the step, not the random
+# initialisation (the persistent compilation cache serves process 0 only).
+config.init.params_path = os.environ["F1_TEST_INIT"]
 
 if int(preempt):
     original = trainer._global_batches
