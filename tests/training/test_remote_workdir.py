@@ -66,7 +66,7 @@ def gcs(monkeypatch):
 def _train(workdir: str, data: dict, init: str, cwd) -> None:
     env = dict(os.environ, F1_ROOT=ROOT, F1_TEST_DATA=json.dumps(data), PYTHONPATH=ROOT)
     env["F1_TEST_INIT"] = init
-    env.pop("XLA_FLAGS", None)
+    env["XLA_FLAGS"] = "--xla_backend_optimization_level=1"  # one device, as tests/conftest.py
     env["JAX_COMPILATION_CACHE_DIR"] = os.path.join(
         tempfile.gettempdir(), "f1_jax_test_compile_cache"
     )

@@ -28,7 +28,7 @@ def _pair(workdir: str, data: dict, init: str, preempt_rank1: int = 0) -> list[s
     port = str(_free_port())
     env = dict(os.environ, F1_TEST_DATA=json.dumps(data), PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
     env["F1_TEST_INIT"] = init
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=1"
     # The three pairs compile the same step: share one persistent compilation cache.
     env["JAX_COMPILATION_CACHE_DIR"] = os.path.join(
         tempfile.gettempdir(), "f1_jax_test_compile_cache"
