@@ -49,7 +49,7 @@ def make_state_fns(
     rules,
     ema: bool,
     boxed_params: Any = None,
-) -> tuple[Callable[[jax.Array], TrainState], TrainState, Any]:
+) -> tuple[Callable[..., TrainState], TrainState, Any]:
     """Returns (init_fn, abstract_state, state_shardings).
 
     init_fn(rng) is jitted with out_shardings=state_shardings; init_fn(rng, params) builds the

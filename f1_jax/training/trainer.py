@@ -64,7 +64,10 @@ def _initial_state(config: ml_collections.ConfigDict, ts: setup.TrainSetup) -> s
         config.init.params_path,
         config.init.vqvae_path,
         config.init.get("use_ema", False),
-        lambda: ts.init_fn(rng).params,
+        # Only the parameters, in their shards: no optimizer state made to be thrown away.
+        lambda: jax.jit(
+            lambda key: st.init_params(ts.model, key), out_shardings=ts.state_shardings.params
+        )(rng),
         ts.abstract_state.params,
     )
     return ts.init_fn(rng, jax.device_put(params, ts.state_shardings.params))
