@@ -40,7 +40,7 @@ def prefix_preprocessor(text, spec: transforms.ObservationSpec):
     Tokenizer."""
 
     def preprocess(obs: dict[str, Any]) -> dict[str, np.ndarray]:
-        frames = transforms.camera_frames(obs, libero.DEFAULT_CAMERAS)
+        frames = transforms.camera_frames(obs, libero.SPEC["cameras"])
         images, present = transforms.understanding_images(frames, spec)
         tokens, token_mask = text.encode(obs["instruction"])
         return {"images": images, "image_mask": present, "tokens": tokens, "token_mask": token_mask}

@@ -5,8 +5,19 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-from data_pipelines.sources import GRIPPER_CONVENTIONS, SOURCE_KINDS
+from data_pipelines.sources import GRIPPER_CONVENTIONS, SOURCE_KINDS, for_dataset
 from f1_jax.transforms import CAMERAS, MAX_DIM, NORM_MODES, ObservationSpec
+
+
+def _plain(m: Any) -> Any:
+    """Nested mappings / sequences (ConfigDict, FrozenConfigDict, tuples) as dicts and lists."""
+    if hasattr(m, "to_dict"):
+        m = m.to_dict()
+    if isinstance(m, Mapping):
+        return {k: _plain(v) for k, v in m.items()}
+    if isinstance(m, (list, tuple)):
+        return [_plain(v) for v in m]
+    return m
 
 
 @dataclasses.dataclass(frozen=True)
@@ -14,12 +25,15 @@ class DatasetConfig:
     """One dataset of the mixture.
 
     name: unique name (stats, `dataset_index` order, un-normalisation key).
-    source: dataset family, one of SOURCE_KINDS.
+    source: one of SOURCE_KINDS: a named RLDS configuration (libero, bridge, fractal, agibot) or
+      "rlds" with its configuration in `rlds`.
     path: TFDS version directory, e.g. /data/bridge_orig/1.0.0 (TFRecord or ArrayRecord shards).
     weight: sampling weight (relative; times the number of transitions if balance_weights).
     cameras: standard camera -> dataset image key (None = absent); None uses the source default.
     norm_mode: overrides DataConfig.norm_mode for this dataset.
     drop_unlabeled: overrides DataConfig.drop_unlabeled for this dataset.
+    rlds: source "rlds" only: the dataset's configuration (cameras, state and action parts,
+      language, gripper, control frequency; `data_pipelines/sources/rlds.py`, docs/data.md).
     """
 
     name: str
@@ -30,6 +44,7 @@ class DatasetConfig:
     cameras: Mapping[str, str | None] | None = None
     norm_mode: str | None = None
     drop_unlabeled: bool | None = None
+    rlds: Mapping[str, Any] | None = None
 
     def __post_init__(self):
         if self.source not in SOURCE_KINDS:
@@ -37,6 +52,10 @@ class DatasetConfig:
                 f"dataset {self.name!r}: unknown source {self.source!r}; "
                 f"expected one of {SOURCE_KINDS}"
             )
+        if self.rlds is not None and not isinstance(self.rlds, dict):
+            # Plain dicts (from ConfigDicts too): the config is pickled into worker processes.
+            object.__setattr__(self, "rlds", _plain(self.rlds))
+        for_dataset(self)  # checks an rlds configuration, naming this dataset
         if self.weight < 0:
             raise ValueError(f"dataset {self.name!r}: negative weight {self.weight}")
         if self.cameras is not None:

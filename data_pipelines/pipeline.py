@@ -109,7 +109,7 @@ def dataset_statistics(config: DataConfig) -> dict[str, dict[str, Any]]:
             "num_corrupt": s.num_corrupt,
             "counts": s.counts(),
         }
-        to_native = sources.action_to_native(ds.source, config.gripper_convention)
+        to_native = sources.action_to_native(sources.for_dataset(ds), config.gripper_convention)
         if to_native is not None:
             entry["action_to_native"] = to_native
         out[s.name] = entry

@@ -23,7 +23,7 @@ from data_pipelines.config import DataConfig
 from data_pipelines.frame_codes import FrameCodeStore
 from data_pipelines.integrity import BadImageError, CorruptRecordError, DataIntegrityError
 from data_pipelines.reader import EpisodeReader
-from data_pipelines.sources import standardize_record
+from data_pipelines.sources import for_dataset, standardize_record
 from data_pipelines.summary import DatasetSummary
 from f1_jax import image_tools, transforms
 from f1_jax.tokenizer import Tokenizer
@@ -94,7 +94,7 @@ class SampleBuilder:
         ds = self.config.datasets[d]
         try:
             ep = standardize_record(
-                ds.source,
+                for_dataset(ds),
                 self.readers[d].decode(record),
                 ds.name,
                 record,

@@ -30,7 +30,7 @@ from data_pipelines.integrity import (
     bad_by_shard,
 )
 from data_pipelines.reader import EpisodeReader
-from data_pipelines.sources import check_layout, get_source, standardize_record
+from data_pipelines.sources import check_layout, for_dataset, standardize_record
 
 log = logging.getLogger(__name__)
 
@@ -216,11 +216,12 @@ def scan(
     for s in skipped:
         log.warning("skipping %s", s.describe(ds.name))
     states, actions = [], []
+    source = for_dataset(ds)
     for i in tqdm.tqdm(range(n), desc=f"stats {ds.name}", disable=not progress, unit="ep"):
         shard, k = reader.locate(i)
         try:
             raw = reader.decode(i)
-            ep = standardize_record(ds.source, raw, ds.name, i, ds.cameras, gripper_convention)
+            ep = standardize_record(source, raw, ds.name, i, ds.cameras, gripper_convention)
         except CorruptRecordError as e:
             skipped.append(SkippedRecord(CORRUPT, i, shard, k, e.reason))
         except schema.EmptyEpisodeError:
@@ -264,7 +265,7 @@ def scan(
 
 def summary_key(reader: EpisodeReader, ds: DatasetConfig, gripper_convention: str) -> str:
     """The cache key of `ds`'s summary: content, metadata, transform and options."""
-    source = get_source(ds.source)
+    source = for_dataset(ds)
     parts = [
         SUMMARY_FORMAT,
         ds.source,
@@ -288,7 +289,7 @@ def load_or_compute(
     reading any record.
     """
     check_layout(
-        ds.source, reader.features, ds.name, ds.path, reader.tfds_name, reader.version, ds.cameras
+        for_dataset(ds), reader.features, ds.name, ds.path, reader.tfds_name, reader.version, ds.cameras
     )
     key = summary_key(reader, ds, gripper_convention)
     path = statistics.cache_path(ds.path, key, stats_dir)

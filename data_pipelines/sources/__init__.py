@@ -1,23 +1,35 @@
-"""Dataset-family adapters: each maps one decoded episode into `schema.StdEpisode`.
+"""Dataset sources: each maps one decoded episode into `schema.StdEpisode`.
 
-Every module exposes KIND, TRANSFORM_VERSION, DEFAULT_CAMERAS, SUPPORTED (the releases it reads,
-in words), REQUIRED_FEATURES (feature path -> expected kind, checked before a dataset is read),
-GRIPPER_OPEN_POSITIVE ({action dim: (scale, offset)} turning the dataset's own gripper action into
-"open is positive"), feature_spec(...) and standardize(raw, dataset_name, episode_id, cameras).
+A source exposes KIND, TRANSFORM_VERSION (keys the statistics cache), DEFAULT_CAMERAS, SUPPORTED
+(the releases it reads, in words), REQUIRED_FEATURES (feature path -> expected kind, checked
+before a dataset is read), GRIPPER_OPEN_POSITIVE ({action dim: (scale, offset)} turning the
+dataset's own gripper action into "open is positive") and standardize(raw, dataset_name,
+episode_id, cameras).
+
+RLDS datasets are configurations of one source (`rlds.RldsSource`): `source="rlds"` with the
+configuration in `DatasetConfig.rlds`, or one of the named configurations (NAMED_RLDS: each
+module's `SPEC`; the modules also hold their release's TFDS feature spec, and AgiBot's the
+converter from its raw HDF5 + mp4 release).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
-from types import ModuleType
 from typing import Any, Mapping
 
 import numpy as np
 
 from data_pipelines import schema
+from data_pipelines.sources import agibot, bridge, fractal, libero, rlds
 
-SOURCE_KINDS = ("libero", "bridge", "fractal", "agibot")
+# Named configurations of the RLDS source (their TRANSFORM_VERSION is pinned in the SPEC).
+NAMED_RLDS: Mapping[str, Mapping[str, Any]] = {
+    "libero": libero.SPEC,
+    "bridge": bridge.SPEC,
+    "fractal": fractal.SPEC,
+    "agibot": agibot.SPEC,
+}
+SOURCE_KINDS = (*NAMED_RLDS, rlds.KIND)
 
 # native: each dataset's own gripper action convention (what the original F1 trains on and what
 # each robot or simulator consumes); open_is_positive: the gripper action dims mapped so that
@@ -29,11 +41,35 @@ class UnsupportedDatasetError(ValueError):
     """A dataset directory does not have the layout its configured source reads."""
 
 
-def get_source(kind: str) -> ModuleType:
-    """The source module for a dataset family name."""
+def get_source(kind: str, rlds_config: Mapping[str, Any] | None = None, dataset: str = ""):
+    """The source of a dataset: a named RLDS configuration, or `kind` "rlds" with its
+    configuration `rlds_config` (a mapping, see sources/rlds.py)."""
     if kind not in SOURCE_KINDS:
         raise ValueError(f"unknown dataset source {kind!r}; expected one of {SOURCE_KINDS}")
-    return importlib.import_module(f"data_pipelines.sources.{kind}")
+    if kind == rlds.KIND:
+        if rlds_config is None:
+            raise ValueError(
+                f"dataset {dataset!r}: source 'rlds' needs its configuration (DatasetConfig.rlds:"
+                " cameras, state, action, language, gripper; see docs/data.md)"
+            )
+        return rlds.RldsSource(rlds.RldsSpec.from_mapping(rlds_config, dataset))
+    if rlds_config is not None:
+        raise ValueError(
+            f"dataset {dataset!r}: an rlds configuration is for source 'rlds'; {kind!r} is a "
+            f"named configuration (copy sources.NAMED_RLDS[{kind!r}] into one to change it)"
+        )
+    return rlds.RldsSource(rlds.RldsSpec.from_mapping(NAMED_RLDS[kind], kind), kind)
+
+
+def for_dataset(ds: Any):
+    """The source of a `DatasetConfig` (or a mapping with "source", "name" and maybe "rlds")."""
+    get = ds.get if isinstance(ds, Mapping) else lambda k, d=None: getattr(ds, k, d)
+    return get_source(get("source"), get("rlds"), get("name", ""))
+
+
+def _resolve(source: Any):
+    """A source from its name (a named configuration) or the source itself."""
+    return get_source(source) if isinstance(source, str) else source
 
 
 # ---------------------------------------------------------------------- layout check
@@ -68,7 +104,8 @@ def _feature_at(features: Any, path: str) -> Any:
 
 
 def _mismatch(feature: Any, expected: Any) -> str | None:
-    """Why `feature` is not `expected` ("text", "image" or a tensor shape tuple), or None."""
+    """Why `feature` is not `expected` ("text", "image", a tensor shape tuple, or an int n: a
+    tensor whose last axis has at least n entries, a scalar counting as 1), or None."""
     import tensorflow_datasets as tfds
 
     if feature is None:
@@ -77,6 +114,15 @@ def _mismatch(feature: Any, expected: Any) -> str | None:
         ok = isinstance(feature, tfds.features.Text)
     elif expected == "image":
         ok = isinstance(feature, tfds.features.Image)
+    elif isinstance(expected, int):
+        ok = (
+            isinstance(feature, tfds.features.Tensor)
+            and not isinstance(feature, tfds.features.Text)
+            and len(feature.shape) <= 1
+            and (feature.shape[-1] if feature.shape else 1) >= expected
+        )
+        if not ok:
+            return f"is {_describe(feature)}, expected a vector of at least {expected} values"
     else:
         ok = (
             isinstance(feature, tfds.features.Tensor)
@@ -90,7 +136,7 @@ def _mismatch(feature: Any, expected: Any) -> str | None:
 
 
 def check_layout(
-    kind: str,
+    kind: Any,
     features: Any,
     dataset: str,
     dataset_dir: str,
@@ -99,8 +145,10 @@ def check_layout(
     cameras: Mapping[str, str | None] | None = None,
 ) -> None:
     """Raises UnsupportedDatasetError, naming the supported releases, when `features` (a TFDS
-    FeaturesDict) lacks a feature the `kind` source reads or the configured camera keys."""
-    source = get_source(kind)
+    FeaturesDict) lacks a feature the `kind` source (a name or a source) reads or the configured
+    camera keys."""
+    source = _resolve(kind)
+    kind = source.KIND
     required = dict(source.REQUIRED_FEATURES)
     for key in (cameras or source.DEFAULT_CAMERAS).values():
         if key is not None:
@@ -123,7 +171,7 @@ def check_layout(
 # ---------------------------------------------------------------------- gripper convention
 
 
-def _gripper_map(kind: str, convention: str) -> dict[int, tuple[float, float]]:
+def _gripper_map(kind: Any, convention: str) -> dict[int, tuple[float, float]]:
     """{action dim: (scale, offset)} with x_convention = scale * x_native + offset; identity
     entries are dropped."""
     if convention not in GRIPPER_CONVENTIONS:
@@ -132,11 +180,11 @@ def _gripper_map(kind: str, convention: str) -> dict[int, tuple[float, float]]:
         )
     if convention == "native":
         return {}
-    return {d: m for d, m in get_source(kind).GRIPPER_OPEN_POSITIVE.items() if m != (1.0, 0.0)}
+    return {d: m for d, m in _resolve(kind).GRIPPER_OPEN_POSITIVE.items() if m != (1.0, 0.0)}
 
 
 def apply_gripper_convention(
-    ep: schema.StdEpisode, kind: str, convention: str
+    ep: schema.StdEpisode, kind: Any, convention: str
 ) -> schema.StdEpisode:
     """`ep` with its gripper action dims in `convention` (unchanged for `native`)."""
     mapping = _gripper_map(kind, convention)
@@ -148,7 +196,7 @@ def apply_gripper_convention(
     return dataclasses.replace(ep, action=action.astype(np.float32))
 
 
-def action_to_native(kind: str, convention: str) -> dict[str, list] | None:
+def action_to_native(kind: Any, convention: str) -> dict[str, list] | None:
     """How to turn un-normalised model actions back into the robot's own gripper convention:
     {"dims": [...], "scale": [...], "offset": [...]} with native = scale * x + offset, or None
     when nothing changes (`f1_jax.transforms.ObservationTransform.robot_actions` applies it)."""
@@ -164,13 +212,15 @@ def action_to_native(kind: str, convention: str) -> dict[str, list] | None:
 
 
 def standardize_record(
-    kind: str,
+    kind: Any,
     raw: Mapping[str, Any],
     dataset_name: str,
     episode_id: int,
     cameras: Mapping[str, str | None] | None,
     gripper_convention: str = "native",
 ) -> schema.StdEpisode:
-    """The one path from a decoded record to a StdEpisode (stats pass and sampling share it)."""
-    ep = get_source(kind).standardize(raw, dataset_name, episode_id, cameras)
-    return apply_gripper_convention(ep, kind, gripper_convention)
+    """The one path from a decoded record to a StdEpisode (stats pass and sampling share it).
+    kind: a source name (a named configuration) or a source (`for_dataset(ds)`)."""
+    source = _resolve(kind)
+    ep = source.standardize(raw, dataset_name, episode_id, cameras)
+    return apply_gripper_convention(ep, source, gripper_convention)

@@ -38,7 +38,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -48,33 +48,31 @@ from data_pipelines.sources.agibot_tar import PROPRIO_FILE
 
 log = logging.getLogger(__name__)
 
-KIND = "agibot"
-TRANSFORM_VERSION = "agibot-v1"
 CAMERA_KEYS = ("head", "hand_left", "hand_right")
-DEFAULT_CAMERAS: Mapping[str, str | None] = {
-    "primary": "head",
-    "secondary": "hand_left",
-    "wrist": "hand_right",
-}
 STATE_DIM = 16
 # any4lerobot agibot2lerobot README: action longer than state, and corrupted mp4 files.
 BROKEN_TASK_IDS = frozenset(
     {352, 354, 359, 361, 368, 376, 377, 410, 414, 421, 380, 384, 428, 460, 505, 510, 711}
 )
 DATASET_NAME = "agibot_world"
-SUPPORTED = (
-    "AgiBot-World Alpha/Beta gripper episodes converted with "
-    "`python -m data_pipelines.convert agibot` (agibot_world 1.0.0 segment records)"
-)
-REQUIRED_FEATURES = {
-    "steps/observation/state": (STATE_DIM,),
-    "steps/action": (STATE_DIM,),
-    "steps/language_instruction": "text",
-    "episode_metadata/sample_start": (),
-    "episode_metadata/sample_end": (),
+# The converted records as a configuration of the RLDS source (data_pipelines/sources/rlds.py);
+# only the conversion from the raw release (HDF5 + mp4, below) needs code.
+SPEC = {
+    "name": "agibot",
+    "cameras": {"primary": "head", "secondary": "hand_left", "wrist": "hand_right"},
+    "state": [{"key": "observation/state", "dims": STATE_DIM}],
+    "action": [{"key": "action", "dims": STATE_DIM}],
+    "language": "language_instruction",
+    # Action grippers (dims 7, 15) are closedness 0 open .. 1 closed.
+    "gripper": {"dims": [7, 15], "convention": "0_open_1_closed"},
+    "control_frequency": None,  # 30 Hz as released, divided by the converter's --frame_stride
+    "sample_range": ["sample_start", "sample_end"],
+    "supported": (
+        "AgiBot-World Alpha/Beta gripper episodes converted with "
+        "`python -m data_pipelines.convert agibot` (agibot_world 1.0.0 segment records)"
+    ),
+    "version": "agibot-v1",
 }
-# Action grippers (dims 7, 15) are closedness 0 open .. 1 closed -> 1 - a (1 open .. 0 closed).
-GRIPPER_OPEN_POSITIVE = {7: (-1.0, 1.0), 15: (-1.0, 1.0)}
 
 
 def feature_spec():
@@ -114,31 +112,6 @@ def feature_spec():
                 }
             ),
         }
-    )
-
-
-def standardize(
-    raw: Mapping[str, Any],
-    dataset_name: str,
-    episode_id: int,
-    cameras: Mapping[str, str | None] | None = None,
-) -> schema.StdEpisode:
-    """Converted AgiBot segment record -> StdEpisode (state 16, action 16, sample range)."""
-    steps, meta = raw["steps"], raw["episode_metadata"]
-    state = np.asarray(steps["observation"]["state"], np.float32)
-    action = np.asarray(steps["action"], np.float32)
-    if state.shape[1:] != (STATE_DIM,) or action.shape[1:] != (STATE_DIM,):
-        raise schema.SchemaError(
-            f"AgiBot records need state/action [T,16], got {state.shape}, {action.shape}"
-        )
-    return schema.StdEpisode(
-        dataset_name=dataset_name,
-        episode_id=episode_id,
-        images=schema.select_cameras(steps["observation"], cameras or DEFAULT_CAMERAS),
-        state=state,
-        action=action,
-        language=schema.as_text(steps["language_instruction"][0]),
-        sample_range=(int(meta["sample_start"]), int(meta["sample_end"])),
     )
 
 

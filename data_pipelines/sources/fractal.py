@@ -7,29 +7,33 @@ action/world_vector f32[3], action/rotation_delta f32[3], action/gripper_closedn
 
 Standardisation (Octo's rt1 transform): action = world_vector ++ rotation_delta ++ absolute
 gripper (1 open, 0 closed); state = base_pose_tool_reached ++ gripper_closed (8 dims).
+A configuration of the RLDS source (`SPEC`, the operations in `sources/rlds.py`); this module also
+holds the release's feature spec (for the tests' fixtures).
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
-
 import numpy as np
 
-from data_pipelines import schema
-
-KIND = "fractal"
-TRANSFORM_VERSION = "fractal-v1"
-DEFAULT_CAMERAS: Mapping[str, str | None] = {"primary": "image"}
-SUPPORTED = "fractal20220817_data 0.1.0 (gs://gresearch/robotics/fractal20220817_data/0.1.0)"
-REQUIRED_FEATURES = {
-    "steps/action/world_vector": (3,),
-    "steps/action/rotation_delta": (3,),
-    "steps/action/gripper_closedness_action": (1,),
-    "steps/observation/base_pose_tool_reached": (7,),
-    "steps/observation/gripper_closed": (1,),
-    "steps/observation/natural_language_instruction": "text",
+# The configuration (data_pipelines/sources/rlds.py).
+SPEC = {
+    "name": "fractal",
+    "cameras": {"primary": "image"},
+    "state": [
+        {"key": "observation/base_pose_tool_reached", "dims": 7},
+        {"key": "observation/gripper_closed", "dims": 1},
+    ],
+    "action": [
+        {"key": "action/world_vector", "dims": 3},
+        {"key": "action/rotation_delta", "dims": 3},
+        {"key": "action/gripper_closedness_action", "dims": 1, "op": "relative_to_absolute_gripper"},
+    ],
+    "language": "observation/natural_language_instruction",
+    "gripper": {"dims": [6], "convention": "1_open_0_closed"},
+    "control_frequency": 3,
+    "supported": "fractal20220817_data 0.1.0 (gs://gresearch/robotics/fractal20220817_data/0.1.0)",
+    "version": "fractal-v1",
 }
-GRIPPER_OPEN_POSITIVE = {6: (1.0, 0.0)}  # absolute: already 1 open / 0 closed
 
 
 def feature_spec(image_size: tuple[int, int] = (256, 320)):
@@ -103,51 +107,4 @@ def feature_spec(image_size: tuple[int, int] = (256, 320)):
                 }
             ),
         }
-    )
-
-
-def relative_to_absolute_gripper(rel: np.ndarray) -> np.ndarray:
-    """Relative gripper commands [T] (+1 close, -1 open, ~0 keep) -> absolute [T].
-
-    Output: 1 open, 0 closed.
-
-    Before the first command the gripper is in the state opposite to that command (open if the
-    episode never commands it), and each command holds until the next one.
-    """
-    rel = np.asarray(rel, np.float32)
-    cmd = np.where(rel < -0.1, 1.0, np.where(rel > 0.1, -1.0, 0.0))  # +1 = open, -1 = close
-    nonzero = np.flatnonzero(cmd)
-    state = -cmd[nonzero[0]] if len(nonzero) else 1.0
-    out = np.empty_like(cmd)
-    for i, c in enumerate(cmd):
-        if c != 0:
-            state = c
-        out[i] = state
-    return (out / 2 + 0.5).astype(np.float32)
-
-
-def standardize(
-    raw: Mapping[str, Any],
-    dataset_name: str,
-    episode_id: int,
-    cameras: Mapping[str, str | None] | None = None,
-) -> schema.StdEpisode:
-    """Decoded Fractal episode -> StdEpisode (state 8, action 7)."""
-    steps = raw["steps"]
-    obs, act = steps["observation"], steps["action"]
-    gripper = relative_to_absolute_gripper(np.asarray(act["gripper_closedness_action"])[:, 0])
-    action = np.concatenate(
-        [act["world_vector"], act["rotation_delta"], gripper[:, None]], axis=1
-    ).astype(np.float32)
-    state = np.concatenate([obs["base_pose_tool_reached"], obs["gripper_closed"]], axis=1).astype(
-        np.float32
-    )
-    return schema.StdEpisode(
-        dataset_name=dataset_name,
-        episode_id=episode_id,
-        images=schema.select_cameras(obs, cameras or DEFAULT_CAMERAS),
-        state=state,
-        action=action,
-        language=schema.as_text(obs["natural_language_instruction"][0]),
-        sample_range=(0, len(state)),
     )

@@ -10,32 +10,33 @@ LIBERO simulator consumes, so evaluation needs no inversion (OpenVLA inverts to 
 because it discretises actions into tokens). With `gripper_convention="open_is_positive"` the
 gripper action becomes (1 - a) / 2 (1 open, 0 closed; equal to OpenVLA's 1 - clip(a, 0, 1) on the
 release's -1/+1 values, but affine, so a policy can map it back exactly).
+
+A configuration of the RLDS source (`SPEC`); this module also holds the release's feature spec
+and the writer the built-in task and the tests use.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable
 
 import numpy as np
 
-from data_pipelines import schema
-
-KIND = "libero"
-TRANSFORM_VERSION = "libero-v1"
-DEFAULT_CAMERAS: Mapping[str, str | None] = {"primary": "image", "wrist": "wrist_image"}
-STATE_DIM = 8
-ACTION_DIM = 7
-SUPPORTED = (
-    "libero_{spatial,object,goal,10}_no_noops 1.0.0 (HF openvla/modified_libero_rlds) and "
-    "datasets written with `sources.libero.write_dataset`"
-)
-REQUIRED_FEATURES = {
-    "steps/observation/state": (STATE_DIM,),
-    "steps/action": (ACTION_DIM,),
-    "steps/language_instruction": "text",
+# The configuration (data_pipelines/sources/rlds.py); the dims are checked against features.json.
+SPEC = {
+    "name": "libero",
+    "cameras": {"primary": "image", "wrist": "wrist_image"},
+    "state": [{"key": "observation/state", "dims": 8}],
+    "action": [{"key": "action", "dims": 7}],
+    "language": "language_instruction",
+    "gripper": {"dims": [6], "convention": "-1_open_1_closed"},
+    "control_frequency": 20,
+    "supported": (
+        "libero_{spatial,object,goal,10}_no_noops 1.0.0 (HF openvla/modified_libero_rlds) and "
+        "datasets written with `sources.libero.write_dataset`"
+    ),
+    "version": "libero-v1",
 }
-GRIPPER_OPEN_POSITIVE = {6: (-0.5, 0.5)}  # -1 open / +1 close -> 1 open / 0 closed
 
 
 def feature_spec(image_size: tuple[int, int] = (256, 256)):
@@ -94,29 +95,3 @@ def write_dataset(
         file_format=file_format,
     )
     return os.path.join(data_dir, name, "1.0.0")
-
-
-def standardize(
-    raw: Mapping[str, Any],
-    dataset_name: str,
-    episode_id: int,
-    cameras: Mapping[str, str | None] | None = None,
-) -> schema.StdEpisode:
-    """Decoded LIBERO episode (steps stacked [T, ...]) -> StdEpisode (state 8, action 7)."""
-    steps = raw["steps"]
-    obs = steps["observation"]
-    state = np.asarray(obs["state"], np.float32)
-    action = np.asarray(steps["action"], np.float32)
-    if state.shape[1:] != (STATE_DIM,) or action.shape[1:] != (ACTION_DIM,):
-        raise schema.SchemaError(
-            f"LIBERO expects state [T,8] and action [T,7], got {state.shape} and {action.shape}"
-        )
-    return schema.StdEpisode(
-        dataset_name=dataset_name,
-        episode_id=episode_id,
-        images=schema.select_cameras(obs, cameras or DEFAULT_CAMERAS),
-        state=state,
-        action=action,
-        language=schema.as_text(steps["language_instruction"][0]),
-        sample_range=(0, len(state)),
-    )

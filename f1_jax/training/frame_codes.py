@@ -23,7 +23,7 @@ from data_pipelines import DataConfig
 from data_pipelines.frame_codes import FrameCodeStore, store_path, write_store
 from data_pipelines.pipeline import load_summaries
 from data_pipelines.reader import EpisodeReader
-from data_pipelines.sources import standardize_record
+from data_pipelines.sources import for_dataset, standardize_record
 from data_pipelines.summary import DatasetSummary
 from f1_jax import image_tools, transforms
 from f1_jax.models.f1 import F1, to_unit_range
@@ -93,7 +93,7 @@ def encode_dataset(
     usable = np.flatnonzero(summary.lengths > 0)
     for record in tqdm.tqdm(usable, desc=f"frame codes {ds.name}", disable=not progress):
         raw = reader.decode(int(record))
-        episode = standardize_record(ds.source, raw, ds.name, int(record), ds.cameras)
+        episode = standardize_record(for_dataset(ds), raw, ds.name, int(record), ds.cameras)
         if spec.gen_camera not in episode.images:
             continue
         frames = [

@@ -19,7 +19,7 @@ from typing import Any
 
 import ml_collections
 
-from data_pipelines.sources import get_source
+from data_pipelines.sources import for_dataset
 from f1_jax import transforms
 from f1_jax.models.f1 import F1Config, observation_spec
 from f1_jax.models.sizes import model_config_from
@@ -109,7 +109,7 @@ def read_run_record(path: ckpt.PathLike, step: int | None = None) -> RunRecord:
             f"its config's data.datasets ({sorted(configured)}) does not define."
         )
     cameras = {
-        n: dict(configured[n].get("cameras") or get_source(configured[n]["source"]).DEFAULT_CAMERAS)
+        n: dict(configured[n].get("cameras") or for_dataset(configured[n]).DEFAULT_CAMERAS)
         for n in names
     }
     return RunRecord(

@@ -13,7 +13,7 @@ from data_pipelines.reader import EpisodeReader
 from builtin_task import writer
 from builtin_task.env import SimEnv
 from builtin_task.expert import expert_policy, rollout
-from data_pipelines.sources import libero
+from data_pipelines.sources import get_source
 
 NUM_EPISODES = 4
 SEED = 3
@@ -44,7 +44,7 @@ def test_dataset_reads_back_through_libero_source(sim_dataset):
         env = SimEnv()
         obs, actions, success = rollout(env, expert_policy(env), seed, task)
         assert success
-        std = libero.standardize(raw, "f1_sim", rec)
+        std = get_source("libero").standardize(raw, "f1_sim", rec)
         assert std.language == obs[0]["instruction"]
         np.testing.assert_array_equal(std.state, np.stack([o["state"] for o in obs]))
         np.testing.assert_array_equal(std.action, np.stack(actions))
@@ -84,5 +84,5 @@ def test_cli_writes_a_dataset(tmp_path):
     )
     reader = EpisodeReader(out)
     assert len(reader) == 2
-    std = libero.standardize(reader.decode(0), "f1_sim", 0)
+    std = get_source("libero").standardize(reader.decode(0), "f1_sim", 0)
     assert decode_image(std.images["primary"][0]).shape == (64, 64, 3)

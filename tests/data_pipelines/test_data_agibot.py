@@ -11,7 +11,7 @@ import pytest
 
 from f1_jax import image_tools as images
 from data_pipelines.reader import EpisodeReader
-from data_pipelines.sources import agibot, agibot_tar
+from data_pipelines.sources import agibot, agibot_tar, get_source
 from dp_fixtures import (
     AGIBOT_CAM_OFFSET,
     AGIBOT_EFF_INDEX,
@@ -43,7 +43,7 @@ def test_segments_state_action_shift_and_text(agibot_dir):
     segs = {}
     for i in range(len(reader)):
         raw = reader.decode(i)
-        segs[int(raw["episode_metadata"]["segment_index"])] = (raw, agibot.standardize(raw, "a", i))
+        segs[int(raw["episode_metadata"]["segment_index"])] = (raw, get_source("agibot").standardize(raw, "a", i))
     # 25 frames, segments of 10 with 3 frames of context before and 4 after.
     starts = {k: int(r["episode_metadata"]["frame_start"]) for k, (r, _) in segs.items()}
     assert starts == {0: 0, 1: 7, 2: 17}
@@ -158,7 +158,7 @@ def test_mp4_segments_state_action_and_images(agibot_mp4):
     segs = {}
     for i in range(len(reader)):
         raw = reader.decode(i)
-        segs[int(raw["episode_metadata"]["segment_index"])] = (raw, agibot.standardize(raw, "a", i))
+        segs[int(raw["episode_metadata"]["segment_index"])] = (raw, get_source("agibot").standardize(raw, "a", i))
     n = AGIBOT_MP4_FRAMES  # the 9th proprio row has no video frame: the common prefix is kept
     starts = {k: int(r["episode_metadata"]["frame_start"]) for k, (r, _) in segs.items()}
     assert starts == {0: 0, 1: 3}
@@ -257,7 +257,7 @@ def test_tar_release_converts_like_the_unpacked_tree(agibot_release, tmp_path):
         assert ra.serialized(i) == rb.serialized(i)  # same records, byte for byte
 
     # Episode 3 (sparse effector rows): every frame holds the latest commanded closedness.
-    segs = [agibot.standardize(rb.decode(i), "a", i) for i in range(len(rb))]
+    segs = [get_source("agibot").standardize(rb.decode(i), "a", i) for i in range(len(rb))]
     metas = [rb.decode(i)["episode_metadata"] for i in range(len(rb))]
     ep3 = sorted(
         (int(m["segment_index"]), s) for m, s in zip(metas, segs) if int(m["episode_id"]) == 3

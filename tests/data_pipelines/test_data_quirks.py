@@ -195,7 +195,7 @@ def test_bridge_oxe_copy_is_refused_naming_the_supported_release(
         in msg
     )
     assert "bridge_dataset 1.0.0" in msg and "Open X-Embodiment copy" in msg
-    assert bridge.SUPPORTED in msg
+    assert bridge.SPEC["supported"] in msg
 
 
 def test_layout_check_names_a_missing_camera(libero_dir, tokenizer_path, tmp_path):
@@ -217,6 +217,6 @@ def test_fixtures_carry_the_published_dtypes_and_versions(fractal_dir, bridge_di
     assert fr.decode(0)["attributes"]["env"] == 0  # int64 on disk, read back
     br = EpisodeReader(bridge_dir)
     assert (br.tfds_name, br.version) == ("bridge_dataset", "1.0.0")
-    assert fractal.SUPPORTED.startswith("fractal20220817_data 0.1.0")
+    assert fractal.SPEC["supported"].startswith("fractal20220817_data 0.1.0")
     assert len(QUIRK_EPISODES) == 5
     assert summary.SUMMARY_FORMAT.endswith("/2")

@@ -91,7 +91,7 @@ def test_stats_by_hand_and_cache(libero_dir, tmp_path, monkeypatch):
     assert again.state_stats == s.state_stats
     # Another transform version or gripper convention must not reuse the cache.
     assert summary.summary_key(reader, ds, "open_is_positive") != s.key
-    monkeypatch.setattr(libero, "TRANSFORM_VERSION", "libero-v2")
+    monkeypatch.setitem(libero.SPEC, "version", "libero-v2")
     assert summary.summary_key(reader, ds, "native") != s.key
 
 
@@ -110,7 +110,7 @@ def test_stats_cli(bridge_dir, tmp_path, capsys):
     assert out["episodes_kept"] == 2 and out["transitions"] == 6 and out["unusable"] == 1
     assert out["records"] == 3 and out["corrupt"] == 0 and out["empty_instruction"] == 0
     (skip,) = out["skipped"]
-    assert skip["kind"] == "unusable" and "need >= 3 to relabel" in skip["reason"]
+    assert skip["kind"] == "unusable" and "needs >= 3" in skip["reason"]
     assert f"shard {skip['shard']} record {skip['shard_record']}" in captured.err
 
 

@@ -7,7 +7,8 @@ import pytest
 
 from f1_jax import image_tools as images
 from data_pipelines.reader import EpisodeReader
-from data_pipelines.sources import bridge, fractal, get_source, libero
+from data_pipelines.sources import get_source
+from data_pipelines.sources.rlds import binarize_gripper
 from dp_fixtures import LIBERO_LENGTHS, LIBERO_TEXTS
 
 
@@ -26,7 +27,7 @@ def test_libero_standardize(libero_dir):
     assert len(reader) == 3
     rec = records_by(reader, "file_path")
     for ep, n in enumerate(LIBERO_LENGTHS):
-        std = libero.standardize(reader.decode(rec[f"/demo/{ep}.hdf5"]), "libero", 7)
+        std = get_source("libero").standardize(reader.decode(rec[f"/demo/{ep}.hdf5"]), "libero", 7)
         assert std.length == n and std.sample_range == (0, n)
         assert std.language == LIBERO_TEXTS[ep]
         t = np.arange(n, dtype=np.float32)[:, None]
@@ -42,7 +43,7 @@ def test_libero_standardize(libero_dir):
 def test_bridge_relabel_and_gripper(bridge_dir):
     reader = EpisodeReader(bridge_dir)
     rec = records_by(reader, "episode_id")
-    std = bridge.standardize(reader.decode(rec[0]), "bridge", 0)
+    std = get_source("bridge").standardize(reader.decode(rec[0]), "bridge", 0)
     # Step 0 dropped; movement = reached-state deltas of steps 1..5; gripper [1,.5,.7,.01,.3]
     # binarised by hand: 1 -> open, .5/.7 take the next decided value (.01 -> closed), trailing
     # .3 undecided -> closed; the last step (no successor) is dropped.
@@ -71,7 +72,7 @@ def test_bridge_relabel_and_gripper(bridge_dir):
     means = [images.decode_image(b).mean() for b in std.images["primary"]]
     np.testing.assert_allclose(means, [20, 40, 60, 80], atol=2)
 
-    std1 = bridge.standardize(reader.decode(rec[1]), "bridge", 1)
+    std1 = get_source("bridge").standardize(reader.decode(rec[1]), "bridge", 1)
     assert set(std1.images) == {"primary"}  # has_image_1 False: dummy secondary camera dropped
     # gripper [.99, .6, .98] after the drop: .6 undecided -> next decided (open).
     np.testing.assert_allclose(
@@ -81,22 +82,22 @@ def test_bridge_relabel_and_gripper(bridge_dir):
 
 def test_bridge_binarize_gripper_by_hand():
     np.testing.assert_array_equal(
-        bridge.binarize_gripper(np.array([0.2, 0.99, 0.5, 0.03, 0.6])), [1, 1, 0, 0, 0]
+        binarize_gripper(np.array([0.2, 0.99, 0.5, 0.03, 0.6])), [1, 1, 0, 0, 0]
     )
 
 
 def test_bridge_too_short_episode_is_rejected(bridge_dir):
     reader = EpisodeReader(bridge_dir)
     rec = records_by(reader, "episode_id")
-    with pytest.raises(ValueError, match="need >= 3"):
-        bridge.standardize(reader.decode(rec[2]), "bridge", 2)
+    with pytest.raises(ValueError, match="needs >= 3"):
+        get_source("bridge").standardize(reader.decode(rec[2]), "bridge", 2)
 
 
 def test_fractal_standardize(fractal_dir):
     reader = EpisodeReader(fractal_dir)
     by_grip = {}
     for i in range(len(reader)):
-        std = fractal.standardize(reader.decode(i), "fractal", i)
+        std = get_source("fractal").standardize(reader.decode(i), "fractal", i)
         rel = reader.decode(i)["steps"]["action"]["gripper_closedness_action"]
         by_grip[round(float(np.abs(rel).sum()), 2)] = std
     std = by_grip[2.05]
@@ -117,12 +118,12 @@ def test_fractal_standardize(fractal_dir):
 
 def test_camera_mapping_override(libero_dir):
     reader = EpisodeReader(libero_dir)
-    std = libero.standardize(
+    std = get_source("libero").standardize(
         reader.decode(0), "libero", 0, {"primary": "wrist_image", "wrist": None}
     )
     assert set(std.images) == {"primary"}
     with pytest.raises(ValueError, match="not in observation"):
-        libero.standardize(reader.decode(0), "libero", 0, {"primary": "image_9"})
+        get_source("libero").standardize(reader.decode(0), "libero", 0, {"primary": "image_9"})
 
 
 def test_unknown_source_and_missing_path(tmp_path):
