@@ -36,7 +36,7 @@ from conversion.io import (
     open_source,
     write_safetensors_streaming,
 )
-from f1_jax.models.f1 import F1Config
+from f1_jax.models.f1 import F1Config, observation_spec
 from f1_jax.models.sizes import get_model_config
 from f1_jax.training import checkpoints as ckpt
 from f1_jax.training.checkpoints import save_params
@@ -228,21 +228,101 @@ def f1_params(
     return params, buffers, notes
 
 
-def import_f1(input_path, output, config_path=None, progress: bool = True):
-    """Official F1 model.safetensors + config.json -> our full tree."""
+def _stats_contract(
+    config: F1Config,
+    stats_files,
+    tokenizer,
+    cameras=None,
+    norm_mode: str = "mean_std",
+    dataset: str | None = None,
+    source: dict | None = None,
+) -> tuple[DeploymentContract, object]:
+    """The deployment contract of official `<dataset>_stats.json` files (local or URIs) and a
+    tokenizer.model; every check runs here, before anything is written."""
+    texts = {}
+    for f in stats_files:
+        path = as_epath(f)
+        if not path.is_file():
+            raise ConversionError(f"statistics file {f} does not exist.")
+        texts[deployment.dataset_of_stats_file(path.name)] = (path.read_text(), str(f))
+    tokenizer_src = as_epath(tokenizer)
+    if not tokenizer_src.is_file():
+        raise ConversionError(f"tokenizer {tokenizer} does not exist.")
+    cameras = None if cameras is None else dict(cameras)
+    slots = tuple(cameras or deployment.RELEASE_CAMERAS)
+    try:
+        spec = observation_spec(config, {"cameras": slots, "gen_camera": slots[0]})
+        contract = deployment.contract_from_official_stats(
+            spec, texts, TOKENIZER_FILE, cameras, norm_mode, dataset, source
+        )
+    except (ValueError, KeyError) as e:
+        raise ConversionError(str(e)) from None
+    return contract, tokenizer_src
+
+
+def _write_contract(directory: Path, contract: DeploymentContract, tokenizer_src) -> None:
+    """norm_stats.json, `<dataset>_stats.json` and tokenizer.model into the local `directory`."""
+    deployment.write_deployment_files(directory, contract)
+    copy_file(as_epath(tokenizer_src), as_epath(directory / TOKENIZER_FILE))
+
+
+def import_f1(
+    input_path,
+    output,
+    config_path=None,
+    progress: bool = True,
+    stats=None,
+    tokenizer=None,
+    cameras=None,
+    norm_mode: str = "mean_std",
+    dataset: str | None = None,
+):
+    """Official F1 model.safetensors + config.json -> our full tree.
+
+    The deployment contract travels along: an export of ours carries norm_stats.json; otherwise
+    the official statistics, `stats` (files) or the `<dataset>_stats.json` files beside the
+    weights (the released F1 layout), become norm_stats.json with `tokenizer` (default: the
+    input's tokenizer.model), `cameras` (model slot -> robot image key, default
+    deployment.RELEASE_CAMERAS), `norm_mode` and the default `dataset` (default: the first by
+    name)."""
     config = read_official_config(input_path, config_path)
+    base = as_epath(input_path)
+    folder = base if base.is_dir() else base.parent
+    if stats is None and not (folder / NORM_STATS_FILE).exists():
+        stats = sorted(str(p) for p in folder.glob("*" + deployment.OFFICIAL_STATS_SUFFIX))
+    built = None
+    if stats:
+        if tokenizer is None and not (folder / TOKENIZER_FILE).exists():
+            raise ConversionError(
+                f"{input_path} has statistics ({', '.join(as_epath(s).name for s in stats)}) "
+                f"but no {TOKENIZER_FILE}: pass --tokenizer PATH (the PaliGemma SentencePiece "
+                "model the released F1 was trained with, google/paligemma-3b-pt-224)."
+            )
+        source = {"import": str(input_path), "official_stats": [str(s) for s in stats]}
+        built = _stats_contract(
+            config, stats, tokenizer or str(folder / TOKENIZER_FILE), cameras, norm_mode,
+            dataset, source,
+        )
     wanted = ("model.safetensors", NORM_STATS_FILE, TOKENIZER_FILE)
     with (
         _scratch(output) as allocate,
         local_input(input_path, wanted, progress) as local,
+        tempfile.TemporaryDirectory(prefix="f1-contract-") as contract_dir,
     ):
         params, buffers, notes = f1_params(
             _f1_file(local), config, str(input_path), progress, allocate
         )
-        # An export of a run carries its deployment contract: keep it with the parameters.
-        folder = local if local.is_dir() else local.parent
-        contract = folder if (folder / NORM_STATS_FILE).exists() else None
-        if contract is not None:
+        local_folder = local if local.is_dir() else local.parent
+        contract = None
+        if built is not None:
+            _write_contract(Path(contract_dir), *built)
+            contract = Path(contract_dir)
+            notes.append(
+                f"{NORM_STATS_FILE} from the official statistics of {sorted(built[0].datasets)}"
+            )
+        elif (local_folder / NORM_STATS_FILE).exists():
+            # An export of a run carries its deployment contract: keep it with the parameters.
+            contract = local_folder
             notes.append(f"kept {NORM_STATS_FILE} and {TOKENIZER_FILE} of the export")
         return _write(output, params, config, "f1", ALL_SUBTREES, notes, buffers, contract)
 
@@ -578,8 +658,17 @@ def export_f1(
     with_expert_lm_heads: bool = False,
     progress: bool = True,
     dtype: str = "float32",
+    stats=None,
+    tokenizer=None,
+    cameras=None,
+    norm_mode: str = "mean_std",
+    dataset: str | None = None,
 ):
-    """An import's output (our params) -> official F1 model.safetensors + config.json.
+    """An import's output (our params) -> official F1 model.safetensors + config.json, plus the
+    deployment files (norm_stats.json, tokenizer.model, `<dataset>_stats.json`) when there are
+    statistics: `stats` (official `<dataset>_stats.json` files, e.g. from
+    `python -m data_pipelines.convert stats --official_stats DIR`; with `tokenizer`, `cameras`,
+    `norm_mode`, `dataset` as in `import_f1`), else the import's own norm_stats.json.
 
     dtype "float32": every floating tensor fp32 (exactly our values); "released": the dtypes of
     the released file (bf16 PaliGemma and expert layers).
@@ -597,6 +686,16 @@ def export_f1(
             f"{missing[:10]}{' ...' if len(missing) > 10 else ''}"
         )
     _check_params(params, config, str(input_dir))
+    built = None
+    if stats:
+        if tokenizer is None:
+            raise ConversionError("--stats needs --tokenizer PATH (the model's tokenizer.model).")
+        source = {"import": str(input_dir), "official_stats": [str(s) for s in stats]}
+        built = _stats_contract(config, stats, tokenizer, cameras, norm_mode, dataset, source)
+    else:
+        carried = import_contract(input_dir)
+        if carried is not None:
+            built = (carried, carried.tokenizer_path)
     notes: list[str] = []
     _fit_buffers(buffers, config, str(input_dir), notes)  # imports written before the check
     for note in notes:
@@ -610,6 +709,8 @@ def export_f1(
         ]
     with atomic_output_dir(output, progress) as tmp:
         _write_f1_files(tmp, params, config, buffers, extras, dtype, with_expert_lm_heads, progress)
+        if built is not None:
+            _write_contract(tmp, *built)
     return output
 
 

@@ -42,6 +42,14 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--output", required=True)
     imp.add_argument("--config", help="f1 only: the official config.json (default: beside input)")
     imp.add_argument("--size", default="full", help=size_help + " (ignored for f1)")
+    imp.add_argument(
+        "--tokenizer",
+        help="f1: the tokenizer.model for norm_stats.json (default: the input's; the released F1 "
+        "has none: PaliGemma's, google/paligemma-3b-pt-224)",
+    )
+    imp.add_argument(
+        "--dataset", help="f1: the default dataset of norm_stats.json (default: first by name)"
+    )
 
     exp = sub.add_parser("export", help="a run or an import of ours -> official F1 layout")
     what = exp.add_mutually_exclusive_group(required=True)
@@ -93,14 +101,52 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("--output", required=True)
     comp.add_argument("--size", default="full", help=size_help)
     comp.add_argument("--seed", type=int, default=0)
+    for command in (imp, exp):
+        command.add_argument(
+            "--stats",
+            nargs="+",
+            help="official <dataset>_stats.json files (import f1: default those beside the "
+            "weights) that become norm_stats.json",
+        )
+        command.add_argument(
+            "--camera",
+            action="append",
+            metavar="SLOT=KEY",
+            help="with statistics: the model's camera slots in order and the robot's image key "
+            "of each (default: primary=observation.images.image "
+            "wrist=observation.images.wrist_image, the official LIBERO recipe's)",
+        )
+        command.add_argument("--norm_mode", default="mean_std", choices=("mean_std", "quantile"))
     for command in (imp, exp, ver, comp):
         command.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
 
+def _cameras(args) -> dict | None:
+    if not args.camera:
+        return None
+    out = {}
+    for item in args.camera:
+        slot, sep, key = item.partition("=")
+        if not sep or not slot:
+            raise ConversionError(f"--camera {item!r}: expected SLOT=KEY, e.g. primary=image")
+        out[slot] = None if key.lower() in ("", "none") else key
+    return out
+
+
 def _import(args, progress: bool):
     if args.source == "f1":
-        return api.import_f1(args.input, args.output, args.config, progress)
+        return api.import_f1(
+            args.input,
+            args.output,
+            args.config,
+            progress,
+            stats=args.stats,
+            tokenizer=args.tokenizer,
+            cameras=_cameras(args),
+            norm_mode=args.norm_mode,
+            dataset=args.dataset,
+        )
     fn = {
         "pi0": api.import_pi0,
         "openpi": api.import_openpi,
@@ -138,7 +184,16 @@ def _export(args, progress: bool):
             progress=progress,
         )
     return api.export_f1(
-        args.input, args.output, args.with_expert_lm_heads, progress, dtype=args.dtype
+        args.input,
+        args.output,
+        args.with_expert_lm_heads,
+        progress,
+        dtype=args.dtype,
+        stats=args.stats,
+        tokenizer=args.tokenizer,
+        cameras=_cameras(args),
+        norm_mode=args.norm_mode,
+        dataset=args.dataset,
     )
 
 
@@ -146,10 +201,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "export" and args.input is not None:
-        given = [f"--{n}" for n in ("step", "dataset", "tokenizer") if getattr(args, n) is not None]
+        given = [f"--{n}" for n in ("step",) if getattr(args, n) is not None]
+        if not args.stats:
+            given += [f"--{n}" for n in ("dataset", "tokenizer") if getattr(args, n) is not None]
         given += ["--ema"] if args.ema else []
         if given:
-            parser.error(f"{', '.join(given)} only apply to --run (not to --input)")
+            parser.error(f"{', '.join(given)} only apply to --run or with --stats (not to --input)")
+    if args.command == "export" and args.run is not None and (args.stats or args.camera):
+        parser.error("--stats and --camera apply to --input (a run carries its statistics)")
+    if args.command == "import" and args.source != "f1":
+        given = [f"--{n}" for n in ("stats", "camera", "tokenizer", "dataset") if getattr(args, n)]
+        if given:
+            parser.error(f"{', '.join(given)} only apply to import f1")
     progress = not args.no_progress and sys.stderr.isatty()
     try:
         if args.command == "import":

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from f1_jax.transforms import NORM_STATS_FILE, DeploymentContract
+from f1_jax.transforms import NORM_MODES, NORM_STATS_FILE, DeploymentContract, ObservationSpec
 
 OFFICIAL_FEATURES = {"state": "observation.state", "action": "action"}
 OFFICIAL_STATS = ("mean", "std", "min", "max", "q01", "q99")
@@ -66,3 +66,91 @@ def write_deployment_files(directory, contract: DeploymentContract) -> dict[str,
         with open(f"{directory}/{file}", "w") as f:
             json.dump(official_stats(contract.datasets[name]), f, indent=4)
     return files
+
+
+# ---------------------------------------------------------------------------------------------
+# The other direction: official statistics files -> a deployment contract.
+
+OFFICIAL_STATS_SUFFIX = "_stats.json"
+# The official F1 LIBERO recipe's cameras (f1_vla/config/debug_test.yaml camera_keys, in order:
+# image0 = the third-person view, also the generation camera; image1 = the wrist view).
+RELEASE_CAMERAS = {"primary": "observation.images.image", "wrist": "observation.images.wrist_image"}
+
+
+def read_official_stats(text: str, where: str) -> dict[str, dict[str, Any]]:
+    """An official `<dataset>_stats.json` (lerobot's stats.json layout) -> {"state": ...,
+    "action": ...} with per-dimension float lists and an integer "count": the inverse of
+    `official_stats`. Other features (image statistics of a lerobot meta/stats.json) are
+    ignored; a missing feature or statistic, or lists of differing lengths, name `where`."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where} is not JSON: {e}") from None
+    out: dict[str, dict[str, Any]] = {}
+    for ours, feature in OFFICIAL_FEATURES.items():
+        if feature not in data:
+            raise ValueError(
+                f"{where} has no {feature!r} statistics (features: {sorted(data)}); the official "
+                f"format keys them {sorted(OFFICIAL_FEATURES.values())}"
+            )
+        entry = data[feature]
+        missing = [k for k in ("mean", "std") if k not in entry]
+        if missing:
+            raise ValueError(f"{where}: {feature!r} lacks {missing}")
+        stats = {}
+        for k in OFFICIAL_STATS:
+            if k in entry:
+                v = np.asarray(entry[k], np.float64).reshape(-1)
+                if not np.all(np.isfinite(v)):
+                    raise ValueError(f"{where}: {feature}.{k} has non-finite values")
+                stats[k] = v.astype(np.float32).tolist()
+        dims = {k: len(v) for k, v in stats.items()}
+        if len(set(dims.values())) != 1:
+            raise ValueError(f"{where}: {feature!r} statistics differ in length: {dims}")
+        if "count" in entry:
+            stats["count"] = int(np.asarray(entry["count"]).reshape(-1)[0])
+        out[ours] = stats
+    return out
+
+
+def dataset_of_stats_file(name: str) -> str:
+    """`libero_spatial_stats.json` -> `libero_spatial`."""
+    return name[: -len(OFFICIAL_STATS_SUFFIX)] if name.endswith(OFFICIAL_STATS_SUFFIX) else name
+
+
+def contract_from_official_stats(
+    spec: ObservationSpec,
+    stats_texts: Mapping[str, tuple[str, str]],
+    tokenizer_path: str,
+    cameras: Mapping[str, str | None] | None = None,
+    norm_mode: str = "mean_std",
+    default_dataset: str | None = None,
+    source: Mapping[str, Any] | None = None,
+) -> DeploymentContract:
+    """A deployment contract from official statistics files.
+
+    stats_texts: dataset -> (file text, where it came from); cameras: the model's camera slots in
+    order -> the robot's image keys (default RELEASE_CAMERAS); `spec.cameras` must list the same
+    slots. Every dataset shares the cameras and norm_mode (the official format has no field for
+    either)."""
+    cameras = dict(RELEASE_CAMERAS if cameras is None else cameras)
+    if tuple(c for c in cameras) != tuple(spec.cameras):
+        raise ValueError(f"cameras {list(cameras)} differ from the spec's {list(spec.cameras)}")
+    if norm_mode not in NORM_MODES:
+        raise ValueError(f"unknown norm mode {norm_mode!r}; expected one of {NORM_MODES}")
+    if not stats_texts:
+        raise ValueError("no statistics files")
+    datasets = {}
+    for name, (text, where) in stats_texts.items():
+        entry = read_official_stats(text, where)
+        for part, width in (("state", spec.state_dim), ("action", spec.action_dim)):
+            if len(entry[part]["mean"]) > width:
+                raise ValueError(
+                    f"{where}: {part} has {len(entry[part]['mean'])} dims, more than the "
+                    f"model's {width}"
+                )
+        datasets[name] = {**entry, "norm_mode": norm_mode, "cameras": cameras}
+    default = default_dataset or sorted(datasets)[0]
+    if default not in datasets:
+        raise ValueError(f"default dataset {default!r} has no statistics ({sorted(datasets)})")
+    return DeploymentContract(spec, datasets, default, tokenizer_path, dict(source or {}))
