@@ -43,8 +43,10 @@ from f1_jax.training.checkpoints import save_params
 from f1_jax.training.run_record import read_run_record
 from f1_jax.transforms import (
     NORM_STATS_FILE,
+    OFFICIAL_STATS_SUFFIX,
     TOKENIZER_FILE,
     DeploymentContract,
+    dataset_of_stats_file,
     read_deployment_contract,
 )
 
@@ -244,7 +246,7 @@ def _stats_contract(
         path = as_epath(f)
         if not path.is_file():
             raise ConversionError(f"statistics file {f} does not exist.")
-        texts[deployment.dataset_of_stats_file(path.name)] = (path.read_text(), str(f))
+        texts[dataset_of_stats_file(path.name)] = (path.read_text(), str(f))
     tokenizer_src = as_epath(tokenizer)
     if not tokenizer_src.is_file():
         raise ConversionError(f"tokenizer {tokenizer} does not exist.")
@@ -289,7 +291,7 @@ def import_f1(
     base = as_epath(input_path)
     folder = base if base.is_dir() else base.parent
     if stats is None and not (folder / NORM_STATS_FILE).exists():
-        stats = sorted(str(p) for p in folder.glob("*" + deployment.OFFICIAL_STATS_SUFFIX))
+        stats = sorted(str(p) for p in folder.glob("*" + OFFICIAL_STATS_SUFFIX))
     built = None
     if stats:
         if tokenizer is None and not (folder / TOKENIZER_FILE).exists():
@@ -300,8 +302,13 @@ def import_f1(
             )
         source = {"import": str(input_path), "official_stats": [str(s) for s in stats]}
         built = _stats_contract(
-            config, stats, tokenizer or str(folder / TOKENIZER_FILE), cameras, norm_mode,
-            dataset, source,
+            config,
+            stats,
+            tokenizer or str(folder / TOKENIZER_FILE),
+            cameras,
+            norm_mode,
+            dataset,
+            source,
         )
     wanted = ("model.safetensors", NORM_STATS_FILE, TOKENIZER_FILE)
     with (

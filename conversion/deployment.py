@@ -16,39 +16,18 @@ per-dimension float32 lists and a one-element `count`.
 """
 
 import json
-import re
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-
-from f1_jax.transforms import NORM_MODES, NORM_STATS_FILE, DeploymentContract, ObservationSpec
-
-OFFICIAL_FEATURES = {"state": "observation.state", "action": "action"}
-OFFICIAL_STATS = ("mean", "std", "min", "max", "q01", "q99")
-
-
-def official_stats_file(dataset: str) -> str:
-    """`<dataset>_stats.json`, with characters unsafe in a file name replaced by `_`."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", dataset) + "_stats.json"
-
-
-def official_stats(stats: Mapping[str, Any]) -> dict[str, dict[str, list]]:
-    """One dataset's recorded statistics -> the official (lerobot stats.json) layout.
-
-    stats: {"state": {...}, "action": {...}, ...} with per-dimension lists "mean", "std", "min",
-    "max", "q01", "q99" (those present are written) and an integer "count".
-    """
-    out = {}
-    for ours, feature in OFFICIAL_FEATURES.items():
-        entry = stats[ours]
-        converted = {
-            k: np.asarray(entry[k], np.float32).tolist() for k in OFFICIAL_STATS if k in entry
-        }
-        if "count" in entry:
-            converted["count"] = [int(np.asarray(entry["count"]).reshape(-1)[0])]
-        out[feature] = converted
-    return out
+from f1_jax.transforms import (
+    NORM_MODES,
+    NORM_STATS_FILE,
+    DeploymentContract,
+    ObservationSpec,
+    official_stats,
+    official_stats_file,
+    read_official_stats,
+)
 
 
 def write_deployment_files(directory, contract: DeploymentContract) -> dict[str, str]:
@@ -71,51 +50,9 @@ def write_deployment_files(directory, contract: DeploymentContract) -> dict[str,
 # ---------------------------------------------------------------------------------------------
 # The other direction: official statistics files -> a deployment contract.
 
-OFFICIAL_STATS_SUFFIX = "_stats.json"
 # The official F1 LIBERO recipe's cameras (f1_vla/config/debug_test.yaml camera_keys, in order:
 # image0 = the third-person view, also the generation camera; image1 = the wrist view).
 RELEASE_CAMERAS = {"primary": "observation.images.image", "wrist": "observation.images.wrist_image"}
-
-
-def read_official_stats(text: str, where: str) -> dict[str, dict[str, Any]]:
-    """An official `<dataset>_stats.json` (lerobot's stats.json layout) -> {"state": ...,
-    "action": ...} with per-dimension float lists and an integer "count": the inverse of
-    `official_stats`. Other features (image statistics of a lerobot meta/stats.json) are
-    ignored; a missing feature or statistic, or lists of differing lengths, name `where`."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{where} is not JSON: {e}") from None
-    out: dict[str, dict[str, Any]] = {}
-    for ours, feature in OFFICIAL_FEATURES.items():
-        if feature not in data:
-            raise ValueError(
-                f"{where} has no {feature!r} statistics (features: {sorted(data)}); the official "
-                f"format keys them {sorted(OFFICIAL_FEATURES.values())}"
-            )
-        entry = data[feature]
-        missing = [k for k in ("mean", "std") if k not in entry]
-        if missing:
-            raise ValueError(f"{where}: {feature!r} lacks {missing}")
-        stats = {}
-        for k in OFFICIAL_STATS:
-            if k in entry:
-                v = np.asarray(entry[k], np.float64).reshape(-1)
-                if not np.all(np.isfinite(v)):
-                    raise ValueError(f"{where}: {feature}.{k} has non-finite values")
-                stats[k] = v.astype(np.float32).tolist()
-        dims = {k: len(v) for k, v in stats.items()}
-        if len(set(dims.values())) != 1:
-            raise ValueError(f"{where}: {feature!r} statistics differ in length: {dims}")
-        if "count" in entry:
-            stats["count"] = int(np.asarray(entry["count"]).reshape(-1)[0])
-        out[ours] = stats
-    return out
-
-
-def dataset_of_stats_file(name: str) -> str:
-    """`libero_spatial_stats.json` -> `libero_spatial`."""
-    return name[: -len(OFFICIAL_STATS_SUFFIX)] if name.endswith(OFFICIAL_STATS_SUFFIX) else name
 
 
 def contract_from_official_stats(

@@ -9,7 +9,10 @@ python -m data_pipelines.convert agibot --raw_root AGIBOT --out OUT [--task_ids 
     segment records (see sources/agibot.py); every skipped episode is listed with its reason.
 python -m data_pipelines.convert stats --source bridge --path DIR/bridge_orig/1.0.0
     Precomputes (once, before a multi-host run) the cached episode index + normalisation stats
-    and prints the dataset summary (counts, skipped records by shard and record).
+    and prints the dataset summary (counts, skipped records by shard and record). Any RLDS
+    dataset: --source rlds --rlds_config CONFIG.json (docs/data.md). --official_stats DIR also
+    writes DIR/<name>_stats.json in the official F1 format, which
+    `python -m conversion export --input ... --stats` turns into norm_stats.json.
 """
 
 from __future__ import annotations
@@ -19,14 +22,15 @@ import json
 import os
 import shutil
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 from data_pipelines.config import DatasetConfig
 from data_pipelines.integrity import masked_crc32c
 from data_pipelines.reader import EpisodeReader, scan_tfrecord
-from data_pipelines.sources import GRIPPER_CONVENTIONS, agibot
+from data_pipelines.sources import GRIPPER_CONVENTIONS, SOURCE_KINDS, agibot, for_dataset
 from data_pipelines.summary import load_or_compute
 from f1_jax.tokenizer import Tokenizer
+from f1_jax.transforms import official_stats, official_stats_file
 
 
 def tfrecord_to_array_record(src: str, dst: str) -> dict:
@@ -94,6 +98,32 @@ def _fix_shard_length(split: dict, shard_name: str, n: int) -> None:
     split["shardLengths"][shard_index] = str(n)
 
 
+def read_rlds_config(value: str) -> dict[str, Any]:
+    """--rlds_config: a JSON file, or the JSON text itself."""
+    text = value
+    if not value.lstrip().startswith("{"):
+        if not os.path.exists(value):
+            raise FileNotFoundError(f"--rlds_config {value!r}: no such file (or JSON text)")
+        with open(value) as f:
+            text = f.read()
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--rlds_config {value!r} is not JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"--rlds_config {value!r}: expected a JSON object")
+    return config
+
+
+def write_official_stats(directory: str, name: str, state: dict, action: dict) -> str:
+    """DIR/<name>_stats.json: statistics in the official F1 format (lerobot's stats.json)."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, official_stats_file(name))
+    with open(path, "w") as f:
+        json.dump(official_stats({"state": state, "action": action}), f, indent=4)
+    return path
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m data_pipelines.convert",
@@ -118,8 +148,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--frame_stride", type=int, default=1, help="keep every k-th frame (e.g. 3: 30 Hz -> 10 Hz)"
     )
     s = sub.add_parser("stats", help="compute and cache episode index + normalisation stats")
-    s.add_argument("--source", required=True)
+    s.add_argument("--source", required=True, choices=SOURCE_KINDS)
     s.add_argument("--path", required=True)
+    s.add_argument(
+        "--rlds_config", help="--source rlds: the dataset's configuration (JSON file or text)"
+    )
+    s.add_argument(
+        "--official_stats", help="also write DIR/<name>_stats.json (the official F1 format)"
+    )
     s.add_argument("--name", default=None)
     s.add_argument("--split", default="train")
     s.add_argument("--stats_dir", default=None)
@@ -130,7 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("--max_token_len", type=int, default=48)
     args = p.parse_args(argv)
     if args.cmd == "stats":
-        ds = DatasetConfig(args.name or args.source, args.source, args.path, split=args.split)
+        rlds = read_rlds_config(args.rlds_config) if args.rlds_config else None
+        ds = DatasetConfig(
+            args.name or args.source, args.source, args.path, split=args.split, rlds=rlds
+        )
         summ = load_or_compute(
             EpisodeReader(args.path, args.split),
             ds,
@@ -140,16 +179,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.tokenizer_path:
             summ = summ.with_token_budget(Tokenizer(args.tokenizer_path, args.max_token_len))
         print(summ.describe(), file=sys.stderr)
-        print(
-            json.dumps(
-                {
-                    "name": ds.name,
-                    "key": summ.key,
-                    **summ.counts(),
-                    "skipped": [s.to_json() for s in summ.skipped],
-                }
+        result = {
+            "name": ds.name,
+            "key": summ.key,
+            **summ.counts(),
+            "skipped": [s.to_json() for s in summ.skipped],
+            "cameras": for_dataset(ds).DEFAULT_CAMERAS,
+            "control_frequency": for_dataset(ds).CONTROL_FREQUENCY,
+        }
+        if args.official_stats:
+            result["official_stats"] = write_official_stats(
+                args.official_stats, ds.name, summ.state_stats, summ.action_stats
             )
-        )
+        print(json.dumps(result))
     elif args.cmd == "array-record":
         result = tfrecord_to_array_record(args.src, args.dst)
         print(

@@ -289,7 +289,13 @@ def load_or_compute(
     reading any record.
     """
     check_layout(
-        for_dataset(ds), reader.features, ds.name, ds.path, reader.tfds_name, reader.version, ds.cameras
+        for_dataset(ds),
+        reader.features,
+        ds.name,
+        ds.path,
+        reader.tfds_name,
+        reader.version,
+        ds.cameras,
     )
     key = summary_key(reader, ds, gripper_convention)
     path = statistics.cache_path(ds.path, key, stats_dir)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import re
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -483,3 +484,79 @@ def read_deployment_contract(directory: str) -> DeploymentContract:
             "`python -m conversion export --run WORKDIR --output DIR`."
         ) from None
     return DeploymentContract.from_json(data, directory)
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics in the official F1 format: lerobot's `meta/stats.json` layout, which the official
+# training reads through a dataset's `norm_stats_path` and dumps as `{output_dir}/<dataset>_stats.json`.
+# Keys are lerobot's feature names; each statistic a per-dimension float32 list, `count` [N].
+# Written by the export and by `python -m data_pipelines.convert stats --official_stats`, read
+# back (the inverse) by `python -m conversion import f1` / `export --stats`.
+
+OFFICIAL_STATS_SUFFIX = "_stats.json"
+OFFICIAL_FEATURES = {"state": "observation.state", "action": "action"}
+OFFICIAL_STATS = ("mean", "std", "min", "max", "q01", "q99")
+
+
+def official_stats_file(dataset: str) -> str:
+    """`<dataset>_stats.json`, with characters unsafe in a file name replaced by `_`."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", dataset) + OFFICIAL_STATS_SUFFIX
+
+
+def official_stats(stats: Mapping[str, Any]) -> dict[str, dict[str, list]]:
+    """One dataset's recorded statistics -> the official (lerobot stats.json) layout.
+
+    stats: {"state": {...}, "action": {...}, ...} with per-dimension lists "mean", "std", "min",
+    "max", "q01", "q99" (those present are written) and an integer "count".
+    """
+    out = {}
+    for ours, feature in OFFICIAL_FEATURES.items():
+        entry = stats[ours]
+        converted = {
+            k: np.asarray(entry[k], np.float32).tolist() for k in OFFICIAL_STATS if k in entry
+        }
+        if "count" in entry:
+            converted["count"] = [int(np.asarray(entry["count"]).reshape(-1)[0])]
+        out[feature] = converted
+    return out
+
+
+def read_official_stats(text: str, where: str) -> dict[str, dict[str, Any]]:
+    """An official `<dataset>_stats.json` (lerobot's stats.json layout) -> {"state": ...,
+    "action": ...} with per-dimension float lists and an integer "count": the inverse of
+    `official_stats`. Other features (image statistics of a lerobot meta/stats.json) are
+    ignored; a missing feature or statistic, or lists of differing lengths, name `where`."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where} is not JSON: {e}") from None
+    out: dict[str, dict[str, Any]] = {}
+    for ours, feature in OFFICIAL_FEATURES.items():
+        if feature not in data:
+            raise ValueError(
+                f"{where} has no {feature!r} statistics (features: {sorted(data)}); the official "
+                f"format keys them {sorted(OFFICIAL_FEATURES.values())}"
+            )
+        entry = data[feature]
+        missing = [k for k in ("mean", "std") if k not in entry]
+        if missing:
+            raise ValueError(f"{where}: {feature!r} lacks {missing}")
+        stats = {}
+        for k in OFFICIAL_STATS:
+            if k in entry:
+                v = np.asarray(entry[k], np.float64).reshape(-1)
+                if not np.all(np.isfinite(v)):
+                    raise ValueError(f"{where}: {feature}.{k} has non-finite values")
+                stats[k] = v.astype(np.float32).tolist()
+        dims = {k: len(v) for k, v in stats.items()}
+        if len(set(dims.values())) != 1:
+            raise ValueError(f"{where}: {feature!r} statistics differ in length: {dims}")
+        if "count" in entry:
+            stats["count"] = int(np.asarray(entry["count"]).reshape(-1)[0])
+        out[ours] = stats
+    return out
+
+
+def dataset_of_stats_file(name: str) -> str:
+    """`libero_spatial_stats.json` -> `libero_spatial`."""
+    return name[: -len(OFFICIAL_STATS_SUFFIX)] if name.endswith(OFFICIAL_STATS_SUFFIX) else name

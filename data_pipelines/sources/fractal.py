@@ -26,7 +26,11 @@ SPEC = {
     "action": [
         {"key": "action/world_vector", "dims": 3},
         {"key": "action/rotation_delta", "dims": 3},
-        {"key": "action/gripper_closedness_action", "dims": 1, "op": "relative_to_absolute_gripper"},
+        {
+            "key": "action/gripper_closedness_action",
+            "dims": 1,
+            "op": "relative_to_absolute_gripper",
+        },
     ],
     "language": "observation/natural_language_instruction",
     "gripper": {"dims": [6], "convention": "1_open_0_closed"},

@@ -338,7 +338,9 @@ class RldsSource:
         # configurations stay valid); any other configuration is keyed on its content.
         self.TRANSFORM_VERSION = spec.version or f"rlds-{spec.fingerprint()}"
         self.DEFAULT_CAMERAS = dict(spec.cameras)
-        self.SUPPORTED = spec.supported or f"RLDS datasets with the features of config {spec.name!r}"
+        self.SUPPORTED = (
+            spec.supported or f"RLDS datasets with the features of config {spec.name!r}"
+        )
         self.UNSUPPORTED_HINTS = dict(spec.unsupported_hints)
         self.CONTROL_FREQUENCY = spec.control_frequency
         scale_offset = GRIPPER_CONVENTIONS[spec.gripper_convention]
@@ -428,7 +430,8 @@ class RldsSource:
             if not bool(np.asarray(flag)):
                 cameras[name] = None
         images = {
-            k: v[lo : lo + t] for k, v in schema.select_cameras(steps["observation"], cameras).items()
+            k: v[lo : lo + t]
+            for k, v in schema.select_cameras(steps["observation"], cameras).items()
         }
         language = schema.as_text(_at(steps, spec.language, what)[0]) if spec.language else ""
         sample_range = (0, t)

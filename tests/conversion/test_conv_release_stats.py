@@ -93,7 +93,9 @@ def test_release_imports_exports_and_serves_in_robot_units(release, tmp_path):
 
     # An export of the import carries the contract and the official file, unchanged.
     assert (
-        conversion_main(["export", "--input", str(imported), "--output", str(exported), "--no-progress"])
+        conversion_main(
+            ["export", "--input", str(imported), "--output", str(exported), "--no-progress"]
+        )
         == 0
     )
     with open(exported / f"{DATASET}_stats.json") as f:
@@ -109,9 +111,11 @@ def test_release_imports_exports_and_serves_in_robot_units(release, tmp_path):
     chunk = contract.spec.chunk_size
     for seed in range(2):
         obs = _observation(seed)
-        noise = np.random.default_rng(10 + seed).normal(
-            0, 1, (chunk, contract.spec.action_dim)
-        ).astype(np.float32)
+        noise = (
+            np.random.default_rng(10 + seed)
+            .normal(0, 1, (chunk, contract.spec.action_dim))
+            .astype(np.float32)
+        )
         got = torch_policy.infer(obs, noise=noise)["actions"]
         assert got.shape == (chunk, ACTION_DIM)  # the dataset's own dims, robot units
         example = torch_policy.transform(obs)

@@ -16,12 +16,12 @@ import os
 from typing import Any
 
 import numpy as np
+from dp_fixtures import small_config
 
 from data_pipelines import pipeline
 from data_pipelines.config import DatasetConfig
 from data_pipelines.reader import EpisodeReader
 from data_pipelines.sources import GRIPPER_CONVENTIONS, standardize_record
-from dp_fixtures import small_config
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "rlds_samples_golden.json")
 

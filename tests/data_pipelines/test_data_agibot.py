@@ -43,7 +43,10 @@ def test_segments_state_action_shift_and_text(agibot_dir):
     segs = {}
     for i in range(len(reader)):
         raw = reader.decode(i)
-        segs[int(raw["episode_metadata"]["segment_index"])] = (raw, get_source("agibot").standardize(raw, "a", i))
+        segs[int(raw["episode_metadata"]["segment_index"])] = (
+            raw,
+            get_source("agibot").standardize(raw, "a", i),
+        )
     # 25 frames, segments of 10 with 3 frames of context before and 4 after.
     starts = {k: int(r["episode_metadata"]["frame_start"]) for k, (r, _) in segs.items()}
     assert starts == {0: 0, 1: 7, 2: 17}
@@ -158,7 +161,10 @@ def test_mp4_segments_state_action_and_images(agibot_mp4):
     segs = {}
     for i in range(len(reader)):
         raw = reader.decode(i)
-        segs[int(raw["episode_metadata"]["segment_index"])] = (raw, get_source("agibot").standardize(raw, "a", i))
+        segs[int(raw["episode_metadata"]["segment_index"])] = (
+            raw,
+            get_source("agibot").standardize(raw, "a", i),
+        )
     n = AGIBOT_MP4_FRAMES  # the 9th proprio row has no video frame: the common prefix is kept
     starts = {k: int(r["episode_metadata"]["frame_start"]) for k, (r, _) in segs.items()}
     assert starts == {0: 0, 1: 3}
