@@ -20,7 +20,7 @@ import numpy as np
 
 from benchmarks.common import emit
 from conversion import synthetic
-from f1_jax.policy import Policy
+from inference.jax_policy import Policy
 
 
 def _time(infer, observations, warmup: int) -> tuple[float, float]:

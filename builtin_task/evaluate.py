@@ -25,8 +25,8 @@ import tqdm
 from PIL import Image
 
 from builtin_task import MAX_STEPS, SimEnv, eval_seeds, make_policy
-from f1_jax import transforms
-from f1_jax.policy import Policy
+from f1_common import transforms
+from inference.jax_policy import Policy
 
 WILSON_Z = 1.959963984540054  # 95% two-sided
 

@@ -41,7 +41,7 @@ from f1_jax.models.sizes import get_model_config
 from f1_jax.training import checkpoints as ckpt
 from f1_jax.training.checkpoints import save_params
 from f1_jax.training.run_record import read_run_record
-from f1_jax.transforms import (
+from f1_common.transforms import (
     NORM_STATS_FILE,
     TOKENIZER_FILE,
     DeploymentContract,

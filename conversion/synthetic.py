@@ -18,10 +18,10 @@ import numpy as np
 
 from conversion import config_io, engine, tables
 from conversion.io import write_safetensors_streaming
-from f1_jax import transforms
+from f1_common import transforms
 from f1_jax.models.f1 import F1Config, observation_spec
 from f1_jax.models.sizes import get_model_config
-from f1_jax.tokenizer import train_tokenizer
+from f1_common.tokenizer import train_tokenizer
 
 STATE_DIM, ACTION_DIM = 7, 7
 INSTRUCTIONS = ("put the red block on the blue square", "open the top drawer", "stack the cups")

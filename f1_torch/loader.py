@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from f1_jax.official_config import key_problems
+from f1_common.official_config import key_problems
 from f1_torch.config import F1Config, read_config
 from f1_torch.foresight import level_ids
 from f1_torch.model import F1Model

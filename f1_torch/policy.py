@@ -6,8 +6,8 @@
     out["actions"]                                             # [chunk, action_dim], robot units
 
 Observations become model inputs through the observation contract the export carries
-(`norm_stats.json` -> `f1_jax.transforms.DeploymentContract` -> `ObservationTransform`, the same
-object the JAX `f1_jax.policy.Policy` and the training pipeline use), so the model sees what it
+(`norm_stats.json` -> `f1_common.transforms.DeploymentContract` -> `ObservationTransform`, the same
+object the JAX `inference.jax_policy.Policy` and the training pipeline use), so the model sees what it
 saw in training, and actions are returned in the robot's units.
 """
 
@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from f1_jax import transforms
-from f1_jax.tokenizer import Tokenizer
+from f1_common import transforms
+from f1_common.tokenizer import Tokenizer
 from f1_torch.config import F1Config, read_config, with_sampling
 from f1_torch.frame_cache import FrameCodeCache
 from f1_torch.loader import load_model

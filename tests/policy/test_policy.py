@@ -9,8 +9,8 @@ import pytest
 from data_pipelines import make_train_iterator
 from data_pipelines.pipeline import eval_config, load_summaries
 from data_pipelines.sample import SampleBuilder
-from f1_jax import image_tools, transforms
-from f1_jax.policy import Policy, read_checkpoint_info
+from f1_common import image_tools, transforms
+from inference.jax_policy import Policy, read_checkpoint_info
 from f1_jax.training import setup
 
 

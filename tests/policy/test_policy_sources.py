@@ -9,7 +9,7 @@ import pytest
 
 from builtin_task import SimEnv
 from conversion.cli import main as conversion_main
-from f1_jax.policy import Policy, checkpoint_kind
+from inference.jax_policy import Policy, checkpoint_kind
 
 
 @pytest.fixture(scope="module")

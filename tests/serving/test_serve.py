@@ -11,7 +11,7 @@ import pytest
 
 from builtin_task import SimEnv
 from conversion.cli import main as conversion_main
-from f1_jax import serve
+from inference import serve
 
 websocket_client_policy = pytest.importorskip(
     "openpi_client.websocket_client_policy",

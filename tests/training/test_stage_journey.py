@@ -15,8 +15,8 @@ from conversion.cli import main as conversion_main
 from f1_jax import launch
 from f1_jax.models.f1 import F1
 from f1_jax.models.sizes import model_config_from
-from f1_jax.policy import Policy
-from f1_jax.tokenizer import train_tokenizer
+from inference.jax_policy import Policy
+from f1_common.tokenizer import train_tokenizer
 from f1_jax.training import checkpoints, state, trainer
 
 

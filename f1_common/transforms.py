@@ -1,7 +1,7 @@
 """The observation contract: how camera images, a robot state and an instruction become F1's inputs.
 
 One module serves the training data pipeline (`data_pipelines.sample.SampleBuilder`), in-process
-inference (`f1_jax.policy.Policy`), the policy server and the PyTorch runtime (`f1_torch`), so
+inference (`inference.jax_policy.Policy`), the policy server and the PyTorch runtime (`f1_torch`), so
 training and inference cannot drift. It needs NumPy, Pillow and SentencePiece only: no JAX and no
 TensorFlow, so a robot computer without either can import it.
 
@@ -28,7 +28,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from f1_jax import image_tools
+from f1_common import image_tools
 
 CAMERAS: tuple[str, ...] = ("primary", "secondary", "wrist")  # every camera slot a dataset may fill
 MAX_DIM: int = 32  # states and actions are zero-padded to at most this width
@@ -321,7 +321,7 @@ def foresight_to_uint8(image: np.ndarray) -> np.ndarray:
 class ObservationTransform:
     """A robot's observations -> model examples, episode by episode; model actions -> robot units.
 
-    What `f1_jax.policy.Policy`, the policy server and the PyTorch runtime run on every control
+    What `inference.jax_policy.Policy`, the policy server and the PyTorch runtime run on every control
     step, with the same functions the training pipeline uses (in eval mode: no colour
     augmentation, centred generation crops).
 

@@ -5,7 +5,7 @@
     out = policy.infer({"primary": rgb, "wrist": rgb, "state": s, "instruction": "..."}, key)
     out["actions"]                                       # [chunk, action_dim], robot units
 
-Observations become model inputs through the observation contract (`f1_jax.transforms`, the
+Observations become model inputs through the observation contract (`f1_common.transforms`, the
 functions the training pipeline uses, in eval mode) and are normalised with the statistics the
 run recorded (a run's checkpoint record, or the `norm_stats.json` an export carries), so the
 model sees exactly what it saw in training.
@@ -28,9 +28,9 @@ import ml_collections
 import numpy as np
 
 from conversion import api as conversion
-from f1_jax import transforms
+from f1_common import transforms
 from f1_jax.models.f1 import F1, F1Config, model_inputs, sample_actions, to_unit_range
-from f1_jax.tokenizer import Tokenizer
+from f1_common.tokenizer import Tokenizer
 from f1_jax.training import checkpoints as ckpt
 from f1_jax.training import state as st
 from f1_jax.training.run_record import read_run_record

@@ -1,4 +1,4 @@
-"""A policy server for robots: `python -m f1_jax.serve --checkpoint DIR --backend jax|torch --port N`.
+"""A policy server for robots: `python -m inference.serve --checkpoint DIR --backend jax|torch --port N`.
 
 Wire-compatible with openpi's client (`pip install openpi-client`):
 
@@ -39,10 +39,10 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from f1_jax import transforms
-from f1_jax.policy import Policy
+from f1_common import transforms
+from inference.jax_policy import Policy
 
-log = logging.getLogger("f1_jax.serve")
+log = logging.getLogger("inference.serve")
 
 CONTROL_KEYS = ("reset", "return_foresight")  # request options, not observation fields
 INSTRUCTION_KEYS = ("instruction", "prompt")  # openpi clients send "prompt"
