@@ -29,6 +29,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from f1_common import image_tools
+from f1_common.export_layout import NORM_STATS_FILE, TOKENIZER_FILE
 
 CAMERAS: tuple[str, ...] = ("primary", "secondary", "wrist")  # every camera slot a dataset may fill
 MAX_DIM: int = 32  # states and actions are zero-padded to at most this width
@@ -438,9 +439,7 @@ class ObservationTransform:
 # ---------------------------------------------------------------------------------------------
 # What travels with an exported model: `norm_stats.json` beside the weights.
 
-NORM_STATS_FILE = "norm_stats.json"
 NORM_STATS_FORMAT = "f1_jax.norm_stats/1"
-TOKENIZER_FILE = "tokenizer.model"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any
 
 from f1_common import official_config
 
-CONFIG_FILE = "config.json"
+from f1_common.export_layout import CONFIG_FILE
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,6 +31,7 @@ import numpy as np
 
 from conversion import api as conversion
 from f1_common import transforms
+from f1_common.export_layout import CONFIG_FILE, MODEL_FILE, NORM_STATS_FILE
 from f1_jax.models.f1 import F1, F1Config, model_inputs, sample_actions, to_unit_range
 from f1_common.tokenizer import Tokenizer
 from f1_jax.training import checkpoints as ckpt
@@ -103,7 +104,7 @@ def read_checkpoint_info(
 def checkpoint_kind(path: str) -> str:
     """ "export" (model.safetensors + config.json), "import" (an `import` output) or "run"."""
     base = ckpt.as_path(path)
-    if (base / "model.safetensors").exists() and (base / "config.json").exists():
+    if (base / MODEL_FILE).exists() and (base / CONFIG_FILE).exists():
         return "export"
     if (base / "model_config.json").exists() and (base / "params").exists():
         return "import"
@@ -118,7 +119,7 @@ def _load_converted(path: str, kind: str):
     contract = conversion.import_contract(path)
     if contract is None:
         raise FileNotFoundError(
-            f"{path} holds weights but no {transforms.NORM_STATS_FILE}, so actions cannot be "
+            f"{path} holds weights but no {NORM_STATS_FILE}, so actions cannot be "
             "given in robot units: import an export of a run (`python -m conversion export "
             "--run`), which carries it, or pass statistics=DIR_WITH_NORM_STATS."
         )
