@@ -41,14 +41,18 @@ from f1_jax.models.sizes import get_model_config
 from f1_jax.training import checkpoints as ckpt
 from f1_jax.training.checkpoints import save_params
 from f1_jax.training.run_record import read_run_record
-from f1_jax.transforms import (
+from f1_common.export_layout import (
+    CONFIG_FILE,
+    MODEL_FILE,
     NORM_STATS_FILE,
-    OFFICIAL_STATS_SUFFIX,
+    STATS_SUFFIX,
     TOKENIZER_FILE,
-    DeploymentContract,
+    ExportIntegrityError,
     dataset_of_stats_file,
-    read_deployment_contract,
+    verify_manifest,
+    write_manifest,
 )
+from f1_common.transforms import DeploymentContract, read_deployment_contract
 
 ALL_SUBTREES = ("siglip", "embedder", "stack", "foresight", "action_io", "vqvae")
 STAGE1_FRESH = ("stack/layers/gen", "stack/final_norm_gen", "foresight")
@@ -137,7 +141,7 @@ def read_official_config(input_path, config_path=None) -> F1Config:
         path = as_epath(config_path)
     else:
         base = as_epath(input_path)
-        path = (base if base.is_dir() else base.parent) / "config.json"
+        path = (base if base.is_dir() else base.parent) / CONFIG_FILE
     if not path.exists():
         raise ConversionError(f"No config.json at {path}; pass --config PATH (the F1 config.json).")
     try:
@@ -147,7 +151,7 @@ def read_official_config(input_path, config_path=None) -> F1Config:
 
 
 def _f1_file(input_path: Path) -> Path:
-    return input_path / "model.safetensors" if input_path.is_dir() else input_path
+    return input_path / MODEL_FILE if input_path.is_dir() else input_path
 
 
 def fit_vocab_hit(value: np.ndarray, config: F1Config, what: str) -> tuple[np.ndarray, str | None]:
@@ -291,7 +295,7 @@ def import_f1(
     base = as_epath(input_path)
     folder = base if base.is_dir() else base.parent
     if stats is None and not (folder / NORM_STATS_FILE).exists():
-        stats = sorted(str(p) for p in folder.glob("*" + OFFICIAL_STATS_SUFFIX))
+        stats = sorted(str(p) for p in folder.glob("*" + STATS_SUFFIX))
     built = None
     if stats:
         if tokenizer is None and not (folder / TOKENIZER_FILE).exists():
@@ -310,7 +314,7 @@ def import_f1(
             dataset,
             source,
         )
-    wanted = ("model.safetensors", NORM_STATS_FILE, TOKENIZER_FILE)
+    wanted = (MODEL_FILE, NORM_STATS_FILE, TOKENIZER_FILE)
     with (
         _scratch(output) as allocate,
         local_input(input_path, wanted, progress) as local,
@@ -353,8 +357,8 @@ def pi0_params(
 ) -> tuple[engine.Flat, list, dict[str, np.ndarray]]:
     """The pi0 part of our tree, notes, and lerobot's normalisation statistics (if saved)."""
     abstract = engine.abstract_params(config)
-    with local_input(input_path, ("model.safetensors",), progress) as local:
-        source = SafetensorsSource(local / "model.safetensors" if local.is_dir() else local)
+    with local_input(input_path, (MODEL_FILE,), progress) as local:
+        source = SafetensorsSource(local / MODEL_FILE if local.is_dir() else local)
         try:
             keys = source.keys()
             kind = engine.check_kind(keys, "pi0", str(input_path))
@@ -593,6 +597,8 @@ def load_export(
     `tokenizer.model`, copied locally for a URI); without that file, require_contract=False gives
     None instead of an error (e.g. the released F1 checkpoint, which has no statistics).
     """
+    if not is_remote(directory):  # a local export is checked against its manifest first
+        verify_manifest(directory)
     config = read_official_config(directory)
     base = as_epath(directory)
     has_contract = (base / NORM_STATS_FILE).exists()
@@ -604,7 +610,7 @@ def load_export(
         )
     if has_contract and not (base / TOKENIZER_FILE).exists():
         raise ConversionError(f"{directory} has {NORM_STATS_FILE} but no {TOKENIZER_FILE}.")
-    wanted = ("model.safetensors", NORM_STATS_FILE, TOKENIZER_FILE)
+    wanted = (MODEL_FILE, NORM_STATS_FILE, TOKENIZER_FILE)
     with local_input(directory, wanted, progress) as local:
         params, _, _ = f1_params(_f1_file(local), config, str(directory), progress)
         contract = None
@@ -651,11 +657,11 @@ def _write_f1_files(
         with_expert_lm_heads,
     )
     write_safetensors_streaming(
-        directory / "model.safetensors",
+        directory / MODEL_FILE,
         [(i.key, i.shape, i.dtype) for i in plan],
         engine.export_tensors(plan, params, config, buffers, progress),
     )
-    with open(directory / "config.json", "w") as f:
+    with open(directory / CONFIG_FILE, "w") as f:
         json.dump(config_io.to_official(config), f, indent=2)
 
 
@@ -718,6 +724,7 @@ def export_f1(
         _write_f1_files(tmp, params, config, buffers, extras, dtype, with_expert_lm_heads, progress)
         if built is not None:
             _write_contract(tmp, *built)
+        write_manifest(tmp)
     return output
 
 
@@ -785,6 +792,7 @@ def export_run(
         )
         deployment.write_deployment_files(tmp, contract)
         copy_file(tokenizer_src, as_epath(tmp / TOKENIZER_FILE))
+        write_manifest(tmp)
     return output
 
 
@@ -802,7 +810,7 @@ def verify_roundtrip(
     config = config or get_model_config(size)
     if source == "openpi":
         return _verify_roundtrip(source, DictSource(openpi_flat(input_path)), config, progress)
-    patterns = ("model.safetensors",) if source in ("f1", "pi0") else ("*.safetensors",)
+    patterns = (MODEL_FILE,) if source in ("f1", "pi0") else ("*.safetensors",)
     with local_input(input_path, patterns, progress) as local:
         path = _f1_file(local) if source in ("f1", "pi0") else local
         return _verify_roundtrip(source, open_source(path), config, progress, str(input_path))
@@ -870,7 +878,7 @@ def verify_forward(
     else:
         config = get_model_config(size)
     abstract = _select(engine.abstract_params(config), tables.PALIGEMMA_SUBTREES)
-    patterns = ("model.safetensors",) if source in ("f1", "pi0") else ("*.safetensors",)
+    patterns = (MODEL_FILE,) if source in ("f1", "pi0") else ("*.safetensors",)
     with local_input(input_path, patterns, progress) as local:
         src = open_source(_f1_file(local) if source in ("f1", "pi0") else local)
         try:

@@ -1,7 +1,7 @@
 """What an exported run carries besides the weights: the deployment contract and the statistics in
 the official F1 format.
 
-`norm_stats.json` (`f1_jax.transforms.DeploymentContract`): the observation spec, every dataset's
+`norm_stats.json` (`f1_common.transforms.DeploymentContract`): the observation spec, every dataset's
 state/action statistics, norm mode and camera keys, the default dataset and the tokenizer file;
 read by the JAX policy, the policy server and the PyTorch runtime.
 
@@ -19,15 +19,13 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from f1_jax.transforms import (
-    NORM_MODES,
+from f1_common.export_layout import (
     NORM_STATS_FILE,
-    DeploymentContract,
-    ObservationSpec,
     official_stats,
     official_stats_file,
     read_official_stats,
 )
+from f1_common.transforms import NORM_MODES, DeploymentContract, ObservationSpec
 
 
 def write_deployment_files(directory, contract: DeploymentContract) -> dict[str, str]:

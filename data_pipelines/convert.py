@@ -29,8 +29,8 @@ from data_pipelines.integrity import masked_crc32c
 from data_pipelines.reader import EpisodeReader, scan_tfrecord
 from data_pipelines.sources import GRIPPER_CONVENTIONS, SOURCE_KINDS, agibot, for_dataset
 from data_pipelines.summary import load_or_compute
-from f1_jax.tokenizer import Tokenizer
-from f1_jax.transforms import official_stats, official_stats_file
+from f1_common.export_layout import official_stats, official_stats_file
+from f1_common.tokenizer import Tokenizer
 
 
 def tfrecord_to_array_record(src: str, dst: str) -> dict:

@@ -43,7 +43,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from data_pipelines import schema
-from f1_jax.transforms import CAMERAS, MAX_DIM
+from f1_common.transforms import CAMERAS, MAX_DIM
 
 KIND = "rlds"
 

@@ -10,8 +10,8 @@ import pytest
 
 from conversion import deployment, synthetic
 from conversion.cli import main as conversion_main
-from f1_jax import transforms
-from f1_jax.policy import Policy
+from f1_common import export_layout, transforms
+from inference.jax_policy import Policy
 from f1_torch.policy import TorchPolicy
 
 DATASET = "libero_spatial_no_noops"
@@ -34,16 +34,19 @@ def _stats(dim: int, seed: int) -> dict:
 
 @pytest.fixture(scope="module")
 def release(tmp_path_factory):
-    """An official-layout directory as released: weights, config.json and the statistics file,
-    no norm_stats.json and no tokenizer.model."""
+    """An official-layout directory as released: weights, config.json and the statistics file;
+    no norm_stats.json, tokenizer.model or manifest.json."""
     root = tmp_path_factory.mktemp("release")
     config = synthetic.model_config("tiny")
     tokenizer = synthetic.make_tokenizer(str(root))
     directory = synthetic.write_export(
         str(root / "F1-VLA"), config, synthetic.random_params(config, seed=0), tokenizer
     )
-    os.remove(os.path.join(directory, transforms.NORM_STATS_FILE))
-    os.remove(os.path.join(directory, transforms.TOKENIZER_FILE))
+    for name in (export_layout.NORM_STATS_FILE, export_layout.TOKENIZER_FILE):
+        os.remove(os.path.join(directory, name))
+    manifest = os.path.join(directory, export_layout.MANIFEST_FILE)
+    if os.path.exists(manifest):  # the release has none
+        os.remove(manifest)
     stats = {"state": _stats(STATE_DIM, 1), "action": _stats(ACTION_DIM, 2)}
     stats_file = os.path.join(directory, f"{DATASET}_stats.json")
     with open(stats_file, "w") as f:
@@ -100,7 +103,7 @@ def test_release_imports_exports_and_serves_in_robot_units(release, tmp_path):
     )
     with open(exported / f"{DATASET}_stats.json") as f:
         assert json.load(f) == official
-    assert (exported / transforms.TOKENIZER_FILE).read_bytes() == open(
+    assert (exported / export_layout.TOKENIZER_FILE).read_bytes() == open(
         release["tokenizer"], "rb"
     ).read()
 

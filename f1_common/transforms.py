@@ -1,7 +1,7 @@
 """The observation contract: how camera images, a robot state and an instruction become F1's inputs.
 
 One module serves the training data pipeline (`data_pipelines.sample.SampleBuilder`), in-process
-inference (`f1_jax.policy.Policy`), the policy server and the PyTorch runtime (`f1_torch`), so
+inference (`inference.jax_policy.Policy`), the policy server and the PyTorch runtime (`f1_torch`), so
 training and inference cannot drift. It needs NumPy, Pillow and SentencePiece only: no JAX and no
 TensorFlow, so a robot computer without either can import it.
 
@@ -24,12 +24,12 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-import re
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from f1_jax import image_tools
+from f1_common import image_tools
+from f1_common.export_layout import NORM_STATS_FILE, TOKENIZER_FILE
 
 CAMERAS: tuple[str, ...] = ("primary", "secondary", "wrist")  # every camera slot a dataset may fill
 MAX_DIM: int = 32  # states and actions are zero-padded to at most this width
@@ -302,6 +302,23 @@ class FrameHistory:
         self._frames.append(frame)
         self.count += 1
 
+    def hold(self, steps: int) -> None:
+        """Counts `steps` environment steps whose frames were not seen, standing in the newest
+        frame for each (a client that executes a whole chunk between two observations)."""
+        if self.count == 0:
+            raise RuntimeError("no frame pushed yet")
+        for _ in range(steps):
+            self.push(self._frames[-1])
+
+    def snapshot(self) -> tuple:
+        """The episode state, for `restore` (a request that failed leaves no trace)."""
+        return (tuple(self._frames), self._first, self.count)
+
+    def restore(self, state: tuple) -> None:
+        frames, self._first, self.count = state
+        self._frames.clear()
+        self._frames.extend(frames)
+
     def window(self) -> tuple[np.ndarray, np.ndarray]:
         """uint8 [len(offsets), h, w, 3] (oldest first) and the frames' episode indices int32."""
         if self.count == 0:
@@ -322,7 +339,7 @@ def foresight_to_uint8(image: np.ndarray) -> np.ndarray:
 class ObservationTransform:
     """A robot's observations -> model examples, episode by episode; model actions -> robot units.
 
-    What `f1_jax.policy.Policy`, the policy server and the PyTorch runtime run on every control
+    What `inference.jax_policy.Policy`, the policy server and the PyTorch runtime run on every control
     step, with the same functions the training pipeline uses (in eval mode: no colour
     augmentation, centred generation crops).
 
@@ -350,6 +367,21 @@ class ObservationTransform:
     def reset(self) -> None:
         """Starts a new episode: forgets the generation camera's frame history."""
         self.history.reset()
+
+    def metadata(self) -> dict[str, Any]:
+        """What a client must send and what it gets back (the policy server sends it on
+        connect): camera keys, state and action widths, chunk size, history offsets."""
+        spec = self.spec
+        return {
+            "cameras": {k: v for k, v in self.cameras.items() if v},
+            "state_dim": self.state_width,
+            "action_dim": self.action_dim,
+            "chunk_size": spec.chunk_size,
+            "history_offsets": list(spec.history_offsets),
+            "observation_keys": sorted(
+                {"state", "instruction", *CAMERAS} | {v for v in self.cameras.values() if v}
+            ),
+        }
 
     def observe(self, observation: Mapping[str, Any]) -> None:
         """Records a step's generation frame without building an example (steps executed
@@ -407,9 +439,7 @@ class ObservationTransform:
 # ---------------------------------------------------------------------------------------------
 # What travels with an exported model: `norm_stats.json` beside the weights.
 
-NORM_STATS_FILE = "norm_stats.json"
 NORM_STATS_FORMAT = "f1_jax.norm_stats/1"
-TOKENIZER_FILE = "tokenizer.model"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -484,79 +514,3 @@ def read_deployment_contract(directory: str) -> DeploymentContract:
             "`python -m conversion export --run WORKDIR --output DIR`."
         ) from None
     return DeploymentContract.from_json(data, directory)
-
-
-# ---------------------------------------------------------------------------------------------
-# Statistics in the official F1 format: lerobot's `meta/stats.json` layout, which the official
-# training reads through a dataset's `norm_stats_path` and dumps as `{output_dir}/<dataset>_stats.json`.
-# Keys are lerobot's feature names; each statistic a per-dimension float32 list, `count` [N].
-# Written by the export and by `python -m data_pipelines.convert stats --official_stats`, read
-# back (the inverse) by `python -m conversion import f1` / `export --stats`.
-
-OFFICIAL_STATS_SUFFIX = "_stats.json"
-OFFICIAL_FEATURES = {"state": "observation.state", "action": "action"}
-OFFICIAL_STATS = ("mean", "std", "min", "max", "q01", "q99")
-
-
-def official_stats_file(dataset: str) -> str:
-    """`<dataset>_stats.json`, with characters unsafe in a file name replaced by `_`."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", dataset) + OFFICIAL_STATS_SUFFIX
-
-
-def official_stats(stats: Mapping[str, Any]) -> dict[str, dict[str, list]]:
-    """One dataset's recorded statistics -> the official (lerobot stats.json) layout.
-
-    stats: {"state": {...}, "action": {...}, ...} with per-dimension lists "mean", "std", "min",
-    "max", "q01", "q99" (those present are written) and an integer "count".
-    """
-    out = {}
-    for ours, feature in OFFICIAL_FEATURES.items():
-        entry = stats[ours]
-        converted = {
-            k: np.asarray(entry[k], np.float32).tolist() for k in OFFICIAL_STATS if k in entry
-        }
-        if "count" in entry:
-            converted["count"] = [int(np.asarray(entry["count"]).reshape(-1)[0])]
-        out[feature] = converted
-    return out
-
-
-def read_official_stats(text: str, where: str) -> dict[str, dict[str, Any]]:
-    """An official `<dataset>_stats.json` (lerobot's stats.json layout) -> {"state": ...,
-    "action": ...} with per-dimension float lists and an integer "count": the inverse of
-    `official_stats`. Other features (image statistics of a lerobot meta/stats.json) are
-    ignored; a missing feature or statistic, or lists of differing lengths, name `where`."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{where} is not JSON: {e}") from None
-    out: dict[str, dict[str, Any]] = {}
-    for ours, feature in OFFICIAL_FEATURES.items():
-        if feature not in data:
-            raise ValueError(
-                f"{where} has no {feature!r} statistics (features: {sorted(data)}); the official "
-                f"format keys them {sorted(OFFICIAL_FEATURES.values())}"
-            )
-        entry = data[feature]
-        missing = [k for k in ("mean", "std") if k not in entry]
-        if missing:
-            raise ValueError(f"{where}: {feature!r} lacks {missing}")
-        stats = {}
-        for k in OFFICIAL_STATS:
-            if k in entry:
-                v = np.asarray(entry[k], np.float64).reshape(-1)
-                if not np.all(np.isfinite(v)):
-                    raise ValueError(f"{where}: {feature}.{k} has non-finite values")
-                stats[k] = v.astype(np.float32).tolist()
-        dims = {k: len(v) for k, v in stats.items()}
-        if len(set(dims.values())) != 1:
-            raise ValueError(f"{where}: {feature!r} statistics differ in length: {dims}")
-        if "count" in entry:
-            stats["count"] = int(np.asarray(entry["count"]).reshape(-1)[0])
-        out[ours] = stats
-    return out
-
-
-def dataset_of_stats_file(name: str) -> str:
-    """`libero_spatial_stats.json` -> `libero_spatial`."""
-    return name[: -len(OFFICIAL_STATS_SUFFIX)] if name.endswith(OFFICIAL_STATS_SUFFIX) else name
