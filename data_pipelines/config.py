@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any, Mapping
 
 from data_pipelines.sources import GRIPPER_CONVENTIONS, SOURCE_KINDS, for_dataset
+from data_pipelines.sources.rlds import load_config as load_rlds_config
 from f1_common.transforms import CAMERAS, MAX_DIM, NORM_MODES, ObservationSpec
 
 
@@ -33,7 +34,8 @@ class DatasetConfig:
     norm_mode: overrides DataConfig.norm_mode for this dataset.
     drop_unlabeled: overrides DataConfig.drop_unlabeled for this dataset.
     rlds: source "rlds" only: the dataset's configuration (cameras, state and action parts,
-      language, gripper, control frequency; `data_pipelines/sources/rlds.py`, docs/data.md).
+      language, gripper, control frequency; `data_pipelines/sources/rlds.py`, docs/data.md), as
+      a mapping, JSON text or the path of a JSON file.
     """
 
     name: str
@@ -44,7 +46,7 @@ class DatasetConfig:
     cameras: Mapping[str, str | None] | None = None
     norm_mode: str | None = None
     drop_unlabeled: bool | None = None
-    rlds: Mapping[str, Any] | None = None
+    rlds: Mapping[str, Any] | str | None = None
 
     def __post_init__(self):
         if self.source not in SOURCE_KINDS:
@@ -52,9 +54,9 @@ class DatasetConfig:
                 f"dataset {self.name!r}: unknown source {self.source!r}; "
                 f"expected one of {SOURCE_KINDS}"
             )
-        if self.rlds is not None and not isinstance(self.rlds, dict):
-            # Plain dicts (from ConfigDicts too): the config is pickled into worker processes.
-            object.__setattr__(self, "rlds", _plain(self.rlds))
+        # A plain dict (from a JSON file or text, or a ConfigDict; "" = none): the config is
+        # pickled into worker processes and must not reread a file.
+        object.__setattr__(self, "rlds", _plain(load_rlds_config(self.rlds, self.name)))
         for_dataset(self)  # checks an rlds configuration, naming this dataset
         if self.weight < 0:
             raise ValueError(f"dataset {self.name!r}: negative weight {self.weight}")
@@ -67,6 +69,10 @@ class DatasetConfig:
                 )
         if self.norm_mode is not None and self.norm_mode not in NORM_MODES:
             raise ValueError(f"dataset {self.name!r}: unknown norm_mode {self.norm_mode!r}")
+
+
+# One dataset given by fields of the data section itself (DataConfig.from_mapping).
+SINGLE_DATASET_FIELDS = ("name", "source", "path", "rlds")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,8 +170,23 @@ class DataConfig:
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any]) -> "DataConfig":
-        """A DataConfig from a plain dict or ml_collections.ConfigDict (datasets as dicts)."""
+        """A DataConfig from a plain dict or ml_collections.ConfigDict (datasets as dicts).
+
+        A one-dataset recipe (configs/finetune.py) may give that dataset as the fields
+        SINGLE_DATASET_FIELDS (name, source, path, rlds) beside `datasets`: with `datasets`
+        empty they are the dataset; otherwise a dataset must have that path (the recipe's
+        datasets refer to them), so an override is never silently unused."""
         cfg = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
+        single = {k: cfg.pop(k) for k in SINGLE_DATASET_FIELDS if k in cfg}
+        if single.get("path"):
+            given = [dict(d.to_dict() if hasattr(d, "to_dict") else d) for d in cfg["datasets"]]
+            if not given:
+                cfg["datasets"] = [single]
+            elif not any(d.get("path") == single["path"] for d in given):
+                raise ValueError(
+                    f"data.path {single['path']!r} is used by no dataset of data.datasets "
+                    f"({[d.get('name') for d in given]})"
+                )
         unknown = set(cfg) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"unknown DataConfig fields {sorted(unknown)}")

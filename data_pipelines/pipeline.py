@@ -94,7 +94,8 @@ def load_summaries(
 
 def dataset_statistics(config: DataConfig) -> dict[str, dict[str, Any]]:
     """{dataset name: {"state": stats, "action": stats, "norm_mode": mode, "gripper_convention",
-    "action_to_native" (only when the convention changes this dataset's gripper dims),
+    "action_to_native" (only when the convention changes this dataset's gripper dims), "cameras"
+    (standard camera -> the dataset's image key),
     "num_transitions" (sampled), "num_corrupt", "counts"}} for checkpointing with the model and
     un-normalising its actions."""
     _, summaries = load_summaries(config, progress=False)
@@ -109,7 +110,9 @@ def dataset_statistics(config: DataConfig) -> dict[str, dict[str, Any]]:
             "num_corrupt": s.num_corrupt,
             "counts": s.counts(),
         }
-        to_native = sources.action_to_native(sources.for_dataset(ds), config.gripper_convention)
+        source = sources.for_dataset(ds)
+        entry["cameras"] = dict(ds.cameras or source.DEFAULT_CAMERAS)
+        to_native = sources.action_to_native(source, config.gripper_convention)
         if to_native is not None:
             entry["action_to_native"] = to_native
         out[s.name] = entry

@@ -41,9 +41,10 @@ class UnsupportedDatasetError(ValueError):
     """A dataset directory does not have the layout its configured source reads."""
 
 
-def get_source(kind: str, rlds_config: Mapping[str, Any] | None = None, dataset: str = ""):
+def get_source(kind: str, rlds_config: Any = None, dataset: str = ""):
     """The source of a dataset: a named RLDS configuration, or `kind` "rlds" with its
-    configuration `rlds_config` (a mapping, see sources/rlds.py)."""
+    configuration `rlds_config` (a mapping, JSON text or a JSON file; see sources/rlds.py)."""
+    rlds_config = rlds.load_config(rlds_config, dataset)
     if kind not in SOURCE_KINDS:
         raise ValueError(f"unknown dataset source {kind!r}; expected one of {SOURCE_KINDS}")
     if kind == rlds.KIND:
@@ -85,7 +86,7 @@ def _describe(feature: Any) -> str:
     if isinstance(feature, tfds.features.Text):
         return "text"
     if isinstance(feature, tfds.features.Tensor):
-        return f"a {feature.np_dtype.__name__} tensor {tuple(feature.shape)}"
+        return f"a {np.dtype(feature.np_dtype).name} tensor {tuple(feature.shape)}"
     return type(feature).__name__
 
 

@@ -116,6 +116,35 @@ class ConfigError(ValueError):
     """An RLDS configuration that cannot describe a dataset."""
 
 
+def load_config(value: Any, dataset: str = "") -> dict[str, Any] | None:
+    """A configuration given as a mapping, JSON text or the path of a JSON file (local or a URI
+    TensorFlow can read); None or "" for none."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, Mapping) or hasattr(value, "to_dict"):
+        return dict(value.to_dict() if hasattr(value, "to_dict") else value)
+    text, where = str(value), "JSON text"
+    if not text.lstrip().startswith("{"):
+        where = text
+        try:
+            if "://" in text:
+                import tensorflow as tf  # TF reads the URIs the datasets live at, e.g. gs://
+
+                text = tf.io.gfile.GFile(text).read()
+            else:
+                with open(text) as f:
+                    text = f.read()
+        except (OSError, Exception) as e:  # tf.errors.NotFoundError is not an OSError
+            raise ConfigError(f"dataset {dataset!r}: cannot read rlds config {where}: {e}") from None
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"dataset {dataset!r}: rlds config {where} is not JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"dataset {dataset!r}: rlds config {where} is not a JSON object")
+    return config
+
+
 @dataclasses.dataclass(frozen=True)
 class Part:
     """One block of the state or action vector: columns [start, stop) of the per-step feature

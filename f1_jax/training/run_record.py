@@ -108,8 +108,14 @@ def read_run_record(path: ckpt.PathLike, step: int | None = None) -> RunRecord:
             f"The record of step {step} in {run.directory} has statistics for {unknown}, which "
             f"its config's data.datasets ({sorted(configured)}) does not define."
         )
+    # The cameras as configured, else as the run recorded them (an rlds configuration file
+    # need not exist where the run is exported or served), else the source's defaults.
     cameras = {
-        n: dict(configured[n].get("cameras") or for_dataset(configured[n]).DEFAULT_CAMERAS)
+        n: dict(
+            configured[n].get("cameras")
+            or recorded[n].get("cameras")
+            or for_dataset(configured[n]).DEFAULT_CAMERAS
+        )
         for n in names
     }
     return RunRecord(

@@ -11,7 +11,7 @@ import pytest
 from conversion import deployment, synthetic
 from conversion.cli import main as conversion_main
 from f1_common import export_layout, transforms
-from inference.jax_policy import Policy
+from inference.interface import load_policy
 from f1_torch.policy import TorchPolicy
 
 DATASET = "libero_spatial_no_noops"
@@ -107,10 +107,11 @@ def test_release_imports_exports_and_serves_in_robot_units(release, tmp_path):
         release["tokenizer"], "rb"
     ).read()
 
-    import jax  # deferred: only this test runs the JAX policy
-
-    torch_policy = TorchPolicy.from_export(str(exported), top_k=1)
-    jax_policy = Policy.from_checkpoint(str(imported), top_k=1)
+    # Through the policy interface the server uses: the JAX backend from the import, the
+    # PyTorch runtime from the export.
+    jax_policy = load_policy(str(imported), "jax", top_k=1)
+    torch_policy = load_policy(str(exported), "torch", top_k=1)
+    assert isinstance(torch_policy, TorchPolicy)
     chunk = contract.spec.chunk_size
     for seed in range(2):
         obs = _observation(seed)
@@ -126,7 +127,7 @@ def test_release_imports_exports_and_serves_in_robot_units(release, tmp_path):
         mean = np.asarray(official["action"]["mean"], np.float32)
         std = np.asarray(official["action"]["std"], np.float32)
         np.testing.assert_allclose(got, normalized[:, :ACTION_DIM] * (std + 1e-8) + mean, rtol=1e-6)
-        jax_actions = jax_policy.infer(obs, jax.random.key(0), noise=noise)["actions"]
+        jax_actions = jax_policy.infer(obs, seed=0, noise=noise)["actions"]
         assert jax_actions.shape == (chunk, ACTION_DIM)
         np.testing.assert_allclose(jax_actions, got, atol=2e-3 * float(np.abs(got).max()))
         torch_policy.reset()

@@ -79,7 +79,10 @@ def mixture_digests(dirs: dict[str, str], tokenizer_path: str, stats_dir: str) -
         "stats": {
             name: _digest(
                 json.dumps(
-                    {k: v for k, v in s.items() if k != "counts"}, sort_keys=True, default=str
+                    # Keys added to the statistics since the recording are not digested.
+                    {k: v for k, v in s.items() if k not in ("counts", "cameras")},
+                    sort_keys=True,
+                    default=str,
                 )
             )
             for name, s in stats.items()
