@@ -178,7 +178,12 @@ class DataConfig:
         datasets refer to them), so an override is never silently unused."""
         cfg = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
         single = {k: cfg.pop(k) for k in SINGLE_DATASET_FIELDS if k in cfg}
-        if single.get("path"):
+        if single and not single.get("path"):
+            raise ValueError(
+                f"data.path is empty: set it to dataset {single.get('name')!r}'s TFDS version "
+                "directory (e.g. --config.data.path=/data/my_robot/1.0.0)"
+            )
+        if single:
             given = [dict(d.to_dict() if hasattr(d, "to_dict") else d) for d in cfg["datasets"]]
             if not given:
                 cfg["datasets"] = [single]

@@ -29,7 +29,7 @@ from ml_collections import config_flags
 
 from f1_jax.training import checkpoints, run_config, sharding, trainer
 
-RECIPES = ("debug", "stage1", "stage2", "stage3_libero", "stage3_bridge")
+RECIPES = ("debug", "stage1", "stage2", "stage3_libero", "stage3_bridge", "finetune")
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",

@@ -14,9 +14,21 @@ from f1_jax.training import setup, sharding
 from f1_jax.training import state as st
 
 
+# What a recipe needs from its user before it builds.
+INPUTS = {
+    "finetune": {
+        "path": "/data/my_robot/1.0.0",
+        "rlds": '{"cameras": {"primary": "image"}, "state": [{"key": "observation/state"}], '
+        '"action": [{"key": "action"}]}',
+    }
+}
+
+
 @pytest.mark.parametrize("name", launch.RECIPES)
 def test_recipe_builds(name):
     config = launch.load_config(name)
+    for field, value in INPUTS.get(name, {}).items():
+        config.data[field] = value
     model_config = model_config_from(config.model)
     if config.hooks:
         return  # the debug recipe's data paths exist only after its hooks prepared them
