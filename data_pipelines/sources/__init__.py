@@ -15,6 +15,7 @@ converter from its raw HDF5 + mp4 release).
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from typing import Any, Mapping
 
 import numpy as np
@@ -29,7 +30,10 @@ NAMED_RLDS: Mapping[str, Mapping[str, Any]] = {
     "fractal": fractal.SPEC,
     "agibot": agibot.SPEC,
 }
-SOURCE_KINDS = (*NAMED_RLDS, rlds.KIND)
+# Sources that are code: a module data_pipelines/sources/<kind>.py with the attributes above
+# (for data a configuration cannot describe).
+MODULE_SOURCES: tuple[str, ...] = ()
+SOURCE_KINDS = (*NAMED_RLDS, rlds.KIND, *MODULE_SOURCES)
 
 # native: each dataset's own gripper action convention (what the original F1 trains on and what
 # each robot or simulator consumes); open_is_positive: the gripper action dims mapped so that
@@ -47,6 +51,8 @@ def get_source(kind: str, rlds_config: Any = None, dataset: str = ""):
     rlds_config = rlds.load_config(rlds_config, dataset)
     if kind not in SOURCE_KINDS:
         raise ValueError(f"unknown dataset source {kind!r}; expected one of {SOURCE_KINDS}")
+    if kind in MODULE_SOURCES:
+        return importlib.import_module(f"data_pipelines.sources.{kind}")
     if kind == rlds.KIND:
         if rlds_config is None:
             raise ValueError(
