@@ -19,13 +19,19 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from pathlib import Path
+
+from conversion.io import ConversionError, as_epath, copy_file
 from f1_common.export_layout import (
     NORM_STATS_FILE,
+    TOKENIZER_FILE,
+    dataset_of_stats_file,
     official_stats,
     official_stats_file,
     read_official_stats,
 )
 from f1_common.transforms import NORM_MODES, DeploymentContract, ObservationSpec
+from f1_jax.models.f1 import F1Config, observation_spec
 
 
 def write_deployment_files(directory, contract: DeploymentContract) -> dict[str, str]:
@@ -89,3 +95,42 @@ def contract_from_official_stats(
     if default not in datasets:
         raise ValueError(f"default dataset {default!r} has no statistics ({sorted(datasets)})")
     return DeploymentContract(spec, datasets, default, tokenizer_path, dict(source or {}))
+
+
+def stats_contract(
+    config: F1Config,
+    stats_files,
+    tokenizer,
+    cameras=None,
+    norm_mode: str = "mean_std",
+    dataset: str | None = None,
+    source: dict | None = None,
+) -> tuple[DeploymentContract, object]:
+    """(contract, tokenizer file) from official `<dataset>_stats.json` files (local or URIs) and
+    a tokenizer.model, for a model of `config`; every check runs here, before anything is
+    written (ConversionError names the file)."""
+    texts = {}
+    for f in stats_files:
+        path = as_epath(f)
+        if not path.is_file():
+            raise ConversionError(f"statistics file {f} does not exist.")
+        texts[dataset_of_stats_file(path.name)] = (path.read_text(), str(f))
+    tokenizer_src = as_epath(tokenizer)
+    if not tokenizer_src.is_file():
+        raise ConversionError(f"tokenizer {tokenizer} does not exist.")
+    cameras = None if cameras is None else dict(cameras)
+    slots = tuple(cameras or RELEASE_CAMERAS)
+    try:
+        spec = observation_spec(config, {"cameras": slots, "gen_camera": slots[0]})
+        contract = contract_from_official_stats(
+            spec, texts, TOKENIZER_FILE, cameras, norm_mode, dataset, source
+        )
+    except (ValueError, KeyError) as e:
+        raise ConversionError(str(e)) from None
+    return contract, tokenizer_src
+
+
+def write_contract(directory: Path, contract: DeploymentContract, tokenizer_src) -> None:
+    """norm_stats.json, `<dataset>_stats.json` and tokenizer.model into the local `directory`."""
+    write_deployment_files(directory, contract)
+    copy_file(as_epath(tokenizer_src), as_epath(Path(directory) / TOKENIZER_FILE))

@@ -83,7 +83,7 @@ def _resolve(source: Any):
 
 
 def _describe(feature: Any) -> str:
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # deferred: TensorFlow loads in seconds; only where RLDS shards are written or read
 
     if isinstance(feature, tfds.features.FeaturesDict):
         return f"a dict of {{{', '.join(sorted(feature.keys()))}}}"
@@ -98,7 +98,7 @@ def _describe(feature: Any) -> str:
 
 def _feature_at(features: Any, path: str) -> Any:
     """The TFDS feature at "steps/observation/state" (None if absent); steps are unwrapped."""
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # deferred: TensorFlow loads in seconds; only where RLDS shards are written or read
 
     node = features
     for part in path.split("/"):
@@ -113,7 +113,7 @@ def _feature_at(features: Any, path: str) -> Any:
 def _mismatch(feature: Any, expected: Any) -> str | None:
     """Why `feature` is not `expected` ("text", "image", a tensor shape tuple, or an int n: a
     tensor whose last axis has at least n entries, a scalar counting as 1), or None."""
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # deferred: TensorFlow loads in seconds; only where RLDS shards are written or read
 
     if feature is None:
         return "is missing"

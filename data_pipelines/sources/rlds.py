@@ -128,14 +128,16 @@ def load_config(value: Any, dataset: str = "") -> dict[str, Any] | None:
         where = text
         try:
             if "://" in text:
-                import tensorflow as tf  # TF reads the URIs the datasets live at, e.g. gs://
+                import tensorflow as tf  # deferred: TensorFlow loads in seconds; only to read a URI (gs://)
 
                 text = tf.io.gfile.GFile(text).read()
             else:
                 with open(text) as f:
                     text = f.read()
         except (OSError, Exception) as e:  # tf.errors.NotFoundError is not an OSError
-            raise ConfigError(f"dataset {dataset!r}: cannot read rlds config {where}: {e}") from None
+            raise ConfigError(
+                f"dataset {dataset!r}: cannot read rlds config {where}: {e}"
+            ) from None
     try:
         config = json.loads(text)
     except json.JSONDecodeError as e:
