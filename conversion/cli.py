@@ -1,12 +1,15 @@
 """Command line: `python -m conversion {import,export,verify,compose-stage1} ...`.
 
-python -m conversion import f1 --input DIR_OR_model.safetensors --output OUT
+python -m conversion import f1 --input DIR_OR_model.safetensors --output OUT [--tokenizer PATH]
+    [--stats A_stats.json ...] [--camera SLOT=KEY ...] [--norm_mode M] [--dataset NAME]
+    (the <dataset>_stats.json beside the weights become norm_stats.json)
 python -m conversion import pi0 --input pi0/model.safetensors --output OUT [--size full]
 python -m conversion import openpi --input .../pi0_base/params --output OUT
 python -m conversion import paligemma --input paligemma-3b-pt-224/ --output OUT
 python -m conversion import var-vae --input vae_ch160v4096z32.pth --output OUT
 python -m conversion compose-stage1 --pi0 PI0 --vae VAE.pth --output OUT [--seed 0]
 python -m conversion export --input OUT --output F1_DIR [--with-expert-lm-heads]
+    [--stats A_stats.json ... --tokenizer PATH [--camera SLOT=KEY ...] [--norm_mode M]]
 python -m conversion export --run WORKDIR [--step N] [--ema] [--dataset NAME] --output F1_DIR
     [--dtype float32|released] [--tokenizer PATH]
 python -m conversion verify SOURCE --input PATH [--size full] [--forward]

@@ -17,9 +17,8 @@ per-dimension float32 lists and a one-element `count`.
 
 import json
 from collections.abc import Mapping
-from typing import Any
-
 from pathlib import Path
+from typing import Any
 
 from conversion.io import ConversionError, as_epath, copy_file
 from f1_common.export_layout import (
