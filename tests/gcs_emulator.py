@@ -18,17 +18,20 @@ def _free_port() -> int:
 
 
 class Emulator:
-    """A running emulator; `env` holds the variables that point gcsfs, TensorStore and epath
-    at it."""
+    """A running emulator (or, from `connect`, one started by another process); `env` holds the
+    variables that point gcsfs, TensorStore and epath at it."""
 
-    def __init__(self):
-        # deferred: the test extra installs gcp-storage-emulator; tests importorskip it first
-        from gcp_storage_emulator.server import create_server
+    def __init__(self, url: str | None = None):
+        self.server = None
+        if url is None:
+            # deferred: the test extra installs gcp-storage-emulator; tests importorskip it first
+            from gcp_storage_emulator.server import create_server
 
-        port = _free_port()
-        self.server = create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
-        self.server.start()
-        self.url = f"http://127.0.0.1:{port}"
+            port = _free_port()
+            self.server = create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
+            self.server.start()
+            url = f"http://127.0.0.1:{port}"
+        self.url = url
         self.env = {
             "STORAGE_EMULATOR_HOST": self.url,  # gcsfs (epath's gs:// backend, the data reader)
             "TENSORSTORE_GCS_HTTP_URL": self.url,  # Orbax's array writes
@@ -38,8 +41,14 @@ class Emulator:
             "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
         }
 
+    @classmethod
+    def connect(cls, url: str) -> "Emulator":
+        """The emulator another process runs at `url` (e.g. $STORAGE_EMULATOR_HOST)."""
+        return cls(url)
+
     def stop(self) -> None:
-        self.server.stop()
+        if self.server is not None:
+            self.server.stop()
 
     def put(self, name: str, data: bytes) -> None:
         """Uploads one object `name` (a simple media upload)."""
