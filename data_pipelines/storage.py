@@ -44,8 +44,7 @@ def filesystem():
         fs = _fs_by_process.get(key)
         if fs is None:
             try:
-                # deferred: gcsfs is needed only for gs:// paths (the `gcs` extra)
-                from gcsfs.core import GCSFileSystem
+                from gcsfs.core import GCSFileSystem  # deferred: only gs:// needs it (gcs extra)
             except ImportError as e:
                 raise ImportError(
                     "reading gs:// paths needs gcsfs: pip install -e '.[gcs]' (or pip install gcsfs)"

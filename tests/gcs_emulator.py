@@ -24,8 +24,7 @@ class Emulator:
     def __init__(self, url: str | None = None):
         self.server = None
         if url is None:
-            # deferred: the test extra installs gcp-storage-emulator; tests importorskip it first
-            from gcp_storage_emulator.server import create_server
+            from gcp_storage_emulator.server import create_server  # deferred: test extra only
 
             port = _free_port()
             self.server = create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
