@@ -419,9 +419,7 @@ def bench_bucket(path, tok, args, common, root) -> None:
             runs: dict[str, list[float]] = {"local": [], "bucket": []}
             for _ in range(args.repeats):
                 for k in where:
-                    runs[k].append(
-                        bench_grain(where[k], tok, workers, args, 1, stats_dir=stats[k])
-                    )
+                    runs[k].append(bench_grain(where[k], tok, workers, args, 1, stats_dir=stats[k]))
             med = {k: float(np.median(v)) for k, v in runs.items()}
             for k, v in runs.items():
                 print(json.dumps({**common, "pipeline": "grain", "where": k, "workers": workers,

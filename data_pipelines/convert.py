@@ -10,6 +10,10 @@ python -m data_pipelines.convert agibot --raw_root AGIBOT --out OUT [--task_ids 
 python -m data_pipelines.convert stats --source bridge --path DIR/bridge_orig/1.0.0
     Precomputes (once, before a multi-host run) the cached episode index + normalisation stats
     and prints the dataset summary (counts, skipped records by shard and record).
+
+Every DIR may be a gs:// URI (the `gcs` extra), except agibot's --raw_root: array-record reads a
+bucket's shards with ranged reads and uploads what it writes; agibot converts into a local
+scratch folder and uploads it; stats caches its summary beside the data in the bucket.
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
+import tempfile
 from typing import Sequence
+
+from data_pipelines import storage
 
 from data_pipelines.config import DatasetConfig
 from data_pipelines.integrity import masked_crc32c
@@ -40,25 +46,37 @@ def tfrecord_to_array_record(src: str, dst: str) -> dict:
     """
     from array_record.python import array_record_module
 
-    info_path = os.path.join(src, "dataset_info.json")
-    if not os.path.exists(info_path):
-        raise FileNotFoundError(f"{src!r} is not a TFDS dataset directory (no dataset_info.json)")
-    with open(info_path) as f:
-        info = json.load(f)
+    try:
+        info = json.loads(storage.read_bytes(storage.join(src, "dataset_info.json")))
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{src!r} is not a TFDS dataset directory (no dataset_info.json)"
+        ) from None
     if info.get("fileFormat", "tfrecord") != "tfrecord":
         raise ValueError(f"{src}: fileFormat is {info.get('fileFormat')!r}, expected tfrecord")
+    if storage.is_remote(dst):  # ArrayRecord writes local files: write, then upload
+        with tempfile.TemporaryDirectory(prefix="f1_array_record_") as scratch:
+            result = tfrecord_to_array_record(src, scratch)
+            for name in sorted(os.listdir(scratch)):
+                storage.upload(os.path.join(scratch, name), storage.join(dst, name))
+        result["written_shards"] = [
+            storage.join(dst, os.path.basename(p)) for p in result["written_shards"]
+        ]
+        return result
     os.makedirs(dst, exist_ok=True)
+    sizes = storage.list_sizes(src)
     written, dropped = [], []
-    for name in sorted(os.listdir(src)):
+    for name in sorted(sizes):
         if ".tfrecord-" not in name:
             continue
-        index = scan_tfrecord(os.path.join(src, name))
+        shard = storage.join(src, name)
+        index = scan_tfrecord(shard, sizes[name])
         for p in index.problems:
-            dropped.append([name, p.shard_record, f"{p.reason} (header at byte {p.offset})"])
+            dropped.append([name, p.indexed_before, f"{p.reason} (header at byte {p.offset})"])
         out = os.path.join(dst, name.replace(".tfrecord-", ".array_record-"))
         writer = array_record_module.ArrayRecordWriter(out, "group_size:1")
         kept = 0
-        with open(os.path.join(src, name), "rb") as f:
+        with storage.open_ranged(shard, sizes[name]) as f:
             for k, (off, ln, crc) in enumerate(zip(index.offsets, index.lengths, index.crcs)):
                 f.seek(int(off))
                 data = f.read(int(ln))
@@ -76,13 +94,14 @@ def tfrecord_to_array_record(src: str, dst: str) -> dict:
     info["fileFormat"] = "array_record"
     with open(os.path.join(dst, "dataset_info.json"), "w") as f:
         json.dump(info, f, indent=2)
-    for extra in os.listdir(src):
+    for extra in sizes:
         if (
             extra.endswith(".json")
             and extra not in ("dataset_info.json",)
             and not extra.startswith("f1_dataset_summary_")
         ):
-            shutil.copy(os.path.join(src, extra), os.path.join(dst, extra))
+            with open(os.path.join(dst, extra), "wb") as f:
+                f.write(storage.read_bytes(storage.join(src, extra)))
     return {"written_shards": written, "dropped": dropped}
 
 
@@ -162,18 +181,36 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         )
     else:
-        report = agibot.convert(
-            args.raw_root,
-            args.out,
-            task_ids=args.task_ids,
-            segment_len=args.segment_len,
-            context_before=args.context_before,
-            context_after=args.context_after,
-            image_size=args.image_size,
-            frame_stride=args.frame_stride,
-        )
+        if storage.is_remote(args.raw_root):
+            raise SystemExit(
+                "--raw_root must be a local folder (the release's h5, mp4 and tar files are read "
+                f"in place): copy {args.raw_root} to a local disk first; --out may be gs://"
+            )
+        if storage.is_remote(args.out):  # converted into a scratch folder, then uploaded
+            with tempfile.TemporaryDirectory(prefix="f1_agibot_") as scratch:
+                report = _agibot(args, scratch)
+                for root, _, files in os.walk(scratch):
+                    for name in files:
+                        path = os.path.join(root, name)
+                        rel = os.path.relpath(path, scratch).replace(os.sep, "/")
+                        storage.upload(path, storage.join(args.out, rel))
+        else:
+            report = _agibot(args, args.out)
         print(json.dumps(report))
     return 0
+
+
+def _agibot(args: argparse.Namespace, out: str) -> dict:
+    return agibot.convert(
+        args.raw_root,
+        out,
+        task_ids=args.task_ids,
+        segment_len=args.segment_len,
+        context_before=args.context_before,
+        context_after=args.context_after,
+        image_size=args.image_size,
+        frame_stride=args.frame_stride,
+    )
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import io
 import logging
 import os
 import posixpath
+import shutil
 import threading
 import uuid
 
@@ -130,6 +131,15 @@ def write_bytes(path: str, data: bytes) -> None:
     with open(tmp, "wb") as f:
         f.write(data)
     os.replace(tmp, path)
+
+
+def upload(local: str, path: str) -> None:
+    """Copies local file `local` to `path` (streamed into one object for a bucket)."""
+    if is_remote(path):
+        filesystem().put_file(local, _key(path))
+    else:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        shutil.copyfile(local, path)
 
 
 def remove(path: str) -> None:

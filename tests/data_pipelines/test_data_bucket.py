@@ -70,6 +70,17 @@ def test_convert_stats_on_a_bucket_caches_beside_the_data(bucket_libero, gcs, ca
     assert cached == [f"f1_dataset_summary_{report['key']}.json"]
 
 
+def test_array_record_copy_of_a_bucket_dataset(bucket_libero, libero_dir, tmp_path):
+    out = str(tmp_path / "ar" / "1.0.0")
+    result = convert.tfrecord_to_array_record(bucket_libero, out)
+    assert result["dropped"] == []
+    local, copy = EpisodeReader(libero_dir), EpisodeReader(out)
+    assert copy.file_format == "array_record"
+    assert [copy.serialized(i) for i in range(len(copy))] == [
+        local.serialized(i) for i in range(len(local))
+    ]
+
+
 def test_a_flipped_byte_in_a_bucket_shard_is_named(gcs, libero_dir, tmp_path):
     uri = gcs.upload_dir(libero_dir, "flipped/libero/1.0.0")
     shard = shard_path(libero_dir)
@@ -125,9 +136,7 @@ def _codes(record: int, length: int, width: int) -> np.ndarray:
 @pytest.mark.parametrize("where", ["local", "bucket"])
 def test_a_partial_frame_code_store_is_resumed_never_read(where, gcs, tmp_path):
     lengths, width = np.array([5, 0, 7, 3, 6]), 4
-    directory = (
-        str(tmp_path / "store") if where == "local" else f"gs://{BUCKET}/stores/partial"
-    )
+    directory = str(tmp_path / "store") if where == "local" else f"gs://{BUCKET}/stores/partial"
     ranges = frame_codes.part_ranges(lengths, 2)
     assert ranges == [(0, 3), (3, 5)]  # contiguous, 12 and 9 frames
 

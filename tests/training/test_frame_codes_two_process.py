@@ -55,7 +55,9 @@ def _line(output: str, tag: str) -> str:
     return [line for line in output.splitlines() if line.startswith(tag + " ")][-1][len(tag) + 1 :]
 
 
-def test_two_processes_encode_their_shares_into_one_store(tiny_data, tiny_init, tmp_path, monkeypatch):
+def test_two_processes_encode_their_shares_into_one_store(
+    tiny_data, tiny_init, tmp_path, monkeypatch
+):
     monkeypatch.setenv("F1_TEST_INIT", tiny_init)
     data, model, vqvae = frame_codes_setup(tiny_data, str(tmp_path / "one"))
     one = FrameCodeStore(
