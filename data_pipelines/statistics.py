@@ -4,7 +4,7 @@ Stats are computed once over every step of a dataset after standardisation and c
 keyed by a fingerprint of the dataset's content and the transform version, so a changed transform
 or dataset never reuses stale statistics. The cache lives beside the data by default, on a local
 disk or in a bucket alike (`data_pipelines.storage`). (Normalising with them is part of the observation
-contract: `f1_jax.transforms.normalize`.)
+contract: `f1_common.transforms.normalize`.)
 """
 
 from __future__ import annotations
