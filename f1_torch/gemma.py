@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from f1_torch.config import ExpertConfig
+from f1_common.model_config import RMS_NORM_EPS, ROPE_BASE, ExpertConfig
 
 # The fp32 masking constant of the JAX model (and openpi): a masked logit is this value, not -inf,
 # so a row without any visible key (a padding token) gets a uniform softmax instead of NaNs.
@@ -134,9 +134,9 @@ class ExpertLayer(nn.Module):
     def __init__(self, c: ExpertConfig, dtype: torch.dtype):
         super().__init__()
         self.config = c
-        self.input_layernorm = RMSNorm(c.width, c.norm_eps)
+        self.input_layernorm = RMSNorm(c.width, RMS_NORM_EPS)
         self.self_attn = Attention(c, dtype)
-        self.post_attention_layernorm = RMSNorm(c.width, c.norm_eps)
+        self.post_attention_layernorm = RMSNorm(c.width, RMS_NORM_EPS)
         self.mlp = MLP(c, dtype)
 
     def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -160,7 +160,7 @@ class GemmaExpert(nn.Module):
     def __init__(self, c: ExpertConfig, dtype: torch.dtype):
         super().__init__()
         self.layers = nn.ModuleList(ExpertLayer(c, dtype) for _ in range(c.depth))
-        self.norm = RMSNorm(c.width, c.norm_eps)
+        self.norm = RMSNorm(c.width, RMS_NORM_EPS)
 
 
 class KVCache:
@@ -206,7 +206,7 @@ class ExpertStack(nn.Module):
         self.und, self.gen, self.act = (GemmaExpert(c, dtype) for c in experts)
         first = self.configs[0]
         # Not a buffer: the loader builds modules on the meta device and fills only the weights.
-        self._inv_timescale = rope_inverse_timescale(first.head_dim, first.rope_base)
+        self._inv_timescale = rope_inverse_timescale(first.head_dim, ROPE_BASE)
 
     @property
     def experts(self) -> tuple[GemmaExpert, GemmaExpert, GemmaExpert]:

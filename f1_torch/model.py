@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from f1_torch import masks
-from f1_torch.action import ActionIO, euler_sample
-from f1_torch.config import F1Config
+from f1_torch.action import ActionInputs, euler_sample
+from f1_common.model_config import F1Config, action_block_starts
 from f1_torch.foresight import ForesightIO, sample_codes
 from f1_torch.gemma import ExpertStack, KVCache
 from f1_torch.precision import compute_dtype, exact_fp32
@@ -38,7 +38,7 @@ def to_unit_range(images: torch.Tensor) -> torch.Tensor:
     return x.movedim(-1, -3)
 
 
-class F1Model(nn.Module):
+class F1(nn.Module):
     """SigLIP + projector, word embedding, the three-expert stack, foresight and action I/O, and
     the VQ-VAE. `dtype` ('fp32' / 'bf16') is the matmul dtype of SigLIP and the experts
     (f1_torch/precision.py lists what stays fp32)."""
@@ -53,7 +53,7 @@ class F1Model(nn.Module):
         self.embed_tokens = nn.Embedding(c.vocab_size, c.und.width)
         self.stack = ExpertStack(c.experts, self.dtype)
         self.foresight = ForesightIO(c)
-        self.action_io = ActionIO(c.action)
+        self.action_io = ActionInputs(c.action)
         self.vae = VQVAE(c.vqvae)
 
     @property
@@ -128,9 +128,10 @@ class F1Model(nn.Module):
             suffix) and the prefix's pad mask [B, P].
         """
         c, vq = self.config, self.vae.quantize
-        lengths = c.scale_lengths
+        lengths = c.foresight.scale_lengths
         gen_prefix = self.foresight.embed_history(self.history_inputs(history_codes))
-        pad, mask, positions = masks.prefix_layout(und_pad, c.num_cond, lengths)
+        pad, starts = masks.sequence_layout(und_pad, c.foresight)
+        mask, positions = masks.block_attention_mask(pad, starts), masks.positions_from_pad(pad)
         batch, total = pad.shape
         cache = self.stack.new_cache(batch, total + 1 + c.action.chunk_size, pad.device)
         end = und_tokens.shape[1] + gen_prefix.shape[1]
@@ -185,7 +186,11 @@ class F1Model(nn.Module):
 
         state [B, state_dim] (zero-padded), x_t [B, chunk, action_dim], t float32 [B] (host).
         Returns fp32 velocities [B, chunk, action_dim]."""
-        mask, positions = masks.suffix_layout(prefix_pad, x_t.shape[1])
+        batch, chunk = x_t.shape[:2]
+        pad = torch.ones(batch, 1 + chunk, dtype=torch.bool, device=x_t.device)
+        starts = torch.from_numpy(action_block_starts(chunk)).to(x_t.device).expand(batch, -1)
+        mask = masks.suffix_attention_mask(prefix_pad, pad, starts)
+        positions = masks.positions_from_pad(pad, prefix_pad.long().sum(dim=1))
         suffix = self.action_io(state, x_t, t)
         outs = self.stack(
             [None, None, suffix],

@@ -22,11 +22,11 @@ import numpy as np
 import torch
 
 from f1_common import transforms
+from f1_common.frame_cache import FrameCodeCache
+from f1_common.model_config import F1Config, read_config, with_sampling
 from f1_common.tokenizer import Tokenizer
-from f1_torch.config import F1Config, read_config, with_sampling
-from f1_torch.frame_cache import FrameCodeCache
 from f1_torch.loader import load_model
-from f1_torch.model import F1Model
+from f1_torch.model import F1
 
 # What the model reads from an example (`ObservationSpec.example_spec(training=False)`).
 MODEL_KEYS = ("images", "image_mask", "tokens", "token_mask", "state")
@@ -52,7 +52,7 @@ class TorchPolicy:
     """An exported F1 behind the observation contract, with the episode's frame history and
     (by default) its frame-code cache.
 
-    model: a loaded F1Model; contract: the export's DeploymentContract; dataset: whose
+    model: a loaded F1; contract: the export's DeploymentContract; dataset: whose
     statistics (un)normalise state and actions (default: the contract's default dataset);
     frame_cache: encode each generation frame once per episode (False: encode the whole history
     window on every call, e.g. to measure the cache's gain).
@@ -60,7 +60,7 @@ class TorchPolicy:
 
     def __init__(
         self,
-        model: F1Model,
+        model: F1,
         contract: transforms.DeploymentContract,
         dataset: str | None = None,
         tokenizer_path: str | None = None,
@@ -75,7 +75,7 @@ class TorchPolicy:
             tokenizer_path or contract.tokenizer_path, contract.spec.max_token_len
         )
         self.transform = contract.transform(self.tokenizer, dataset)
-        self.frame_cache = FrameCodeCache() if frame_cache else None
+        self.frame_cache = FrameCodeCache(enabled=frame_cache)
 
     @classmethod
     def from_export(
@@ -109,12 +109,17 @@ class TorchPolicy:
     def device(self) -> torch.device:
         return self.model.device
 
+    @property
+    def encoded_frames(self) -> int:
+        """VQ-VAE encodings run by this policy (the frame-code cache's saving)."""
+        return self.frame_cache.encoded_frames
+
     def fork(self) -> TorchPolicy:
         """A policy with its own episode state (history, frame codes) sharing the loaded model:
         one per robot or server connection."""
         other = copy.copy(self)
         other.transform = self.contract.transform(self.tokenizer, self.dataset)
-        other.frame_cache = FrameCodeCache() if self.frame_cache is not None else None
+        other.frame_cache = FrameCodeCache(enabled=self.frame_cache.enabled)
         return other
 
     # --- episode state ---------------------------------------------------------------------
@@ -122,8 +127,7 @@ class TorchPolicy:
     def reset(self) -> None:
         """Starts a new episode: forgets the frame history and the cached frame codes."""
         self.transform.reset()
-        if self.frame_cache is not None:
-            self.frame_cache.clear()
+        self.frame_cache.clear()
 
     def observe(self, observation: Mapping[str, Any]) -> None:
         """Records a step's generation frame without inferring (steps executed open-loop from a
@@ -154,9 +158,7 @@ class TorchPolicy:
         """Codes of the example's history frames [T, sum(pn^2)], through the cache if enabled."""
         frames = example["gen_frames"][: len(self.spec.history_offsets)]
         with torch.inference_mode():
-            if self.frame_cache is None:
-                return self._encode(frames)
-            return self.frame_cache.codes(frames, example["frame_index"], self._encode)
+            return torch.stack(self.frame_cache.codes(frames, example["frame_index"], self._encode))
 
     def _generator(self, seed: int | None, generator: torch.Generator | None):
         if generator is not None and seed is not None:

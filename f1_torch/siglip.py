@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from f1_torch.config import SiglipConfig
+from f1_common.model_config import SiglipConfig
 
 
 class LayerNorm32(nn.LayerNorm):

@@ -14,7 +14,7 @@ from safetensors.numpy import load_file, save_file
 from conversion import config_io
 from f1_jax.models.sizes import get_model_config
 from f1_torch import LoadError, load_model
-from f1_torch.config import from_official
+from f1_common.model_config import from_official
 from f1_torch.loader import P
 from conversion import synthetic as exports
 
