@@ -151,8 +151,13 @@ def load_model(
     dtype: str | torch.dtype = "fp32",
     device: str | torch.device = "cpu",
     config: F1Config | None = None,
+    *,
+    attention: str = "eager",
+    rope: str = "reciprocal",
+    compile: bool = False,
 ) -> F1:
-    """Builds F1(config.json of `directory`, dtype) and fills it from model.safetensors.
+    """Builds F1(config.json of `directory`, dtype, attention, rope) and fills it from
+    model.safetensors; `compile`: then `F1.compile_parts()` (torch.compile).
 
     Modules are created on the meta device, so host memory holds about one copy of the model
     (in the target dtypes) at the peak. The model is in eval mode without gradients.
@@ -163,7 +168,7 @@ def load_model(
     if not os.path.exists(path):
         raise FileNotFoundError(f"{directory} has no {WEIGHTS_FILE}.")
     with torch.device("meta"):
-        model = F1(config, dtype)
+        model = F1(config, dtype, attention=attention, rope=rope)
     sd = model.state_dict()
     targets = {name: t.dtype for name, t in sd.items()}
     if model.dtype == torch.bfloat16:
@@ -188,4 +193,7 @@ def load_model(
                     "the config's table is used (as the JAX model does)."
                 )
     model.load_state_dict(state, strict=True, assign=True)
-    return model.eval().requires_grad_(False)
+    model = model.eval().requires_grad_(False)
+    if compile:
+        model.compile_parts()
+    return model

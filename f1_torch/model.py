@@ -40,18 +40,32 @@ def to_unit_range(images: torch.Tensor) -> torch.Tensor:
 
 class F1(nn.Module):
     """SigLIP + projector, word embedding, the three-expert stack, foresight and action I/O, and
-    the VQ-VAE. `dtype` ('fp32' / 'bf16') is the matmul dtype of SigLIP and the experts
-    (f1_torch/precision.py lists what stays fp32)."""
+    the VQ-VAE.
 
-    def __init__(self, config: F1Config, dtype: str | torch.dtype = "fp32"):
+    dtype: 'fp32' / 'bf16' / 'fp16', the matmul dtype of SigLIP and the experts
+      (f1_torch/precision.py lists what stays fp32).
+    attention: 'eager' (explicit fp32 logits and softmax; the parity reference) or 'sdpa'
+      (torch's fused scaled_dot_product_attention) in SigLIP and the experts; the VQ-VAE's
+      attention stays eager, so frame codes do not depend on it.
+    rope: 'reciprocal' (positions times the fp32 reciprocal of the timescale, as f1_jax) or
+      'divide' (positions / timescale, as the original F1 code: the exact-fp32 mode).
+    """
+
+    def __init__(
+        self,
+        config: F1Config,
+        dtype: str | torch.dtype = "fp32",
+        attention: str = "eager",
+        rope: str = "reciprocal",
+    ):
         super().__init__()
         self.config = config
         self.dtype = compute_dtype(dtype)
         c = config
-        self.siglip = SiglipVision(c.siglip, self.dtype)
+        self.siglip = SiglipVision(c.siglip, self.dtype, attention)
         self.projector = nn.Linear(c.siglip.width, c.siglip.out_width, dtype=self.dtype)
         self.embed_tokens = nn.Embedding(c.vocab_size, c.und.width)
-        self.stack = ExpertStack(c.experts, self.dtype)
+        self.stack = ExpertStack(c.experts, self.dtype, attention, rope)
         self.foresight = ForesightIO(c)
         self.action_io = ActionInputs(c.action)
         self.vae = VQVAE(c.vqvae)
@@ -59,6 +73,14 @@ class F1(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.foresight.wm_out_proj.weight.device
+
+    def compile_parts(self) -> None:
+        """torch.compile (in place) the parts that run on every call: SigLIP and the expert
+        stack. Shapes are static per call site (prefix pass, each foresight scale, the
+        denoising step), so each compiles once; the VQ-VAE stays eager (its codes must not
+        depend on kernel choices)."""
+        self.siglip.compile(dynamic=False)
+        self.stack.compile(dynamic=False)
 
     # --- token groups ----------------------------------------------------------------------
 
@@ -68,24 +90,24 @@ class F1(nn.Module):
         inputs: images [B, C, S, S, 3] (uint8, or float in [-1, 1]), image_mask [B, C] bool,
           tokens [B, Lt] int, token_mask [B, Lt] bool.
         Returns:
-          tokens [B, C * P + Lt, und.width] in the compute dtype, pad [B, C * P + Lt] bool.
+          tokens [B, C * P + Lt, und.width] in the residual stream's dtype, pad [B, C * P + Lt]
+          bool.
         """
         images, present = inputs["images"], inputs["image_mask"].bool()
         batch, cams = images.shape[:2]
         num_patches, width = self.config.siglip.num_patches, self.config.und.width
         flat = present.reshape(-1)
-        patches = torch.zeros(
-            batch * cams, num_patches, width, dtype=self.dtype, device=images.device
-        )
+        stream = self.stack.stream_dtype
+        patches = torch.zeros(batch * cams, num_patches, width, dtype=stream, device=images.device)
         if flat.any():
             # Absent cameras are masked out of attention (keys and queries), so their tokens can
             # be anything finite: skip SigLIP for them, the result is the same.
             chosen = to_unit_range(images.reshape(batch * cams, *images.shape[2:])[flat])
-            patches[flat] = self.projector(self.siglip(chosen)).to(self.dtype)
+            patches[flat] = self.projector(self.siglip(chosen)).to(stream)
         patches = patches.view(batch, cams * num_patches, width)
         image_pad = present.repeat_interleave(num_patches, dim=1)
         scale = float(np.sqrt(np.float32(width)))
-        words = (self.embed_tokens(inputs["tokens"].long()).float() * scale).to(self.dtype)
+        words = (self.embed_tokens(inputs["tokens"].long()).float() * scale).to(stream)
         tokens = torch.cat([patches, words], dim=1)
         return tokens, torch.cat([image_pad, inputs["token_mask"].bool()], dim=1)
 

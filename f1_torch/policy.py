@@ -90,19 +90,33 @@ class TorchPolicy:
         top_k: int | None = None,
         top_p: float | None = None,
         num_steps: int | None = None,
+        attention: str = "eager",
+        rope: str = "reciprocal",
+        compile: bool = False,
     ) -> TorchPolicy:
         """Loads `model.safetensors` + `config.json` + `norm_stats.json` (+ `tokenizer.model`).
 
-        device: where the model runs; dtype: 'fp32' (parity with f1_jax) or 'bf16' (as the
-        released model runs). top_k / top_p: the foresight sampling rule (default VAR's 900 /
-        0.95 of the original; top_k 1 is greedy); num_steps: Euler steps (default config.json's).
+        device: where the model runs; dtype: 'fp32' (parity with f1_jax), 'bf16' (as the
+        released model runs) or 'fp16' (GPUs without bf16). attention: 'eager' or 'sdpa' (torch's
+        fused attention); rope: 'reciprocal' (as f1_jax) or 'divide' (as the original F1 code);
+        compile: torch.compile the model's parts (see `F1.compile_parts`). top_k / top_p: the
+        foresight sampling rule (default VAR's 900 / 0.95 of the original; top_k 1 is greedy);
+        num_steps: Euler steps (default config.json's).
         """
         directory = os.fspath(directory)
         config = with_sampling(
             read_config(directory), top_k=top_k, top_p=top_p, num_steps=num_steps
         )
         contract = transforms.read_deployment_contract(directory)
-        model = load_model(directory, dtype=dtype, device=device, config=config)
+        model = load_model(
+            directory,
+            dtype=dtype,
+            device=device,
+            config=config,
+            attention=attention,
+            rope=rope,
+            compile=compile,
+        )
         return cls(model, contract, dataset, tokenizer_path, frame_cache)
 
     @property
