@@ -82,9 +82,7 @@ def bench_torch(
     from f1_torch.policy import TorchPolicy  # deferred: as above
 
     for mode in modes:
-        fields = dict(
-            benchmark="policy_latency", runtime="torch", size=size, device=device, **mode
-        )
+        fields = dict(benchmark="policy_latency", runtime="torch", size=size, device=device, **mode)
         try:
             policy = TorchPolicy.from_export(
                 directory,

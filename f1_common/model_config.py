@@ -54,6 +54,7 @@ class SiglipConfig:
     def num_patches(self) -> int:
         return (self.image_size // self.patch_size) ** 2
 
+
 @dataclasses.dataclass(frozen=True)
 class ExpertConfig:
     """One expert of the stack. All experts of a stack must agree on everything but width/mlp."""
@@ -172,12 +173,12 @@ class VQVAEConfig:
         return self.share_quant_resi
 
     @classmethod
-    def full(cls) -> "VQVAEConfig":
+    def full(cls) -> VQVAEConfig:
         """The released ``vae_ch160v4096z32`` (256x256 images, 108,948,355 params)."""
         return cls()
 
     @classmethod
-    def tiny(cls) -> "VQVAEConfig":
+    def tiny(cls) -> VQVAEConfig:
         """A CPU-test-sized model: 32x32 images -> 16x16x8 latent, the full scale schedule."""
         return cls(
             vocab_size=64,
@@ -187,6 +188,7 @@ class VQVAEConfig:
             num_res_blocks=1,
             norm_groups=8,
         )
+
 
 @dataclasses.dataclass(frozen=True)
 class ForesightConfig:
@@ -256,6 +258,7 @@ class ForesightConfig:
         """Offset of each predicted scale within the output tokens, e.g. (0, 1, 5, 14)."""
         return tuple(int(s) for s in np.cumsum((0,) + self.scale_lengths[:-1]))
 
+
 @dataclasses.dataclass(frozen=True)
 class ActionConfig:
     """Sizes of the action expert's projections; `width` is the action expert's width."""
@@ -267,6 +270,7 @@ class ActionConfig:
     num_steps: int = 10
     min_period: float = 4e-3
     max_period: float = 4.0
+
 
 @dataclasses.dataclass(frozen=True)
 class F1Config:

@@ -9,4 +9,4 @@ from f1_torch.loader import LoadError, load_model
 from f1_torch.model import F1
 from f1_torch.policy import TorchPolicy
 
-__all__ = ["F1Config", "F1", "LoadError", "TorchPolicy", "load_model", "read_config"]
+__all__ = ["F1", "F1Config", "LoadError", "TorchPolicy", "load_model", "read_config"]

@@ -269,9 +269,7 @@ class ExpertStack(nn.Module):
     ):
         super().__init__()
         if attention not in ATTENTION_IMPLEMENTATIONS:
-            raise ValueError(
-                f"Unknown attention {attention!r}; valid: {ATTENTION_IMPLEMENTATIONS}"
-            )
+            raise ValueError(f"Unknown attention {attention!r}; valid: {ATTENTION_IMPLEMENTATIONS}")
         self.configs = tuple(experts)
         self.dtype = dtype
         self.stream_dtype = stream_dtype(dtype)

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from f1_common.model_config import F1Config, action_block_starts
 from f1_torch import masks
 from f1_torch.action import ActionInputs, euler_sample
-from f1_common.model_config import F1Config, action_block_starts
 from f1_torch.foresight import ForesightIO, sample_codes
 from f1_torch.gemma import ExpertStack, KVCache
 from f1_torch.precision import compute_dtype, exact_fp32

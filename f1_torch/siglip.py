@@ -99,9 +99,7 @@ class SiglipEmbeddings(nn.Module):
 class SiglipEncoder(nn.Module):
     def __init__(self, c: SiglipConfig, dtype: torch.dtype, attention: str = "eager"):
         super().__init__()
-        self.layers = nn.ModuleList(
-            SiglipEncoderLayer(c, dtype, attention) for _ in range(c.depth)
-        )
+        self.layers = nn.ModuleList(SiglipEncoderLayer(c, dtype, attention) for _ in range(c.depth))
 
 
 class SiglipVision(nn.Module):

@@ -20,13 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from f1_common import model_config, transforms
-from f1_common.model_config import (
-    ActionConfig,
-    ExpertConfig,
-    ForesightConfig,
-    SiglipConfig,
-    VQVAEConfig,
-)
+from f1_common.model_config import ForesightConfig
 from f1_jax.models import masks
 from f1_jax.models.action import (
     ActionInputs,

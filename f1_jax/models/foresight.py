@@ -27,7 +27,6 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from f1_common.model_config import ForesightConfig, level_ids
 

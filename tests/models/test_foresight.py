@@ -72,7 +72,10 @@ def test_config_derived_sizes():
     assert c10.num_predicted == 680 and c10.scale_starts[-1] == 424
     assert (TINY.num_tokens, TINY.num_cond) == (30, 29)
     np.testing.assert_array_equal(model_config.level_ids((1, 2, 3)), [0] + [1] * 4 + [2] * 9)
-    assert model_config.level_ids(c.patch_nums).shape == (680,) and model_config.level_ids(c.patch_nums)[-1] == 9
+    assert (
+        model_config.level_ids(c.patch_nums).shape == (680,)
+        and model_config.level_ids(c.patch_nums)[-1] == 9
+    )
     for bad in (
         dict(num_scales=0),
         dict(num_scales=11),
