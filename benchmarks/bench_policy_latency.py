@@ -75,14 +75,22 @@ def bench_torch(
     size: str,
     device: str,
     modes: list[dict],
+    interleave: bool = False,
 ) -> None:
-    """One line per mode: {dtype, attention, rope, compile, frame_cache}."""
+    """One line per mode: {dtype, attention, rope, compile, frame_cache}.
+
+    interleave: load every mode's policy first, then send each observation to every policy in
+    turn, so that a shared machine's changing load falls on all modes alike (the modes then
+    hold their models in memory at once).
+    """
     import torch  # deferred: the JAX half runs without torch
 
     from f1_torch.policy import TorchPolicy  # deferred: as above
 
-    for mode in modes:
-        fields = dict(benchmark="policy_latency", runtime="torch", size=size, device=device, **mode)
+    def fields(mode: dict) -> dict:
+        return dict(benchmark="policy_latency", runtime="torch", size=size, device=device, **mode)
+
+    def load(mode: dict):
         try:
             policy = TorchPolicy.from_export(
                 directory,
@@ -93,27 +101,58 @@ def bench_torch(
                 rope=mode["rope"],
                 compile=mode["compile"],
             )
-            policy.reset()
-            calls = iter(range(len(observations)))
+        except (RuntimeError, NotImplementedError) as e:
+            return None, e
+        policy.reset()
+        return policy, None
 
-            def infer(obs):
-                policy.infer(obs, seed=next(calls))
-                if device.startswith("cuda"):
-                    torch.cuda.synchronize()
+    def call(policy, seed: int, obs) -> float:
+        start = time.perf_counter()
+        policy.infer(obs, seed=seed)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
 
-            median, best, first = _time(infer, observations, warmup)
-        except (RuntimeError, NotImplementedError) as e:  # a mode this device lacks
-            emit(**fields, error=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
-            continue
+    def report(mode: dict, policy, times: list[float] | None, error: Exception | None) -> None:
+        if error is not None:  # a mode this device lacks (e.g. fp16 kernels on an old CPU)
+            message = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+            emit(**fields(mode), error=message)
+            return
+        measured = times[warmup:]
         emit(
-            **fields,
-            median_s=round(median, 4),
-            best_s=round(best, 4),
-            first_call_s=round(first, 3),
+            **fields(mode),
+            median_s=round(float(np.median(measured)), 4),
+            best_s=round(float(np.min(measured)), 4),
+            first_call_s=round(times[0], 3),
             encodes_per_call=round(policy.encoded_frames / len(observations), 2),
             threads=torch.get_num_threads(),
+            interleaved=interleave,
             load_1min=round(os.getloadavg()[0], 1),  # others' jobs on a shared machine
         )
+
+    if not interleave:
+        for mode in modes:
+            policy, error = load(mode)
+            times = None
+            if error is None:
+                try:
+                    times = [call(policy, k, obs) for k, obs in enumerate(observations)]
+                except (RuntimeError, NotImplementedError) as e:
+                    error = e
+            report(mode, policy, times, error)
+        return
+    loaded = [load(mode) for mode in modes]
+    times = [[] for _ in modes]
+    errors = [error for _, error in loaded]
+    for k, obs in enumerate(observations):
+        for m, (policy, _) in enumerate(loaded):
+            if errors[m] is None:
+                try:
+                    times[m].append(call(policy, k, obs))
+                except (RuntimeError, NotImplementedError) as e:
+                    errors[m] = e
+    for mode, (policy, _), t, error in zip(modes, loaded, times, errors):
+        report(mode, policy, t, error)
 
 
 def _switches(text: str) -> list[bool]:
@@ -131,6 +170,11 @@ def main():
     parser.add_argument("--torch_compile", default="off", help="off and/or on (torch.compile)")
     parser.add_argument("--frame_cache", default="on,off")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's)")
+    parser.add_argument(
+        "--interleave",
+        action="store_true",
+        help="torch modes take turns call by call (fair on a machine shared with other jobs)",
+    )
     parser.add_argument("--device", default="cpu", help="torch runtime device (cpu or cuda)")
     parser.add_argument(
         "--released_dtypes", action="store_true", help="write bf16 where the released F1 does"
@@ -176,7 +220,9 @@ def main():
                     "bf16" if gpu else "fp32",
                     _switches(args.frame_cache),
                 )
-            bench_torch(directory, observations, args.warmup, size, args.device, modes)
+            bench_torch(
+                directory, observations, args.warmup, size, args.device, modes, args.interleave
+            )
 
 
 if __name__ == "__main__":

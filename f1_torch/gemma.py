@@ -67,7 +67,8 @@ def rope_inverse_timescale(head_dim: int, base: float) -> torch.Tensor:
 def rope_timescale(head_dim: int, base: float) -> torch.Tensor:
     """fp32 [head_dim / 2]: `base ** ((2 / head_dim) * arange(head_dim / 2))` computed as the
     original F1 code computes it (torch fp32 arithmetic)."""
-    exponents = (2.0 / head_dim) * torch.arange(head_dim // 2, dtype=torch.float32)
+    # On the CPU explicitly: the loader builds modules under a meta-device default.
+    exponents = (2.0 / head_dim) * torch.arange(head_dim // 2, dtype=torch.float32, device="cpu")
     return base**exponents
 
 
