@@ -45,12 +45,12 @@ def bench_jax(
     directory: str, observations: list, warmup: int, size: str, dtype: str, caches: list[bool]
 ) -> None:
     for cache in caches:
-        policy = Policy.from_checkpoint(directory, frame_cache=cache)
+        policy = Policy.load(directory, frame_cache=cache)
         policy.reset()
         calls = iter(range(len(observations)))
 
         def infer(obs):
-            out = policy.infer(obs, jax.random.key(next(calls)))
+            out = policy.infer(obs, seed=next(calls))
             jax.block_until_ready(out["actions"])
 
         median, best, first = _time(infer, observations, warmup)
@@ -92,7 +92,7 @@ def bench_torch(
 
     def load(mode: dict):
         try:
-            policy = TorchPolicy.from_export(
+            policy = TorchPolicy.load(
                 directory,
                 device=device,
                 dtype=mode["dtype"],

@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from f1_common.transforms import NORM_STATS_FILE, DeploymentContract
+from f1_common.export_layout import NORM_STATS_FILE
+from f1_common.transforms import DeploymentContract
 
 OFFICIAL_FEATURES = {"state": "observation.state", "action": "action"}
 OFFICIAL_STATS = ("mean", "std", "min", "max", "q01", "q99")

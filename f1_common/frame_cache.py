@@ -34,6 +34,13 @@ class FrameCodeCache:
     def clear(self) -> None:
         self._codes.clear()
 
+    def snapshot(self) -> dict[int, Any]:
+        """The cached codes, for `restore` (a failed request leaves the episode unchanged)."""
+        return dict(self._codes)
+
+    def restore(self, snapshot: dict[int, Any]) -> None:
+        self._codes = dict(snapshot)
+
     def __len__(self) -> int:
         return len(self._codes)
 

@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 
 from f1_common import official_config
+from f1_common.export_layout import CONFIG_FILE
 
 # Fixed by the architecture (the original's values; config.json does not state them).
 RMS_NORM_EPS = 1e-6  # every Gemma RMSNorm
 ROPE_BASE = 10_000.0  # Gemma's RoPE max wavelength
 PARAM_INITS = ("gemma", "fan_in")
-CONFIG_FILE = "config.json"
 
 
 @dataclasses.dataclass(frozen=True)

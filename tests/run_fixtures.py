@@ -95,4 +95,4 @@ def sim_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def policy(sim_run):
-    return Policy.from_checkpoint(sim_run["workdir"])
+    return Policy.load(sim_run["workdir"])

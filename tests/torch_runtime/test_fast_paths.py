@@ -37,7 +37,7 @@ def _rms(x) -> float:
 def case(tiny_export):
     """Examples, their history codes and noise, and the eager fp32 outputs (greedy)."""
     config = tiny_export.config
-    policy = TorchPolicy.from_export(tiny_export.directory, top_k=1)
+    policy = TorchPolicy.load(tiny_export.directory, top_k=1)
     observations = exports.observations(config, max(STEPS) + 1, seed=3)
     examples = []
     for t, obs in enumerate(observations):
