@@ -83,11 +83,10 @@ def verify_assets(root: str, manifest: dict[str, str] | None = None) -> None:
             if git_blob_sha1(f.read()) != blob:
                 changed.append(name)
     if missing or changed:
-        listing = "\n".join(f"  missing: {n}" for n in missing[:10])
-        listing += "\n" + "\n".join(f"  changed: {n}" for n in changed[:10])
+        listing = [f"  missing: {n}" for n in missing[:10]] + [f"  changed: {n}" for n in changed[:10]]
         raise LiberoSetupError(
             f"the LIBERO asset tree {root} differs from LIBERO @ 8f1084e: {len(missing)} of "
-            f"{len(manifest)} files missing, {len(changed)} changed\n{listing.strip()}\n"
+            f"{len(manifest)} files missing, {len(changed)} changed\n" + "\n".join(listing) + "\n"
             f"Reinstall the assets:\n  {INSTALL_HINT}"
         )
 
