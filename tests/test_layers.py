@@ -29,6 +29,7 @@ ALLOWED: dict[str, set[str]] = {
     "builtin_task": CONTRACT
     | {"f1_jax.models", "f1_jax.training", "f1_jax.policy", "f1_torch", "data_pipelines"}
     | {"conversion", "configs"},
+    "libero_eval": CONTRACT | {"f1_jax.policy", "f1_torch", "data_pipelines"},
     "benchmarks": {"*"},
 }
 PACKAGES = (
@@ -39,6 +40,7 @@ PACKAGES = (
     "builtin_task",
     "benchmarks",
     "f1_torch",
+    "libero_eval",
 )
 
 
