@@ -9,12 +9,11 @@ import av
 import numpy as np
 import pytest
 
-from conversion import synthetic
 from data_pipelines.sources import libero as libero_source
 from libero_eval import conventions, simulator
 from libero_eval.evaluate import Settings, run
 
-from libero_setup import requires_libero
+from libero_setup import make_libero_export, requires_libero
 
 pytestmark = requires_libero
 
@@ -80,19 +79,7 @@ def test_observation_conventions_match_the_training_sets(sim):
 
 @pytest.fixture(scope="module")
 def libero_export(tmp_path_factory):
-    """Random weights of the smallest size with LIBERO's contract: `debug` (state 8, action 7,
-    primary + wrist cameras by the datasets' keys)."""
-    d = str(tmp_path_factory.mktemp("libero_export"))
-    config = synthetic.model_config("debug")
-    path = synthetic.write_export(
-        os.path.join(d, "export"),
-        config,
-        synthetic.random_params(config),
-        synthetic.make_tokenizer(d),
-        state_dim=libero_source.STATE_DIM,
-        action_dim=libero_source.ACTION_DIM,
-    )
-    return path
+    return make_libero_export(str(tmp_path_factory.mktemp("libero_export")))
 
 
 def test_one_episode_results_video_and_resume(libero_export, tmp_path):
