@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from libero_eval import conventions, results, simulator
 from libero_eval.evaluate import Settings, run
@@ -66,7 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.check:
             root = simulator.configure(args.assets)
-            print(f"LIBERO ready: assets {root} match LIBERO @ 8f1084e; {simulator.describe_install()}")
+            print(
+                f"LIBERO ready: assets {root} match LIBERO @ 8f1084e; {simulator.describe_install()}"
+            )
             return 0
         if args.suite is None or (args.checkpoint is None and args.server is None):
             raise ValueError("give --suite and one of --checkpoint and --server")

@@ -16,7 +16,8 @@ NumPy only: the protocol can be read (and tested) without the simulator installe
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 

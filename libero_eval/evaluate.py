@@ -10,7 +10,8 @@ import queue
 import time
 import traceback
 from collections import deque
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import av
 import numpy as np

@@ -13,7 +13,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -27,18 +28,18 @@ class LocalPolicy:
 
     def __init__(self, policy: Any, backend: str, checkpoint: str):
         self.policy, self.backend = policy, backend
-        stats = policy.transform
+        transform = policy.transform
         self.metadata = {
             "kind": "local",
             "backend": backend,
             "checkpoint": str(checkpoint),
             "chunk_size": int(policy.spec.chunk_size),
-            "state_dim": int(stats.state_width),
-            "action_dim": int(stats.action_dim),
+            "state_dim": int(transform.state_width),
+            "action_dim": int(transform.action_dim),
             "observation_contract": {
                 "und_image_size": int(policy.spec.und_image_size),
                 "gen_crop": int(policy.spec.gen_crop),
-                "cameras": {k: v for k, v in dict(stats.cameras).items() if v},
+                "cameras": {k: v for k, v in dict(transform.cameras).items() if v},
             },
         }
         if self.metadata["state_dim"] != conventions.STATE_DIM:
@@ -108,7 +109,9 @@ class ServerPolicy:
         server = dict(self.client.get_server_metadata() or {})
         keys = set(server.get("observation_keys", ()))
         self.f1_style = {"primary", "wrist", "state", "reset"} <= keys
-        self.image_size = image_size if image_size else (None if self.f1_style else OPENPI_IMAGE_SIZE)
+        self.image_size = (
+            image_size if image_size else (None if self.f1_style else OPENPI_IMAGE_SIZE)
+        )
         self._first = True
         self.metadata = {
             "kind": "server",

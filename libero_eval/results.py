@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 WILSON_Z = 1.959963984540054  # 95 %, two-sided
 RESULTS_FILE = "results.json"
@@ -39,7 +40,12 @@ def wilson_interval(successes: int, n: int, z: float = WILSON_Z) -> tuple[float,
 def stats(outcomes: Iterable[bool]) -> dict[str, Any]:
     values = [bool(v) for v in outcomes]
     k, n = sum(values), len(values)
-    return {"successes": k, "episodes": n, "rate": k / n if n else 0.0, "ci95": list(wilson_interval(k, n))}
+    return {
+        "successes": k,
+        "episodes": n,
+        "rate": k / n if n else 0.0,
+        "ci95": list(wilson_interval(k, n)),
+    }
 
 
 def summarize(episodes: list[Mapping[str, Any]], instructions: Mapping[int, str]) -> dict:

