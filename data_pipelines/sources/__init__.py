@@ -151,7 +151,7 @@ def apply_gripper_convention(
 def action_to_native(kind: str, convention: str) -> dict[str, list] | None:
     """How to turn un-normalised model actions back into the robot's own gripper convention:
     {"dims": [...], "scale": [...], "offset": [...]} with native = scale * x + offset, or None
-    when nothing changes (`f1_jax.transforms.ObservationTransform.robot_actions` applies it)."""
+    when nothing changes (`f1_common.transforms.ObservationTransform.robot_actions` applies it)."""
     mapping = _gripper_map(kind, convention)
     if not mapping:
         return None

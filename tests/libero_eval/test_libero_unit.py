@@ -11,7 +11,7 @@ from builtin_task import evaluate as builtin_evaluate
 from data_pipelines.sources import action_to_native
 from data_pipelines.sources import libero as libero_source
 from libero_eval import conventions, results, simulator
-from libero_eval.evaluate import Settings, inference_seed
+from libero_eval.evaluate import Settings, seed_path
 
 
 def test_protocol_constants_match_the_community_evaluators():
@@ -89,11 +89,10 @@ def test_results_resume_and_refuse_other_settings(tmp_path):
         assert json.load(f)["meta"]["suite"] == "libero_spatial"
 
 
-def test_inference_seed_depends_on_place_only():
-    assert inference_seed(7, 0, 3, 2) == inference_seed(7, 0, 3, 2)
-    assert (
-        len({inference_seed(7, t, e, c) for t in range(2) for e in range(2) for c in range(2)}) == 8
-    )
+def test_seed_path_depends_on_place_only():
+    assert seed_path(7, 0, 3, 2) == (7, 0, 3, 2)
+    paths = {seed_path(7, t, e, c) for t in range(2) for e in range(2) for c in range(2)}
+    assert len(paths) == 8
 
 
 def test_settings_need_one_policy_source():
