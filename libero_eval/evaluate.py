@@ -115,10 +115,11 @@ def run_episode(
     """One episode: reset to init state `episode`, settle with no-ops, then infer a chunk and
     execute its first `replan_steps` actions until success or `max_steps` policy steps.
 
-    Returns task, episode, success, steps (policy steps taken), seconds, policy_seconds and,
+    Returns task, episode, success, steps (policy steps taken), inferences, seconds,
+    cpu_seconds, policy_seconds and,
     if record, frames (uint8 [256, 512, 3]: primary | wrist, as the policy saw them).
     """
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     raw = sim.reset(episode)
     for _ in range(conventions.SETTLE_STEPS):  # a success while settling does not count
         raw, _ = sim.step(conventions.NOOP_ACTION)
@@ -157,6 +158,9 @@ def run_episode(
         "steps": steps,
         "inferences": calls,
         "seconds": round(time.perf_counter() - start, 3),
+        # this process's CPU time (MuJoCo, the software renderer's threads, the policy): the
+        # cost on a shared machine, where the wall time depends on the neighbours
+        "cpu_seconds": round(time.process_time() - cpu_start, 3),
         "policy_seconds": round(policy_seconds, 3),
     }
     if record:
