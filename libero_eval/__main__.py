@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=not args.no_progress,
         )
         outcome = run(settings)
-    except (simulator.LiberoSetupError, ValueError, FileNotFoundError) as e:
+    except (simulator.LiberoSetupError, ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(results.format_table(outcome))
