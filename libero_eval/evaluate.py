@@ -283,13 +283,14 @@ def run(settings: Settings) -> dict[str, Any]:
         bar.update(1)
 
     workers = min(settings.workers, len(todo))
-    processes = []
+    processes, queues = [], []
     try:
         if workers == 1:
             _work(settings, _Inline([*todo, None]), _Inline(handle=handle), 0, reraise=True)
         elif workers > 1:
             context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked GL/JAX
             jobs, sink = context.Queue(), context.Queue()
+            queues = [jobs, sink]
             for job in [*todo, *[None] * workers]:
                 jobs.put(job)
             processes = [
@@ -306,6 +307,9 @@ def run(settings: Settings) -> dict[str, Any]:
             if p.is_alive():
                 p.terminate()
             p.join()
+        for q in queues:  # release their semaphores now, not at interpreter exit
+            q.close()
+            q.join_thread()
     return state["results"]
 
 
