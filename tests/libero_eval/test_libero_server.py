@@ -8,13 +8,13 @@ import threading
 
 import numpy as np
 import pytest
-from libero_setup import make_libero_export
 from openpi_client import image_tools
 
 from inference import serve
 from inference.interface import load_policy
 from libero_eval import conventions
 from libero_eval.policies import ServerPolicy
+from tests.libero_eval.libero_setup import make_libero_export
 
 SEED = 3
 

@@ -9,11 +9,11 @@ import os
 import av
 import numpy as np
 import pytest
-from libero_setup import make_libero_export, requires_libero
 
 from data_pipelines.sources import libero as libero_source
 from libero_eval import conventions, simulator
 from libero_eval.evaluate import Settings, run
+from tests.libero_eval.libero_setup import make_libero_export, requires_libero
 
 pytestmark = requires_libero
 
