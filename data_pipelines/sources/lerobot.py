@@ -510,7 +510,9 @@ class LeRobotReader:
         except schema.SchemaError:
             raise
         except Exception as err:  # missing file, truncated or garbled parquet
-            raise self._error(i, f"cannot read {e.data_file} ({type(err).__name__}: {err})")
+            raise self._error(
+                i, f"episode {e.index}: cannot read {e.data_file} ({type(err).__name__}: {err})"
+            ) from err
         if table is None:
             return pa.table({c: [] for c in columns})
         if self.v3:

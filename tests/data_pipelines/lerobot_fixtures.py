@@ -129,7 +129,7 @@ def cut_video(path: str, keep: int) -> None:
     tmp = path + ".cut.mp4"
     with av.open(path) as src, av.open(tmp, "w") as dst:
         stream = src.streams.video[0]
-        out = dst.add_stream_from_template(stream)
+        out = dst.add_stream_from_template(stream, opaque=True)  # remux, no codec
         kept = 0
         for packet in src.demux(stream):
             if packet.dts is None:
