@@ -5,7 +5,7 @@ Two lerobot versions cannot share one environment (and lerobot's torchvision whe
 installed with `pip install --no-deps --target` under F1_LEROBOT_CACHE (default
 ~/.cache/f1_jax/test-lerobot; .ci/run fills it), and the writer (`lerobot_writer.py`) runs in a
 subprocess with that folder first on PYTHONPATH. lerobot's own dependencies (datasets, pandas,
-av, jsonlines, draccus, accelerate, torch) come from the `test` extra.
+av, jsonlines, accelerate, torch) come from the `test` extra.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ VERSIONS = {"v3.0": "0.4.4", "v2.1": "0.3.3"}
 TORCHVISION = "0.29.1"
 LENGTHS = {"v3.0": [12, 16, 10], "v2.1": [12, 14, 10, 11, 13, 12]}  # frames per episode
 CODECS = {"v3.0": "libsvtav1", "v2.1": "h264"}  # AV1 (lerobot's default) and H.264
-WRITER_DEPS = ("torch", "datasets", "pandas", "av", "jsonlines", "draccus", "accelerate")
+WRITER_DEPS = ("torch", "datasets", "pandas", "av", "jsonlines", "accelerate")
 
 
 def cache_root() -> str:

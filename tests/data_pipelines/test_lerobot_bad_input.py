@@ -8,7 +8,6 @@ import logging
 import os
 
 import numpy as np
-import pyarrow as pa
 import pytest
 
 import lerobot_fixtures as lf
@@ -18,6 +17,9 @@ from data_pipelines.config import DatasetConfig
 from data_pipelines.sources import UnsupportedDatasetError, lerobot, open_reader
 from data_pipelines.summary import load_or_compute
 from dp_fixtures import small_config
+
+pa = pytest.importorskip("pyarrow", reason="the lerobot source needs pyarrow: pip install -e '.[test]'")
+pytest.importorskip("av", reason="the lerobot source decodes videos with PyAV: pip install -e '.[test]'")
 
 TOP, WRIST = W.VIDEO_KEYS
 
@@ -68,6 +70,38 @@ def test_each_bad_episode_is_named_and_counted(damaged_v2, tmp_path):
         assert f"episode_00000{e}.parquet" in described
     # drop_unlabeled leaves the empty-task episode out of sampling, as for RLDS.
     assert summary.num_sampled(False) == 12 + 13 and summary.num_sampled(True) == 12
+
+
+def test_rows_that_disagree_with_the_metadata(lerobot_v2_dir, tmp_path):
+    """Episode 1: an unknown task index; 2: a NaN action; 3: no rows; 4: a row missing."""
+    root = lf.copy_dataset(lerobot_v2_dir, os.fspath(tmp_path / "v2"))
+
+    def column(name, values):
+        def change(t):
+            return t.set_column(t.column_names.index(name), name, pa.array(values(t)))
+
+        return change
+
+    lf.rewrite_parquet(lf.v2_data(root, 1), column("task_index", lambda t: [99] * t.num_rows))
+
+    def nan_action(t):
+        a = np.stack(t.column("action").to_numpy(zero_copy_only=False)).astype(np.float32)
+        a[3, 2] = np.nan
+        return t.set_column(
+            t.column_names.index("action"), "action", pa.FixedSizeListArray.from_arrays(
+                pa.array(a.ravel()), a.shape[1]))  # fmt: skip
+
+    lf.rewrite_parquet(lf.v2_data(root, 2), nan_action)
+    lf.rewrite_parquet(lf.v2_data(root, 3), lambda t: t.slice(0, 0))
+    lf.rewrite_parquet(lf.v2_data(root, 4), lambda t: t.slice(0, t.num_rows - 1))
+    ds = DatasetConfig("rows", "lerobot", root)
+    summary = load_or_compute(open_reader(ds), ds, str(tmp_path), progress=False)
+    why = {s.record: (s.kind, s.reason) for s in summary.skipped}
+    assert sorted(why) == [1, 2, 3, 4] and summary.counts()["episodes_kept"] == 2
+    assert why[1][0] == "unusable" and "episode 1" in why[1][1] and "task_index 99" in why[1][1]
+    assert why[2][0] == "unusable" and "episode 2" in why[2][1] and "NaN" in why[2][1]
+    assert why[3][0] == "zero_steps"
+    assert why[4][0] == "unusable" and "holds 12 rows, the episode metadata says 13" in why[4][1]
 
 
 def test_undecodable_frame_is_replaced_counted_and_named(

@@ -21,6 +21,9 @@ from data_pipelines.sources import action_to_native, lerobot, open_reader, stand
 from dp_fixtures import small_config
 from f1_jax import transforms
 
+pytest.importorskip("pyarrow", reason="the lerobot source needs pyarrow: pip install -e '.[test]'")
+pytest.importorskip("av", reason="the lerobot source decodes videos with PyAV: pip install -e '.[test]'")
+
 GRIPPER = {"gripper_dims": [6], "gripper_open": -1.0, "gripper_closed": 1.0}
 V3_CAMERAS = {"primary": W.VIDEO_KEYS[0], "wrist": W.VIDEO_KEYS[1], "secondary": W.IMAGE_KEY}
 CAMERA_INDEX = {"primary": 0, "wrist": 1, "secondary": 2}  # scene(camera=...) per camera
