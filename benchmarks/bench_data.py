@@ -28,7 +28,7 @@ from data_pipelines import pipeline
 from data_pipelines.config import DataConfig, DatasetConfig
 from data_pipelines.reader import EpisodeReader
 from data_pipelines.sources import libero
-from f1_jax.tokenizer import Tokenizer, train_tokenizer
+from f1_common.tokenizer import Tokenizer, train_tokenizer
 
 OFFSETS = (-9, -6, -3, 0, 3)
 

@@ -41,12 +41,16 @@ from f1_jax.models.sizes import get_model_config
 from f1_jax.training import checkpoints as ckpt
 from f1_jax.training.checkpoints import save_params
 from f1_jax.training.run_record import read_run_record
-from f1_jax.transforms import (
+from f1_common.export_layout import (
+    CONFIG_FILE,
+    MODEL_FILE,
     NORM_STATS_FILE,
     TOKENIZER_FILE,
-    DeploymentContract,
-    read_deployment_contract,
+    ExportIntegrityError,
+    verify_manifest,
+    write_manifest,
 )
+from f1_common.transforms import DeploymentContract, read_deployment_contract
 
 ALL_SUBTREES = ("siglip", "embedder", "stack", "foresight", "action_io", "vqvae")
 STAGE1_FRESH = ("stack/layers/gen", "stack/final_norm_gen", "foresight")
@@ -135,7 +139,7 @@ def read_official_config(input_path, config_path=None) -> F1Config:
         path = as_epath(config_path)
     else:
         base = as_epath(input_path)
-        path = (base if base.is_dir() else base.parent) / "config.json"
+        path = (base if base.is_dir() else base.parent) / CONFIG_FILE
     if not path.exists():
         raise ConversionError(f"No config.json at {path}; pass --config PATH (the F1 config.json).")
     try:
@@ -145,7 +149,7 @@ def read_official_config(input_path, config_path=None) -> F1Config:
 
 
 def _f1_file(input_path: Path) -> Path:
-    return input_path / "model.safetensors" if input_path.is_dir() else input_path
+    return input_path / MODEL_FILE if input_path.is_dir() else input_path
 
 
 def fit_vocab_hit(value: np.ndarray, config: F1Config, what: str) -> tuple[np.ndarray, str | None]:
@@ -231,7 +235,7 @@ def f1_params(
 def import_f1(input_path, output, config_path=None, progress: bool = True):
     """Official F1 model.safetensors + config.json -> our full tree."""
     config = read_official_config(input_path, config_path)
-    wanted = ("model.safetensors", NORM_STATS_FILE, TOKENIZER_FILE)
+    wanted = (MODEL_FILE, NORM_STATS_FILE, TOKENIZER_FILE)
     with (
         _scratch(output) as allocate,
         local_input(input_path, wanted, progress) as local,
@@ -266,8 +270,8 @@ def pi0_params(
 ) -> tuple[engine.Flat, list, dict[str, np.ndarray]]:
     """The pi0 part of our tree, notes, and lerobot's normalisation statistics (if saved)."""
     abstract = engine.abstract_params(config)
-    with local_input(input_path, ("model.safetensors",), progress) as local:
-        source = SafetensorsSource(local / "model.safetensors" if local.is_dir() else local)
+    with local_input(input_path, (MODEL_FILE,), progress) as local:
+        source = SafetensorsSource(local / MODEL_FILE if local.is_dir() else local)
         try:
             keys = source.keys()
             kind = engine.check_kind(keys, "pi0", str(input_path))
@@ -506,6 +510,8 @@ def load_export(
     `tokenizer.model`, copied locally for a URI); without that file, require_contract=False gives
     None instead of an error (e.g. the released F1 checkpoint, which has no statistics).
     """
+    if not is_remote(directory):  # a local export is checked against its manifest first
+        verify_manifest(directory)
     config = read_official_config(directory)
     base = as_epath(directory)
     has_contract = (base / NORM_STATS_FILE).exists()
@@ -517,7 +523,7 @@ def load_export(
         )
     if has_contract and not (base / TOKENIZER_FILE).exists():
         raise ConversionError(f"{directory} has {NORM_STATS_FILE} but no {TOKENIZER_FILE}.")
-    wanted = ("model.safetensors", NORM_STATS_FILE, TOKENIZER_FILE)
+    wanted = (MODEL_FILE, NORM_STATS_FILE, TOKENIZER_FILE)
     with local_input(directory, wanted, progress) as local:
         params, _, _ = f1_params(_f1_file(local), config, str(directory), progress)
         contract = None
@@ -564,11 +570,11 @@ def _write_f1_files(
         with_expert_lm_heads,
     )
     write_safetensors_streaming(
-        directory / "model.safetensors",
+        directory / MODEL_FILE,
         [(i.key, i.shape, i.dtype) for i in plan],
         engine.export_tensors(plan, params, config, buffers, progress),
     )
-    with open(directory / "config.json", "w") as f:
+    with open(directory / CONFIG_FILE, "w") as f:
         json.dump(config_io.to_official(config), f, indent=2)
 
 
@@ -610,6 +616,7 @@ def export_f1(
         ]
     with atomic_output_dir(output, progress) as tmp:
         _write_f1_files(tmp, params, config, buffers, extras, dtype, with_expert_lm_heads, progress)
+        write_manifest(tmp)
     return output
 
 
@@ -677,6 +684,7 @@ def export_run(
         )
         deployment.write_deployment_files(tmp, contract)
         copy_file(tokenizer_src, as_epath(tmp / TOKENIZER_FILE))
+        write_manifest(tmp)
     return output
 
 
@@ -694,7 +702,7 @@ def verify_roundtrip(
     config = config or get_model_config(size)
     if source == "openpi":
         return _verify_roundtrip(source, DictSource(openpi_flat(input_path)), config, progress)
-    patterns = ("model.safetensors",) if source in ("f1", "pi0") else ("*.safetensors",)
+    patterns = (MODEL_FILE,) if source in ("f1", "pi0") else ("*.safetensors",)
     with local_input(input_path, patterns, progress) as local:
         path = _f1_file(local) if source in ("f1", "pi0") else local
         return _verify_roundtrip(source, open_source(path), config, progress, str(input_path))
@@ -762,7 +770,7 @@ def verify_forward(
     else:
         config = get_model_config(size)
     abstract = _select(engine.abstract_params(config), tables.PALIGEMMA_SUBTREES)
-    patterns = ("model.safetensors",) if source in ("f1", "pi0") else ("*.safetensors",)
+    patterns = (MODEL_FILE,) if source in ("f1", "pi0") else ("*.safetensors",)
     with local_input(input_path, patterns, progress) as local:
         src = open_source(_f1_file(local) if source in ("f1", "pi0") else local)
         try:

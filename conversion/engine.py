@@ -16,7 +16,7 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from conversion.io import NP_DTYPES, ConversionError
-from f1_jax.official_config import key_problems
+from f1_common.official_config import key_problems
 from conversion.tables import Extra, Row
 from f1_jax.models.f1 import F1, F1Config, example_batch
 from f1_jax.models.foresight import level_ids

@@ -30,7 +30,7 @@ from data_pipelines.integrity import masked_crc32c
 from data_pipelines.reader import scan_tfrecord
 from data_pipelines.sources import GRIPPER_CONVENTIONS, agibot, open_reader
 from data_pipelines.summary import load_or_compute
-from f1_jax.tokenizer import Tokenizer
+from f1_common.tokenizer import Tokenizer
 
 
 def tfrecord_to_array_record(src: str, dst: str) -> dict:

@@ -25,7 +25,7 @@ from data_pipelines.integrity import check_bad_fraction
 from data_pipelines.reader import EpisodeReader
 from data_pipelines.sample import BAD_IMAGE, BAD_RECORD, SampleBuilder
 from data_pipelines.summary import DatasetSummary, load_or_compute
-from f1_jax.tokenizer import Tokenizer
+from f1_common.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 

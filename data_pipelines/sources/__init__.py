@@ -176,7 +176,7 @@ def action_to_native(
 ) -> dict[str, list] | None:
     """How to turn un-normalised model actions back into the robot's own gripper convention:
     {"dims": [...], "scale": [...], "offset": [...]} with native = scale * x + offset, or None
-    when nothing changes (`f1_jax.transforms.ObservationTransform.robot_actions` applies it)."""
+    when nothing changes (`f1_common.transforms.ObservationTransform.robot_actions` applies it)."""
     mapping = _gripper_map(kind, convention, options)
     if not mapping:
         return None

@@ -9,8 +9,8 @@ from safetensors import safe_open
 
 from conversion import api, deployment
 from conversion.cli import main
-from f1_jax import transforms
-from f1_jax.tokenizer import Tokenizer
+from f1_common import transforms
+from f1_common.tokenizer import Tokenizer
 from f1_jax.training import checkpoints as ckpt
 from f1_jax.training import state as st
 from f1_jax.training.run_record import read_run_record

@@ -19,7 +19,7 @@ from data_pipelines.config import DatasetConfig
 from data_pipelines.sample import SampleBuilder
 from data_pipelines.sources import action_to_native, lerobot, open_reader, standardize_record
 from dp_fixtures import small_config
-from f1_jax import transforms
+from f1_common import transforms
 
 pytest.importorskip("pyarrow", reason="the lerobot source needs pyarrow: pip install -e '.[test]'")
 pytest.importorskip("av", reason="the lerobot source decodes videos with PyAV: pip install -e '.[test]'")

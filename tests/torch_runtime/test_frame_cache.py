@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from f1_jax import transforms
+from f1_common import transforms
 from f1_torch import TorchPolicy, load_model
 from f1_torch.frame_cache import FrameCodeCache
 from conversion import synthetic as exports
