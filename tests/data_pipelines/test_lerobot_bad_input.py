@@ -152,6 +152,7 @@ def test_configurations_that_do_not_fit_are_refused(lerobot_v3_dir, lerobot_v2_d
     refused("camera 'wrist' feature 'nope' is not in", cameras={"wrist": "nope"})
     refused("camera 'primary' feature 'action' is float32", cameras={"primary": "action"})
     refused(r"gripper dims \[7\] outside the 7 action dims", options={"gripper_dims": [7]})
+    refused("state is 40 wide, the model takes at most 32", options={"state": ["observation.state"] * 5})
     with pytest.raises(ValueError, match="unknown lerobot options"):
         DatasetConfig("x", "lerobot", lerobot_v3_dir, lerobot={"gripper": 6})
     with pytest.raises(ValueError, match="given for source 'libero'"):
