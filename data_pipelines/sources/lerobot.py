@@ -64,7 +64,7 @@ REQUIRED_FEATURES: Mapping[str, Any] = {}  # configured per dataset, checked by 
 GRIPPER_OPEN_POSITIVE: Mapping[int, tuple[float, float]] = {}  # per dataset: LeRobotOptions
 CODEBASE_VERSIONS = ("v2.0", "v2.1", "v3.0")
 _NUMERIC = ("float32", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
-_VIDEO_HEAD_TAIL = 1 << 20  # bytes of each end of a video hashed into the content key
+_VIDEO_HEAD_TAIL = 1 << 18  # bytes of each end of a video hashed into the content key
 
 
 class FrameDecodeError(ValueError):
@@ -452,8 +452,9 @@ class LeRobotReader:
     def content_fingerprint(self) -> str:
         """sha256 of what the episodes' numbers come from: the metadata files and every data
         parquet in full (CRC-32C), and, per video, its size and the CRC-32C of its first and last
-        MiB (an mp4 keeps its sample table, the moov atom, at one end: LeRobot writes it first),
-        so that large videos are not read in full at every start."""
+        256 KiB (an mp4 keeps its sample table, the moov atom, at one end: LeRobot writes it
+        first), so that the videos are not read in full at every start. A video re-encoded to
+        the same size with an identical sample table at both ends would keep the key."""
         h = hashlib.sha256(f"lerobot|{self.version}|{self.split}".encode())
         meta = self.root / "meta"
         listed = ["info.json", "tasks.jsonl", "tasks.parquet", "episodes.jsonl"]

@@ -5,6 +5,7 @@ loss measured, statistics through the CLI, and the pipeline's determinism and re
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import pickle
@@ -12,11 +13,13 @@ import pickle
 import numpy as np
 import pytest
 
+import lerobot_fixtures as lf
 import lerobot_writer as W
 from lerobot_fixtures import LENGTHS as LEROBOT_LENGTHS
 from data_pipelines import convert, pipeline, schema
 from data_pipelines.config import DatasetConfig
 from data_pipelines.sample import SampleBuilder
+from data_pipelines.summary import summary_key
 from data_pipelines.sources import action_to_native, lerobot, open_reader, standardize_record
 from dp_fixtures import small_config
 from f1_common import transforms
@@ -224,3 +227,22 @@ def test_open_reader_dispatches_by_source(lerobot_v3_dir):
     assert "episode 2" in lr.where(2)
     with pytest.raises(FileNotFoundError, match="dataset_info.json"):  # RLDS: EpisodeReader
         open_reader(DatasetConfig("b", "libero", lerobot_v3_dir))
+
+
+def test_statistics_key_follows_the_content(lerobot_v2_dir, tmp_path):
+    root = lf.copy_dataset(lerobot_v2_dir, str(tmp_path / "v2"))
+    ds = DatasetConfig("k", "lerobot", root)
+
+    def key(d=ds):
+        return summary_key(open_reader(d), d, "native")
+
+    keys = [key()]
+    assert key() == keys[0]
+    lf.rewrite_parquet(lf.v2_data(root, 0), lambda t: t.slice(0, t.num_rows))  # rewritten bytes
+    keys.append(key())
+    with open(lf.v2_video(root, W.VIDEO_KEYS[0], 2), "ab") as f:
+        f.write(b"\0")  # a video of another size
+    keys.append(key())
+    keys.append(key(dataclasses.replace(ds, lerobot={"frame_stride": 2})))
+    keys.append(key(dataclasses.replace(ds, cameras={"primary": W.VIDEO_KEYS[1]})))
+    assert len(set(keys)) == len(keys)
