@@ -383,7 +383,9 @@ class LeRobotReader:
                     )
                     for k in self.video_keys
                 }
-                out.append(_Episode(e, int(r["length"]), tuple(r.get("tasks", ())), data, None, video))
+                out.append(
+                    _Episode(e, int(r["length"]), tuple(r.get("tasks", ())), data, None, video)
+                )
             return out
         files = sorted(str(p) for p in (meta / "episodes").glob("*/*.parquet"))
         if not files:
@@ -399,9 +401,7 @@ class LeRobotReader:
                 for k in self.video_keys:
                     col = f"videos/{k}/"
                     if col + "chunk_index" not in r:
-                        raise ValueError(
-                            f"{f}: no video location for {k!r} (columns {sorted(r)})"
-                        )
+                        raise ValueError(f"{f}: no video location for {k!r} (columns {sorted(r)})")
                     path = self.info["video_path"].format(
                         video_key=k,
                         chunk_index=int(r[col + "chunk_index"]),
@@ -545,7 +545,9 @@ class LeRobotReader:
         makes it unusable (missing feature, short video, wrong fps, unknown task).
         """
         if not 0 <= i < len(self._episodes):
-            raise IndexError(f"record {i} out of range [0, {len(self._episodes)}) of {self.dataset_dir}")
+            raise IndexError(
+                f"record {i} out of range [0, {len(self._episodes)}) of {self.dataset_dir}"
+            )
         e = self._episodes[i]
         opts = self.options
         columns = list(
@@ -643,7 +645,9 @@ class LeRobotReader:
         """Every row's timestamp has a frame in the video (packet headers only, no decoding)."""
         path = str(self.root / rel)
         try:
-            frame_times, rate = video_frame_times(path, times[0], times[-1], self.options.tolerance_s)
+            frame_times, rate = video_frame_times(
+                path, times[0], times[-1], self.options.tolerance_s
+            )
         except schema.SchemaError:
             raise
         except Exception as err:
@@ -736,12 +740,6 @@ class EpisodeVideo:
             self._container.close()
         self._container, self._frames, self._last = None, None, -np.inf
 
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
-
     def frame(self, k: int) -> np.ndarray:
         """uint8 [H, W, 3]: the frame shown at row k's timestamp."""
         with self._lock:
@@ -809,7 +807,7 @@ class EpisodeVideo:
 class VideoFrame:
     """One row's frame of an EpisodeVideo; `decode()` gives uint8 [H, W, 3]."""
 
-    __slots__ = ("video", "k")
+    __slots__ = ("k", "video")
 
     def __init__(self, video: EpisodeVideo, k: int):
         self.video, self.k = video, k

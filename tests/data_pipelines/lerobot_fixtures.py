@@ -33,7 +33,8 @@ WRITER_DEPS = ("torch", "datasets", "pandas", "av", "jsonlines", "accelerate")
 
 def cache_root() -> str:
     return os.environ.get(
-        "F1_LEROBOT_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "f1_jax", "test-lerobot")
+        "F1_LEROBOT_CACHE",
+        os.path.join(os.path.expanduser("~"), ".cache", "f1_jax", "test-lerobot"),
     )
 
 
@@ -66,7 +67,9 @@ def lerobot_path(version: str) -> str:
         return target
     os.makedirs(cache_root(), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f"lerobot-{version}-", dir=cache_root())
-    done = subprocess.run(install_command(version, tmp), capture_output=True, text=True)
+    done = subprocess.run(
+        install_command(version, tmp), capture_output=True, text=True, check=False
+    )
     if done.returncode != 0:
         shutil.rmtree(tmp, ignore_errors=True)
         pytest.skip(
@@ -85,12 +88,18 @@ def start_writer(version: str, root: str, codec: str, lengths: list[int]) -> sub
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([lerobot_path(version), HERE])
     env.setdefault("HF_HUB_OFFLINE", "1")
-    cmd = [sys.executable, os.path.join(HERE, "lerobot_writer.py"), root, codec, json.dumps(lengths)]
+    cmd = [
+        sys.executable,
+        os.path.join(HERE, "lerobot_writer.py"),
+        root,
+        codec,
+        json.dumps(lengths),
+    ]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def finish_writer(proc: subprocess.Popen, root: str) -> str:
-    out, err = proc.communicate(timeout=300)
+    _, err = proc.communicate(timeout=300)
     if proc.returncode != 0:
         raise RuntimeError(f"lerobot writer failed for {root}:\n{err[-3000:]}")
     # lerobot keeps its temporary PNGs of video frames under images/; the real datasets

@@ -82,7 +82,9 @@ def main(root: str, codec: str, lengths: list[int]) -> None:
         )
     else:  # 0.3.3 has no codec argument: its episode encoder takes it as a keyword
         lrd.encode_video_frames = functools.partial(lrd.encode_video_frames, vcodec=codec)
-        ds = lrd.LeRobotDataset.create("f1jax/fixture", fps=FPS, features=features(False), root=root)
+        ds = lrd.LeRobotDataset.create(
+            "f1jax/fixture", fps=FPS, features=features(False), root=root
+        )
     for e, n in enumerate(lengths):
         for t in range(n):
             frame = {k: scene(e, t, c) for c, k in enumerate(VIDEO_KEYS)}

@@ -18,8 +18,12 @@ from data_pipelines.sources import UnsupportedDatasetError, lerobot, open_reader
 from data_pipelines.summary import load_or_compute
 from dp_fixtures import small_config
 
-pa = pytest.importorskip("pyarrow", reason="the lerobot source needs pyarrow: pip install -e '.[test]'")
-pytest.importorskip("av", reason="the lerobot source decodes videos with PyAV: pip install -e '.[test]'")
+pa = pytest.importorskip(
+    "pyarrow", reason="the lerobot source needs pyarrow: pip install -e '.[test]'"
+)
+pytest.importorskip(
+    "av", reason="the lerobot source decodes videos with PyAV: pip install -e '.[test]'"
+)
 
 TOP, WRIST = W.VIDEO_KEYS
 
@@ -152,7 +156,9 @@ def test_configurations_that_do_not_fit_are_refused(lerobot_v3_dir, lerobot_v2_d
     refused("camera 'wrist' feature 'nope' is not in", cameras={"wrist": "nope"})
     refused("camera 'primary' feature 'action' is float32", cameras={"primary": "action"})
     refused(r"gripper dims \[7\] outside the 7 action dims", options={"gripper_dims": [7]})
-    refused("state is 40 wide, the model takes at most 32", options={"state": ["observation.state"] * 5})
+    refused(
+        "state is 40 wide, the model takes at most 32", options={"state": ["observation.state"] * 5}
+    )
     with pytest.raises(ValueError, match="unknown lerobot options"):
         DatasetConfig("x", "lerobot", lerobot_v3_dir, lerobot={"gripper": 6})
     with pytest.raises(ValueError, match="given for source 'libero'"):

@@ -25,7 +25,9 @@ from dp_fixtures import small_config
 from f1_common import transforms
 
 pytest.importorskip("pyarrow", reason="the lerobot source needs pyarrow: pip install -e '.[test]'")
-pytest.importorskip("av", reason="the lerobot source decodes videos with PyAV: pip install -e '.[test]'")
+pytest.importorskip(
+    "av", reason="the lerobot source decodes videos with PyAV: pip install -e '.[test]'"
+)
 
 GRIPPER = {"gripper_dims": [6], "gripper_open": -1.0, "gripper_closed": 1.0}
 V3_CAMERAS = {"primary": W.VIDEO_KEYS[0], "wrist": W.VIDEO_KEYS[1], "secondary": W.IMAGE_KEY}
