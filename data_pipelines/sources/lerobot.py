@@ -346,6 +346,24 @@ class LeRobotReader:
         self.shard_names = names
         self.shard_record_counts = [counts[n] for n in names]
         self.expected_shard_lengths = list(self.shard_record_counts)
+        # Whole data files whose row groups hold several episodes (e.g. written by LeRobot's
+        # v2.1 -> v3.0 converter), kept so the next episode of the file is not read again.
+        self._tables: collections.OrderedDict[tuple[str, tuple[str, ...]], Any] = (
+            collections.OrderedDict()
+        )
+        self._lock = threading.Lock()
+
+    TABLE_CACHE_FILES = 2
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        del state["_lock"]
+        state["_tables"] = collections.OrderedDict()
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ metadata
 
@@ -495,12 +513,30 @@ class LeRobotReader:
         )
 
     def _rows(self, i: int, columns: list[str]) -> Any:
-        """The episode's rows, a pyarrow Table (only the row groups that can hold it are read)."""
+        """The episode's rows, a pyarrow Table. Only the row groups that can hold it are read
+        (LeRobot writes one per episode); a file whose row groups hold several episodes is read
+        whole once and kept for its next episodes (`TABLE_CACHE_FILES` files)."""
         pa, pq = _arrow()
         e = self._episodes[i]
-        path = self.root / e.data_file
+        key = (e.data_file, tuple(columns))
+        with self._lock:
+            table = self._tables.get(key)
+            if table is not None:
+                self._tables.move_to_end(key)
+        if table is None:
+            table = self._read_rows(i, columns, key)
+        if table is None:
+            return pa.table({c: [] for c in columns})
+        if self.v3:
+            mask = np.asarray(table.column("episode_index").to_numpy()) == e.index
+            table = table.filter(pa.array(mask))
+        return table
+
+    def _read_rows(self, i: int, columns: list[str], key: tuple) -> Any:
+        _, pq = _arrow()
+        e = self._episodes[i]
         try:
-            with path.open("rb") as f:
+            with (self.root / e.data_file).open("rb") as f:
                 pf = pq.ParquetFile(f)
                 names = pf.schema_arrow.names
                 missing = [c for c in columns if c not in names]
@@ -510,6 +546,10 @@ class LeRobotReader:
                         f"(columns: {names})"
                     )
                 groups = self._row_groups(pf, e)
+                held = sum(pf.metadata.row_group(g).num_rows for g in groups)
+                shared = self.v3 and held > e.length
+                if shared:  # the groups hold other episodes too: read the file once
+                    groups = list(range(pf.num_row_groups))
                 table = pf.read_row_groups(groups, columns=columns) if groups else None
         except schema.SchemaError:
             raise
@@ -517,11 +557,11 @@ class LeRobotReader:
             raise self._error(
                 i, f"episode {e.index}: cannot read {e.data_file} ({type(err).__name__}: {err})"
             ) from err
-        if table is None:
-            return pa.table({c: [] for c in columns})
-        if self.v3:
-            mask = np.asarray(table.column("episode_index").to_numpy()) == e.index
-            table = table.filter(pa.array(mask))
+        if shared and table is not None:
+            with self._lock:
+                self._tables[key] = table
+                while len(self._tables) > self.TABLE_CACHE_FILES:
+                    self._tables.popitem(last=False)
         return table
 
     def _row_groups(self, pf: Any, e: _Episode) -> list[int]:

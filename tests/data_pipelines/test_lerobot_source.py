@@ -248,3 +248,29 @@ def test_statistics_key_follows_the_content(lerobot_v2_dir, tmp_path):
     keys.append(key(dataclasses.replace(ds, lerobot={"frame_stride": 2})))
     keys.append(key(dataclasses.replace(ds, cameras={"primary": W.VIDEO_KEYS[1]})))
     assert len(set(keys)) == len(keys)
+
+
+def test_a_data_file_in_one_row_group_is_read_once(lerobot_v3_dir, tmp_path, monkeypatch):
+    """LeRobot's v2.1 -> v3.0 converter writes files whose row groups hold many episodes."""
+    import pyarrow.parquet as pq
+
+    root = lf.copy_dataset(lerobot_v3_dir, str(tmp_path / "v3"))
+    data = f"{root}/data/chunk-000/file-000.parquet"
+    pq.write_table(pq.read_table(data), data, row_group_size=1 << 20)
+    assert pq.ParquetFile(data).metadata.num_row_groups == 1
+    reader = lerobot.LeRobotReader(root, cameras=V3_CAMERAS)
+    reads = []
+    original = lerobot.LeRobotReader._read_rows
+    monkeypatch.setattr(
+        lerobot.LeRobotReader,
+        "_read_rows",
+        lambda self, *a: reads.append(a[0]) or original(self, *a),
+    )
+    for i in (2, 0, 1):
+        raw = reader.decode(i)
+        n = LEROBOT_LENGTHS["v3.0"][i]
+        np.testing.assert_array_equal(raw["state"], np.stack([W.state(i, t) for t in range(n)]))
+        assert raw["language"] == W.task(i)
+    assert reads == [2]
+    copy = pickle.loads(pickle.dumps(reader))  # the kept table stays behind
+    assert not copy._tables and copy.decode(1)["state"].shape == (16, 8)
