@@ -26,9 +26,9 @@ from f1_common.export_layout import (
     TOKENIZER_FILE,
     write_manifest,
 )
+from f1_common.tokenizer import train_tokenizer
 from f1_jax.models.f1 import F1Config, observation_spec
 from f1_jax.models.sizes import get_model_config
-from f1_common.tokenizer import train_tokenizer
 
 STATE_DIM, ACTION_DIM = 7, 7
 INSTRUCTIONS = ("put the red block on the blue square", "open the top drawer", "stack the cups")
@@ -113,7 +113,7 @@ def write_export(
     os.makedirs(directory, exist_ok=True)
     abstract = engine.abstract_params(config)
     vqvae_paths = [k.removeprefix("vqvae/") for k in abstract if k.startswith("vqvae/")]
-    # fp32 in every row, as conversion.api.verify_roundtrip does: parity needs the exact values.
+    # fp32 in every row, as conversion.verification.verify_roundtrip does: parity needs the exact values.
     rows = tables.f1_table(config, vqvae_paths)
     if not official_dtypes:
         rows = [dataclasses.replace(r, dtype="float32") for r in rows]

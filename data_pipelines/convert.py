@@ -42,7 +42,7 @@ def tfrecord_to_array_record(src: str, dst: str) -> dict:
     {"written_shards": [paths], "dropped": [[shard, position, reason], ...]}, and the shard
     lengths in the copy's dataset_info.json say what was actually written.
     """
-    from array_record.python import array_record_module
+    from array_record.python import array_record_module  # deferred: array_record ships with tensorflow-datasets; the array_record layout only
 
     info_path = os.path.join(src, "dataset_info.json")
     if not os.path.exists(info_path):

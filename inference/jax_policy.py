@@ -29,11 +29,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from conversion import api as conversion
+from conversion import loaders
 from f1_common import transforms
 from f1_common.export_layout import CONFIG_FILE, MODEL_FILE, NORM_STATS_FILE
-from f1_jax.models.f1 import F1, F1Config, model_inputs, sample_actions, to_unit_range
 from f1_common.tokenizer import Tokenizer
+from f1_jax.models.f1 import F1, F1Config, model_inputs, sample_actions, to_unit_range
 from f1_jax.training import checkpoints as ckpt
 from f1_jax.training import state as st
 from f1_jax.training.run_record import read_run_record
@@ -114,9 +114,9 @@ def checkpoint_kind(path: str) -> str:
 def _load_converted(path: str, kind: str):
     """(params, model config, contract) of an export or an import output."""
     if kind == "export":
-        return conversion.load_export(path)
-    params, config, _ = conversion.load_import(path)
-    contract = conversion.import_contract(path)
+        return loaders.load_export(path)
+    params, config, _ = loaders.load_import(path)
+    contract = loaders.import_contract(path)
     if contract is None:
         raise FileNotFoundError(
             f"{path} holds weights but no {NORM_STATS_FILE}, so actions cannot be "
@@ -213,7 +213,7 @@ class Policy:
         if step is not None or use_ema:
             raise ValueError(f"{path} is an {kind} directory: step and use_ema select run steps.")
         if statistics is not None and kind == "import":
-            params, model_config, _ = conversion.load_import(path)
+            params, model_config, _ = loaders.load_import(path)
             contract = transforms.read_deployment_contract(statistics)
         else:
             params, model_config, contract = _load_converted(path, kind)

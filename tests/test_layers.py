@@ -1,5 +1,6 @@
-"""The import graph: every package imports only the layers below it (docs/architecture.md), and
-a project import inside a function says why on its line (`# deferred: ...`)."""
+"""The import graph: every folder imports only the layers below it (docs/architecture.md), and
+an import inside a function, the project's or a third party's, says why on its line
+(`# deferred: ...`)."""
 
 import ast
 import pathlib
@@ -80,6 +81,19 @@ def _imports(tree: ast.AST):
                 yield node.lineno, name, id(node) in inner
 
 
+def _imports_inside_functions(tree: ast.AST):
+    """(line number, module) of every import, project or third-party, inside a function."""
+    functions = [
+        n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+    ]
+    for function in functions:
+        for node in ast.walk(function):
+            if isinstance(node, ast.Import):
+                yield node.lineno, node.names[0].name
+            elif isinstance(node, ast.ImportFrom):
+                yield node.lineno, node.module or "."
+
+
 def _allowed(name: str, own: str, allowed: set[str]) -> bool:
     if "*" in allowed or name == own or name.startswith(own + "."):
         return True
@@ -98,9 +112,11 @@ def test_imports_only_go_down_and_say_why_when_deferred():
             where = f"{path.relative_to(ROOT)}:{lineno}"
             if not _allowed(name, own, allowed):
                 problems.append(f"{where}: {own} may not import {name}")
-            if deferred and "# deferred:" not in lines[lineno - 1]:
+        for lineno, name in sorted(set(_imports_inside_functions(ast.parse(source)))):
+            if "# deferred:" not in lines[lineno - 1]:
                 problems.append(
-                    f"{where}: {name} imported inside a function without '# deferred: why'"
+                    f"{path.relative_to(ROOT)}:{lineno}: {name} imported inside a function "
+                    "without '# deferred: why' (a hard dependency belongs at the top)"
                 )
     assert not problems, "\n".join(problems)
 

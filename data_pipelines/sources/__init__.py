@@ -55,7 +55,7 @@ def open_reader(ds: Any) -> Any:
 
 
 def _describe(feature: Any) -> str:
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # deferred: TensorFlow loads in seconds; only where RLDS shards are written or read
 
     if isinstance(feature, tfds.features.FeaturesDict):
         return f"a dict of {{{', '.join(sorted(feature.keys()))}}}"
@@ -70,7 +70,7 @@ def _describe(feature: Any) -> str:
 
 def _feature_at(features: Any, path: str) -> Any:
     """The TFDS feature at "steps/observation/state" (None if absent); steps are unwrapped."""
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # deferred: TensorFlow loads in seconds; only where RLDS shards are written or read
 
     node = features
     for part in path.split("/"):
@@ -84,7 +84,7 @@ def _feature_at(features: Any, path: str) -> Any:
 
 def _mismatch(feature: Any, expected: Any) -> str | None:
     """Why `feature` is not `expected` ("text", "image" or a tensor shape tuple), or None."""
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # deferred: TensorFlow loads in seconds; only where RLDS shards are written or read
 
     if feature is None:
         return "is missing"

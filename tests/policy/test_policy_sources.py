@@ -3,7 +3,6 @@ units; the frame-code cache changes nothing but the work done."""
 
 import shutil
 
-import jax
 import numpy as np
 import pytest
 

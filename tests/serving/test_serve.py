@@ -83,7 +83,7 @@ def _rollout(client, local, seeds, steps, chunk: int = 1, observe: bool = False,
     for episode, seed in enumerate(seeds):
         obs = env.reset(seed)
         local.reset()
-        request = 0
+        request, actions = 0, None
         for step in range(steps):
             if step % chunk:
                 if observe:

@@ -4,8 +4,8 @@ import json
 import shutil
 
 import pytest
+from conversion.loaders import load_export
 
-from conversion.api import load_export
 from f1_common.export_layout import MANIFEST_FILE, ExportIntegrityError, verify_manifest
 from f1_torch.loader import LoadError, load_model
 

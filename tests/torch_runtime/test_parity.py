@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import torch
 
+from conversion import synthetic as exports
 from f1_jax.models.foresight import _top_k_top_p_logits
 from f1_torch import TorchPolicy
 from f1_torch.foresight import top_k_top_p_filter
-from conversion import synthetic as exports
 from tests.torch_runtime.reference import jax_history_codes, jax_reference
 
 FP32_ACTION_TOL = 1e-5
