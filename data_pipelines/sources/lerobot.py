@@ -612,10 +612,12 @@ class LeRobotReader:
             raise schema.SchemaError(f"{where}: frame_index is not 0..{n - 1}")
         table = table.take(pa.array(order))
         ts = table.column("timestamp").to_numpy().astype(np.float64)
+        # Timestamps are float32: late in a long episode their own rounding can exceed 1e-4 s.
+        tol = max(opts.tolerance_s, 4.0 * float(np.spacing(np.float32(np.abs(ts).max()))))
         if n > 1:
             step = np.diff(ts)
             worst = int(np.argmax(np.abs(step - 1.0 / self.fps)))
-            if abs(step[worst] - 1.0 / self.fps) > opts.tolerance_s:
+            if abs(step[worst] - 1.0 / self.fps) > tol:
                 raise schema.SchemaError(
                     f"{where}: wrong fps: timestamps {ts[worst]:.4f} -> {ts[worst + 1]:.4f} s at "
                     f"frame {worst} (a step of {step[worst]:.4f} s), meta/info.json fps "
@@ -643,7 +645,7 @@ class LeRobotReader:
         for k in self.video_keys:
             rel, start = e.video[k]
             times = start + ts
-            self._check_video(rel, times, k, where)
+            self._check_video(rel, times, k, where, tol)
             videos[k] = (str(self.root / rel), times)
         return {
             "episode_index": e.index,
@@ -657,6 +659,7 @@ class LeRobotReader:
             "cameras": self.cameras,
             "options": opts,
             "fps": self.fps,
+            "tolerance_s": tol,
             "where": self.where(i),
         }
 
@@ -681,13 +684,13 @@ class LeRobotReader:
             raise schema.SchemaError(f"{where}: {list(keys)} hold NaN or infinite values")
         return out
 
-    def _check_video(self, rel: str, times: np.ndarray, key: str, where: str) -> None:
+    def _check_video(
+        self, rel: str, times: np.ndarray, key: str, where: str, tolerance: float
+    ) -> None:
         """Every row's timestamp has a frame in the video (packet headers only, no decoding)."""
         path = str(self.root / rel)
         try:
-            frame_times, rate = video_frame_times(
-                path, times[0], times[-1], self.options.tolerance_s
-            )
+            frame_times, rate = video_frame_times(path, times[0], times[-1], tolerance)
         except schema.SchemaError:
             raise
         except Exception as err:
@@ -701,7 +704,7 @@ class LeRobotReader:
                 f"{where}: wrong fps: video {key!r} ({rel}) runs at {rate:g} fps, meta/info.json "
                 f"says {self.fps:g}"
             )
-        missing = _unmatched(frame_times, times, self.options.tolerance_s)
+        missing = _unmatched(frame_times, times, tolerance)
         if len(missing):
             last = f"{frame_times[-1]:.4f} s" if len(frame_times) else "no frame"
             raise schema.SchemaError(
@@ -884,7 +887,7 @@ def standardize(
             images[cam] = raw["images"][key][rows]
         elif key in raw["videos"]:
             path, times = raw["videos"][key]
-            video = EpisodeVideo(path, times, opts.tolerance_s, raw["where"], raw["fps"])
+            video = EpisodeVideo(path, times, raw["tolerance_s"], raw["where"], raw["fps"])
             images[cam] = _video_frames(video, rows)
         else:
             raise schema.SchemaError(
