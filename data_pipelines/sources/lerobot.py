@@ -186,10 +186,6 @@ def gripper_open_positive(options: Mapping[str, Any] | None) -> dict[int, tuple[
 # ---------------------------------------------------------------------- metadata
 
 
-def _read_bytes(path: epath.Path) -> bytes:
-    return path.read_bytes()
-
-
 def _read_parquet(path: epath.Path, columns: Sequence[str] | None = None) -> Any:
     _, pq = _arrow()
     return pq.read_table(io.BytesIO(path.read_bytes()), columns=columns)
@@ -286,6 +282,8 @@ class LeRobotReader:
                 "dataset's fps: check the recording, or fix `lerobot.fps`)"
             )
         self.cameras = dict(cameras) if cameras is not None else default_cameras(self.features_info)
+        if cameras is None:
+            log.info("dataset %r: cameras from meta/info.json: %s", name, self.cameras)
         widths = {}
         for group in ("state", "action"):
             width = 0
@@ -409,10 +407,7 @@ class LeRobotReader:
         if not files:
             raise FileNotFoundError(f"{self.dataset_dir}/meta/episodes holds no parquet files")
         for f in files:
-            table = _read_parquet(
-                epath.Path(f),
-                columns=None,
-            )
+            table = _read_parquet(epath.Path(f))
             keep = [c for c in table.column_names if not c.startswith("stats/")]
             for r in table.select(keep).to_pylist():
                 video = {}
@@ -480,7 +475,7 @@ class LeRobotReader:
         files += sorted(meta.glob("episodes/*/*.parquet"), key=str)
         for path in files:
             rel = str(path)[len(str(self.root)) :]
-            h.update(f"|{rel}:{google_crc32c.value(_read_bytes(path)):08x}".encode())
+            h.update(f"|{rel}:{google_crc32c.value(path.read_bytes()):08x}".encode())
         for name in self.shard_names:
             path = self.root / name
             crc = google_crc32c.value(path.read_bytes()) if path.exists() else -1
@@ -516,7 +511,7 @@ class LeRobotReader:
         """The episode's rows, a pyarrow Table. Only the row groups that can hold it are read
         (LeRobot writes one per episode); a file whose row groups hold several episodes is read
         whole once and kept for its next episodes (`TABLE_CACHE_FILES` files)."""
-        pa, pq = _arrow()
+        pa, _ = _arrow()
         e = self._episodes[i]
         key = (e.data_file, tuple(columns))
         with self._lock:
