@@ -89,6 +89,10 @@ def load_summaries(
             summary.bad_by_shard(),
             summary.shard_records,
         )
+        if hasattr(reader, "check_videos"):
+            # The stats pass checked the videos of every episode it kept (LeRobotReader); a video
+            # damaged since then shows as undecodable frames, which are replaced and counted.
+            reader.check_videos = False
         readers.append(reader)
         summaries.append(summary)
     return readers, summaries
