@@ -143,6 +143,22 @@ def _export(args, progress: bool):
     )
 
 
+class _Stderr(logging.Handler):
+    """Writes the library's log records to the current sys.stderr (looked up at each record)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr)
+
+
+def _show_notes() -> None:
+    """The conversion library logs its notes; the command shows them on stderr."""
+    logger = logging.getLogger("conversion")
+    if not any(isinstance(h, _Stderr) for h in logger.handlers):
+        logger.addHandler(_Stderr())
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -152,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         if given:
             parser.error(f"{', '.join(given)} only apply to --run (not to --input)")
     progress = not args.no_progress and sys.stderr.isatty()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the library's notes
+    _show_notes()
     try:
         if args.command == "import":
             out = _import(args, progress)

@@ -296,6 +296,7 @@ def test_remote_run_export_and_load_export(sim_run, fake_bucket, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [
             "model.safetensors",
+            "manifest.json",
             "config.json",
             "norm_stats.json",
             "tokenizer.model",
