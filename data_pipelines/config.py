@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any, Mapping
 
 from data_pipelines.sources import GRIPPER_CONVENTIONS, SOURCE_KINDS
+from data_pipelines.sources.lerobot import LeRobotOptions
 from f1_common.transforms import CAMERAS, MAX_DIM, NORM_MODES, ObservationSpec
 
 
@@ -15,11 +16,15 @@ class DatasetConfig:
 
     name: unique name (stats, `dataset_index` order, un-normalisation key).
     source: dataset family, one of SOURCE_KINDS.
-    path: TFDS version directory, e.g. /data/bridge_orig/1.0.0 (TFRecord or ArrayRecord shards).
+    path: TFDS version directory, e.g. /data/bridge_orig/1.0.0 (TFRecord or ArrayRecord shards);
+      for source "lerobot", the LeRobot dataset's root (the folder holding meta/info.json).
     weight: sampling weight (relative; times the number of transitions if balance_weights).
     cameras: standard camera -> dataset image key (None = absent); None uses the source default.
     norm_mode: overrides DataConfig.norm_mode for this dataset.
     drop_unlabeled: overrides DataConfig.drop_unlabeled for this dataset.
+    lerobot: for source "lerobot", which features are state and action and the gripper's dims and
+      convention (`sources.lerobot.LeRobotOptions` fields; cameras map to feature names such as
+      "observation.images.top").
     """
 
     name: str
@@ -30,6 +35,7 @@ class DatasetConfig:
     cameras: Mapping[str, str | None] | None = None
     norm_mode: str | None = None
     drop_unlabeled: bool | None = None
+    lerobot: Mapping[str, Any] | None = None
 
     def __post_init__(self):
         if self.source not in SOURCE_KINDS:
@@ -48,6 +54,15 @@ class DatasetConfig:
                 )
         if self.norm_mode is not None and self.norm_mode not in NORM_MODES:
             raise ValueError(f"dataset {self.name!r}: unknown norm_mode {self.norm_mode!r}")
+        if self.lerobot is not None:
+            if self.source != "lerobot":
+                raise ValueError(
+                    f"dataset {self.name!r}: `lerobot` options given for source {self.source!r}"
+                )
+            try:
+                LeRobotOptions.from_mapping(self.lerobot)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"dataset {self.name!r}: {e}") from e
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,6 +10,10 @@ python -m data_pipelines.convert agibot --raw_root AGIBOT --out OUT [--task_ids 
 python -m data_pipelines.convert stats --source bridge --path DIR/bridge_orig/1.0.0
     Precomputes (once, before a multi-host run) the cached episode index + normalisation stats
     and prints the dataset summary (counts, skipped records by shard and record).
+python -m data_pipelines.convert stats --source lerobot --path LEROBOT_ROOT [--state KEY ...]
+    [--action KEY ...] [--gripper_dims 6 --gripper_open -1 --gripper_closed 1] [--fps 10]
+    [--cameras primary=observation.images.top wrist=observation.images.wrist]
+    The same for a LeRobot v2.x / v3.0 dataset (skipped episodes named by episode).
 
 Every DIR may be a gs:// URI (the `gcs` extra), except agibot's --raw_root: array-record reads a
 bucket's shards with ranged reads and uploads what it writes; agibot converts into a local
@@ -29,8 +33,8 @@ from data_pipelines import storage
 
 from data_pipelines.config import DatasetConfig
 from data_pipelines.integrity import masked_crc32c
-from data_pipelines.reader import EpisodeReader, scan_tfrecord
-from data_pipelines.sources import GRIPPER_CONVENTIONS, agibot
+from data_pipelines.reader import scan_tfrecord
+from data_pipelines.sources import GRIPPER_CONVENTIONS, agibot, open_reader
 from data_pipelines.summary import load_or_compute
 from f1_common.tokenizer import Tokenizer
 
@@ -147,11 +151,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--tokenizer_path", default=None, help="also count instructions over the token budget"
     )
     s.add_argument("--max_token_len", type=int, default=48)
+    s.add_argument(
+        "--cameras",
+        nargs="*",
+        default=None,
+        metavar="NAME=KEY",
+        help="standard camera -> dataset image key, e.g. primary=observation.images.top",
+    )
+    lr = s.add_argument_group("lerobot source (DatasetConfig.lerobot)")
+    lr.add_argument("--state", nargs="+", default=None, help="state feature(s), concatenated")
+    lr.add_argument("--action", nargs="+", default=None, help="action feature(s), concatenated")
+    lr.add_argument("--gripper_dims", type=int, nargs="*", default=None)
+    lr.add_argument("--gripper_open", type=float, default=None, help="native value meaning open")
+    lr.add_argument("--gripper_closed", type=float, default=None, help="native value, closed")
+    lr.add_argument("--fps", type=float, default=None, help="refuse a dataset at another fps")
+    lr.add_argument("--frame_stride", type=int, default=None)
     args = p.parse_args(argv)
     if args.cmd == "stats":
-        ds = DatasetConfig(args.name or args.source, args.source, args.path, split=args.split)
+        names = ("state", "action", "gripper_dims", "gripper_open", "gripper_closed", "fps")
+        options = {
+            k: getattr(args, k) for k in (*names, "frame_stride") if getattr(args, k) is not None
+        }
+        if options and args.source != "lerobot":
+            p.error(f"--{', --'.join(options)} apply to --source lerobot only")
+        cameras = None
+        if args.cameras is not None:
+            try:
+                cameras = dict(c.split("=", 1) for c in args.cameras)
+            except ValueError:
+                p.error(f"--cameras takes NAME=KEY pairs, got {args.cameras}")
+        ds = DatasetConfig(
+            args.name or args.source,
+            args.source,
+            args.path,
+            split=args.split,
+            cameras=cameras,
+            lerobot=options or None,
+        )
         summ = load_or_compute(
-            EpisodeReader(args.path, args.split),
+            open_reader(ds),
             ds,
             args.stats_dir,
             gripper_convention=args.gripper_convention,

@@ -75,7 +75,7 @@ def load_summaries(
     tokenizer = Tokenizer(config.tokenizer_path, config.max_token_len)
     readers, summaries = [], []
     for ds in config.datasets:
-        reader = EpisodeReader(ds.path, ds.split)
+        reader = sources.open_reader(ds)
         summary = load_or_compute(
             reader, ds, config.stats_dir, progress, config.gripper_convention
         ).with_token_budget(tokenizer)
@@ -89,6 +89,10 @@ def load_summaries(
             summary.bad_by_shard(),
             summary.shard_records,
         )
+        if hasattr(reader, "check_videos"):
+            # The stats pass checked the videos of every episode it kept (LeRobotReader); a video
+            # damaged since then shows as undecodable frames, which are replaced and counted.
+            reader.check_videos = False
         readers.append(reader)
         summaries.append(summary)
     return readers, summaries
@@ -111,7 +115,7 @@ def dataset_statistics(config: DataConfig) -> dict[str, dict[str, Any]]:
             "num_corrupt": s.num_corrupt,
             "counts": s.counts(),
         }
-        to_native = sources.action_to_native(ds.source, config.gripper_convention)
+        to_native = sources.action_to_native(ds.source, config.gripper_convention, ds.lerobot)
         if to_native is not None:
             entry["action_to_native"] = to_native
         out[s.name] = entry

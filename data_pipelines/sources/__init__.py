@@ -4,6 +4,9 @@ Every module exposes KIND, TRANSFORM_VERSION, DEFAULT_CAMERAS, SUPPORTED (the re
 in words), REQUIRED_FEATURES (feature path -> expected kind, checked before a dataset is read),
 GRIPPER_OPEN_POSITIVE ({action dim: (scale, offset)} turning the dataset's own gripper action into
 "open is positive"), feature_spec(...) and standardize(raw, dataset_name, episode_id, cameras).
+The `lerobot` source reads LeRobot datasets instead of TFDS ones: it brings its own reader
+(`lerobot.LeRobotReader`, opened by `open_reader`) and takes its gripper map from the dataset's
+configuration (`gripper_open_positive(options)`).
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from typing import Any, Mapping
 import numpy as np
 
 from data_pipelines import schema
+from data_pipelines.reader import EpisodeReader
 
-SOURCE_KINDS = ("libero", "bridge", "fractal", "agibot")
+SOURCE_KINDS = ("libero", "bridge", "fractal", "agibot", "lerobot")
 
 # native: each dataset's own gripper action convention (what the original F1 trains on and what
 # each robot or simulator consumes); open_is_positive: the gripper action dims mapped so that
@@ -34,6 +38,17 @@ def get_source(kind: str) -> ModuleType:
     if kind not in SOURCE_KINDS:
         raise ValueError(f"unknown dataset source {kind!r}; expected one of {SOURCE_KINDS}")
     return importlib.import_module(f"data_pipelines.sources.{kind}")
+
+
+def open_reader(ds: Any) -> Any:
+    """The random-access reader of dataset entry `ds` (a `DatasetConfig`): `EpisodeReader` for
+    TFDS/RLDS directories, `lerobot.LeRobotReader` for LeRobot datasets (the same interface:
+    len, decode, locate, where, unreadable, content_fingerprint, shard bookkeeping)."""
+    if ds.source == "lerobot":
+        return get_source("lerobot").LeRobotReader(
+            ds.path, ds.split, getattr(ds, "lerobot", None), ds.cameras, ds.name
+        )
+    return EpisodeReader(ds.path, ds.split)
 
 
 # ---------------------------------------------------------------------- layout check
@@ -123,23 +138,31 @@ def check_layout(
 # ---------------------------------------------------------------------- gripper convention
 
 
-def _gripper_map(kind: str, convention: str) -> dict[int, tuple[float, float]]:
+def _gripper_map(
+    kind: str, convention: str, options: Mapping[str, Any] | None = None
+) -> dict[int, tuple[float, float]]:
     """{action dim: (scale, offset)} with x_convention = scale * x_native + offset; identity
-    entries are dropped."""
+    entries are dropped. `options`: the dataset's own settings (`DatasetConfig.lerobot`) for a
+    source whose gripper is configured per dataset."""
     if convention not in GRIPPER_CONVENTIONS:
         raise ValueError(
             f"unknown gripper convention {convention!r}; expected one of {GRIPPER_CONVENTIONS}"
         )
     if convention == "native":
         return {}
-    return {d: m for d, m in get_source(kind).GRIPPER_OPEN_POSITIVE.items() if m != (1.0, 0.0)}
+    source = get_source(kind)
+    if hasattr(source, "gripper_open_positive"):
+        table = source.gripper_open_positive(options)
+    else:
+        table = source.GRIPPER_OPEN_POSITIVE
+    return {d: m for d, m in table.items() if m != (1.0, 0.0)}
 
 
 def apply_gripper_convention(
-    ep: schema.StdEpisode, kind: str, convention: str
+    ep: schema.StdEpisode, kind: str, convention: str, options: Mapping[str, Any] | None = None
 ) -> schema.StdEpisode:
     """`ep` with its gripper action dims in `convention` (unchanged for `native`)."""
-    mapping = _gripper_map(kind, convention)
+    mapping = _gripper_map(kind, convention, options)
     if not mapping:
         return ep
     action = ep.action.copy()
@@ -148,11 +171,13 @@ def apply_gripper_convention(
     return dataclasses.replace(ep, action=action.astype(np.float32))
 
 
-def action_to_native(kind: str, convention: str) -> dict[str, list] | None:
+def action_to_native(
+    kind: str, convention: str, options: Mapping[str, Any] | None = None
+) -> dict[str, list] | None:
     """How to turn un-normalised model actions back into the robot's own gripper convention:
     {"dims": [...], "scale": [...], "offset": [...]} with native = scale * x + offset, or None
     when nothing changes (`f1_common.transforms.ObservationTransform.robot_actions` applies it)."""
-    mapping = _gripper_map(kind, convention)
+    mapping = _gripper_map(kind, convention, options)
     if not mapping:
         return None
     dims = sorted(mapping)
@@ -170,7 +195,9 @@ def standardize_record(
     episode_id: int,
     cameras: Mapping[str, str | None] | None,
     gripper_convention: str = "native",
+    options: Mapping[str, Any] | None = None,
 ) -> schema.StdEpisode:
-    """The one path from a decoded record to a StdEpisode (stats pass and sampling share it)."""
+    """The one path from a decoded record to a StdEpisode (stats pass and sampling share it);
+    `options`: the dataset's source settings (`DatasetConfig.lerobot`)."""
     ep = get_source(kind).standardize(raw, dataset_name, episode_id, cameras)
-    return apply_gripper_convention(ep, kind, gripper_convention)
+    return apply_gripper_convention(ep, kind, gripper_convention, options)

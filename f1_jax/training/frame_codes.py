@@ -25,7 +25,7 @@ from flax.traverse_util import flatten_dict
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from data_pipelines import DataConfig
+from data_pipelines import DataConfig, schema
 from data_pipelines.frame_codes import (
     FrameCodeStore,
     complete_store,
@@ -38,7 +38,7 @@ from data_pipelines.pipeline import load_summaries
 from data_pipelines.reader import EpisodeReader
 from data_pipelines.sources import standardize_record
 from data_pipelines.summary import DatasetSummary
-from f1_common import image_tools, transforms
+from f1_common import transforms
 from f1_jax.models.f1 import F1, to_unit_range
 
 log = logging.getLogger("f1_jax")
@@ -129,11 +129,13 @@ def encode_dataset(
         usable = usable[(usable >= records.start) & (usable < records.stop)]
     for record in tqdm.tqdm(usable, desc=f"frame codes {ds.name}", disable=not progress):
         raw = reader.decode(int(record))
-        episode = standardize_record(ds.source, raw, ds.name, int(record), ds.cameras)
+        episode = standardize_record(
+            ds.source, raw, ds.name, int(record), ds.cameras, options=ds.lerobot
+        )
         if spec.gen_camera not in episode.images:
             continue
         frames = [
-            transforms.generation_crop(image_tools.decode_image(data), spec)
+            transforms.generation_crop(schema.decode_frame(data), spec)
             for data in episode.images[spec.gen_camera]
         ]
         pending.append((int(record), frames))
