@@ -6,21 +6,32 @@ resized to 288 (Lanczos) + one shared 256 crop, a 50-step action chunk, the stat
 
   python -m benchmarks.bench_data [--episodes 12 --steps 40 --batch_size 8 --batches 8]
   python -m benchmarks.bench_data --checksums [--repeats 5]
+  python -m benchmarks.bench_data --bucket [--repeats 3]
 
 Prints one JSON line per measurement. --checksums measures what record checksum verification
 costs: raw record reads (MB/s) and the grain pipeline (0 workers, an episode cache of one record
 so that nearly every sample reads its record, as with a large dataset), verification off and on,
-alternating on the same fixture in one run.
+alternating on the same fixture in one run. --bucket compares the same fixture read from a
+bucket of a local Cloud Storage emulator (gcp-storage-emulator in its own process, on 127.0.0.1)
+with the local copy, alternating in one run: raw record reads with 1 and 8 threads, and the grain
+pipeline (episode cache of one record: nearly every sample reads its record with a ranged GET),
+with the ratio bucket / local.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import shutil
+import socket
+import subprocess
+import sys
 import tempfile
 import time
+import urllib.parse
+import urllib.request
 
 import numpy as np
 from PIL import Image
@@ -105,7 +116,9 @@ def time_batches_cpu(it, batch_size: int, batches: int, warmup: int = 2) -> tupl
     return n / (time.perf_counter() - t0), (time.process_time() - c0) / n * 1e3
 
 
-def bench_grain(path, tok, workers, args, episode_cache_size: int = 8, cpu: bool = False):
+def bench_grain(
+    path, tok, workers, args, episode_cache_size: int = 8, cpu: bool = False, stats_dir=None
+):
     cfg = DataConfig(
         datasets=(DatasetConfig("libero_bench", "libero", path),),
         tokenizer_path=tok,
@@ -114,6 +127,7 @@ def bench_grain(path, tok, workers, args, episode_cache_size: int = 8, cpu: bool
         read_threads=args.read_threads,
         prefetch_buffer_size=2 * args.batch_size,
         episode_cache_size=episode_cache_size,
+        stats_dir=stats_dir,
     )
     it = pipeline.make_train_iterator(cfg, seed=0)
     try:
@@ -210,6 +224,7 @@ def main() -> None:
     p.add_argument("--skip_tfdata", action="store_true")
     p.add_argument("--checksums", action="store_true", help="only the checksum-cost comparison")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--bucket", action="store_true", help="only bucket (emulator) vs local disk")
     args = p.parse_args()
     root = tempfile.mkdtemp(prefix="bench_data_")
     try:
@@ -238,6 +253,9 @@ def run(args: argparse.Namespace, root: str) -> None:
     )  # stats pass untimed
     if args.checksums:
         bench_checksums(path, tok, args, common)
+        return
+    if args.bucket:
+        bench_bucket(path, tok, args, common, root)
         return
     for w in args.workers:
         sps = bench_grain(path, tok, w, args)
@@ -313,6 +331,107 @@ def bench_checksums(path, tok, args, common) -> None:
             ),
             flush=True,
         )
+
+
+EMULATOR = """
+import sys, time
+from gcp_storage_emulator.server import create_server
+server = create_server("127.0.0.1", int(sys.argv[1]), in_memory=True, default_bucket="f1-bench")
+server.start()
+print("READY", flush=True)
+sys.stdin.read()  # runs until the benchmark closes stdin
+server.stop()
+"""
+
+
+def _start_emulator() -> tuple[subprocess.Popen, str]:
+    """gcp-storage-emulator in its own process (its HTTP handling does not share this process's
+    interpreter lock), bound to 127.0.0.1; stops when its stdin closes."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", EMULATOR, str(port)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    if proc.stdout.readline().strip() != "READY":
+        raise RuntimeError("the storage emulator did not start")
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _upload(url: str, local: str, prefix: str) -> str:
+    for name in sorted(os.listdir(local)):
+        with open(os.path.join(local, name), "rb") as f:
+            data = f.read()
+        query = urllib.parse.urlencode({"uploadType": "media", "name": f"{prefix}/{name}"})
+        request = urllib.request.Request(
+            f"{url}/upload/storage/v1/b/f1-bench/o?{query}", data=data, method="POST"
+        )
+        with urllib.request.urlopen(request) as response:
+            response.read()
+    return f"gs://f1-bench/{prefix}"
+
+
+def bench_bucket(path, tok, args, common, root) -> None:
+    """The fixture from the emulator's bucket against the local copy, alternating in one run."""
+    proc, url = _start_emulator()
+    try:
+        os.environ.update(
+            STORAGE_EMULATOR_HOST=url,
+            GOOGLE_CLOUD_PROJECT="bench",
+            GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false",
+        )
+        files = [n for n in os.listdir(path) if not n.startswith("f1_")]
+        staged = os.path.join(root, "upload")
+        os.makedirs(staged)
+        for name in files:
+            shutil.copy(os.path.join(path, name), staged)
+        uri = _upload(url, staged, "libero_bench/1.0.0")
+        where = {"local": path, "bucket": uri}
+        stats = {"local": None, "bucket": "gs://f1-bench/stats"}
+        readers = {k: EpisodeReader(v) for k, v in where.items()}
+        for k in where:
+            t0 = time.perf_counter()
+            EpisodeReader(where[k])
+            print(json.dumps({**common, "pipeline": "open + index", "where": k,
+                              "s": round(time.perf_counter() - t0, 3)}), flush=True)  # fmt: skip
+        n = len(readers["local"])
+        total = sum(len(readers["local"].serialized(i)) for i in range(n))
+        for threads in (1, 8):
+            for k, reader in readers.items():
+                t0 = time.perf_counter()
+                for _ in range(args.repeats):
+                    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+                        list(pool.map(reader.serialized, range(n)))
+                dt = (time.perf_counter() - t0) / args.repeats
+                print(json.dumps({**common, "pipeline": "record reads", "where": k,
+                                  "threads": threads, "records": n,
+                                  "mean_record_mb": round(total / n / 1e6, 3),
+                                  "mb_per_s": round(total / dt / 1e6, 1),
+                                  "ms_per_record": round(dt / n * 1e3, 2)}), flush=True)  # fmt: skip
+        for k in where:  # stats pass (bucket: its cache written in the bucket), untimed
+            bench_grain(where[k], tok, 0, args, episode_cache_size=1, stats_dir=stats[k])
+        for workers in args.workers:
+            runs: dict[str, list[float]] = {"local": [], "bucket": []}
+            for _ in range(args.repeats):
+                for k in where:
+                    runs[k].append(bench_grain(where[k], tok, workers, args, 1, stats_dir=stats[k]))
+            med = {k: float(np.median(v)) for k, v in runs.items()}
+            for k, v in runs.items():
+                print(json.dumps({**common, "pipeline": "grain", "where": k, "workers": workers,
+                                  "read_threads": args.read_threads, "episode_cache_size": 1,
+                                  "samples_per_s_runs": [round(x, 2) for x in v],
+                                  "samples_per_s_median": round(med[k], 2)}), flush=True)  # fmt: skip
+            print(json.dumps({**common, "pipeline": "grain", "workers": workers,
+                              "read_threads": args.read_threads,
+                              "bucket_over_local": round(med["bucket"] / med["local"], 3)}),
+                  flush=True)  # fmt: skip
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=30)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any, Mapping
 
 from data_pipelines.sources import GRIPPER_CONVENTIONS, SOURCE_KINDS, for_dataset
+from data_pipelines.sources.lerobot import LeRobotOptions
 from data_pipelines.sources.rlds import load_config as load_rlds_config
 from f1_common.transforms import CAMERAS, MAX_DIM, NORM_MODES, ObservationSpec
 
@@ -26,9 +27,10 @@ class DatasetConfig:
     """One dataset of the mixture.
 
     name: unique name (stats, `dataset_index` order, un-normalisation key).
-    source: one of SOURCE_KINDS: a named RLDS configuration (libero, bridge, fractal, agibot) or
-      "rlds" with its configuration in `rlds`.
-    path: TFDS version directory, e.g. /data/bridge_orig/1.0.0 (TFRecord or ArrayRecord shards).
+    source: one of SOURCE_KINDS: a named RLDS configuration (libero, bridge, fractal, agibot),
+      "rlds" with its configuration in `rlds`, or "lerobot".
+    path: TFDS version directory, e.g. /data/bridge_orig/1.0.0 (TFRecord or ArrayRecord shards);
+      for source "lerobot", the LeRobot dataset's root (the folder holding meta/info.json).
     weight: sampling weight (relative; times the number of transitions if balance_weights).
     cameras: standard camera -> dataset image key (None = absent); None uses the source default.
     norm_mode: overrides DataConfig.norm_mode for this dataset.
@@ -36,6 +38,9 @@ class DatasetConfig:
     rlds: source "rlds" only: the dataset's configuration (cameras, state and action parts,
       language, gripper, control frequency; `data_pipelines/sources/rlds.py`, docs/data.md), as
       a mapping, JSON text or the path of a JSON file.
+    lerobot: for source "lerobot", which features are state and action and the gripper's dims and
+      convention (`sources.lerobot.LeRobotOptions` fields; cameras map to feature names such as
+      "observation.images.top").
     """
 
     name: str
@@ -46,6 +51,7 @@ class DatasetConfig:
     cameras: Mapping[str, str | None] | None = None
     norm_mode: str | None = None
     drop_unlabeled: bool | None = None
+    lerobot: Mapping[str, Any] | None = None
     rlds: Mapping[str, Any] | str | None = None
 
     def __post_init__(self):
@@ -69,6 +75,15 @@ class DatasetConfig:
                 )
         if self.norm_mode is not None and self.norm_mode not in NORM_MODES:
             raise ValueError(f"dataset {self.name!r}: unknown norm_mode {self.norm_mode!r}")
+        if self.lerobot is not None:
+            if self.source != "lerobot":
+                raise ValueError(
+                    f"dataset {self.name!r}: `lerobot` options given for source {self.source!r}"
+                )
+            try:
+                LeRobotOptions.from_mapping(self.lerobot)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"dataset {self.name!r}: {e}") from e
 
 
 # One dataset given by fields of the data section itself (DataConfig.from_mapping).

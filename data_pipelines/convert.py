@@ -13,6 +13,14 @@ python -m data_pipelines.convert stats --source bridge --path DIR/bridge_orig/1.
     dataset: --source rlds --rlds_config CONFIG.json (docs/data.md). --official_stats DIR also
     writes DIR/<name>_stats.json in the official F1 format, which
     `python -m conversion export --input ... --stats` turns into norm_stats.json.
+python -m data_pipelines.convert stats --source lerobot --path LEROBOT_ROOT [--state KEY ...]
+    [--action KEY ...] [--gripper_dims 6 --gripper_open -1 --gripper_closed 1] [--fps 10]
+    [--cameras primary=observation.images.top wrist=observation.images.wrist]
+    The same for a LeRobot v2.x / v3.0 dataset (skipped episodes named by episode).
+
+Every DIR may be a gs:// URI (the `gcs` extra), except agibot's --raw_root: array-record reads a
+bucket's shards with ranged reads and uploads what it writes; agibot converts into a local
+scratch folder and uploads it; stats caches its summary beside the data in the bucket.
 """
 
 from __future__ import annotations
@@ -20,14 +28,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
+import tempfile
 from typing import Any, Sequence
+
+from data_pipelines import storage
 
 from data_pipelines.config import DatasetConfig
 from data_pipelines.integrity import masked_crc32c
-from data_pipelines.reader import EpisodeReader, scan_tfrecord
-from data_pipelines.sources import GRIPPER_CONVENTIONS, SOURCE_KINDS, agibot, for_dataset
+from data_pipelines.reader import scan_tfrecord
+from data_pipelines.sources import GRIPPER_CONVENTIONS, SOURCE_KINDS, agibot, for_dataset, open_reader
 from data_pipelines.summary import load_or_compute
 from f1_common.export_layout import official_stats, official_stats_file
 from f1_common.tokenizer import Tokenizer
@@ -44,25 +54,37 @@ def tfrecord_to_array_record(src: str, dst: str) -> dict:
     """
     from array_record.python import array_record_module  # deferred: array_record ships with tensorflow-datasets; the array_record layout only
 
-    info_path = os.path.join(src, "dataset_info.json")
-    if not os.path.exists(info_path):
-        raise FileNotFoundError(f"{src!r} is not a TFDS dataset directory (no dataset_info.json)")
-    with open(info_path) as f:
-        info = json.load(f)
+    try:
+        info = json.loads(storage.read_bytes(storage.join(src, "dataset_info.json")))
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{src!r} is not a TFDS dataset directory (no dataset_info.json)"
+        ) from None
     if info.get("fileFormat", "tfrecord") != "tfrecord":
         raise ValueError(f"{src}: fileFormat is {info.get('fileFormat')!r}, expected tfrecord")
+    if storage.is_remote(dst):  # ArrayRecord writes local files: write, then upload
+        with tempfile.TemporaryDirectory(prefix="f1_array_record_") as scratch:
+            result = tfrecord_to_array_record(src, scratch)
+            for name in sorted(os.listdir(scratch)):
+                storage.upload(os.path.join(scratch, name), storage.join(dst, name))
+        result["written_shards"] = [
+            storage.join(dst, os.path.basename(p)) for p in result["written_shards"]
+        ]
+        return result
     os.makedirs(dst, exist_ok=True)
+    sizes = storage.list_sizes(src)
     written, dropped = [], []
-    for name in sorted(os.listdir(src)):
+    for name in sorted(sizes):
         if ".tfrecord-" not in name:
             continue
-        index = scan_tfrecord(os.path.join(src, name))
+        shard = storage.join(src, name)
+        index = scan_tfrecord(shard, sizes[name])
         for p in index.problems:
-            dropped.append([name, p.shard_record, f"{p.reason} (header at byte {p.offset})"])
+            dropped.append([name, p.indexed_before, f"{p.reason} (header at byte {p.offset})"])
         out = os.path.join(dst, name.replace(".tfrecord-", ".array_record-"))
         writer = array_record_module.ArrayRecordWriter(out, "group_size:1")
         kept = 0
-        with open(os.path.join(src, name), "rb") as f:
+        with storage.open_ranged(shard, sizes[name]) as f:
             for k, (off, ln, crc) in enumerate(zip(index.offsets, index.lengths, index.crcs)):
                 f.seek(int(off))
                 data = f.read(int(ln))
@@ -80,13 +102,14 @@ def tfrecord_to_array_record(src: str, dst: str) -> dict:
     info["fileFormat"] = "array_record"
     with open(os.path.join(dst, "dataset_info.json"), "w") as f:
         json.dump(info, f, indent=2)
-    for extra in os.listdir(src):
+    for extra in sizes:
         if (
             extra.endswith(".json")
             and extra not in ("dataset_info.json",)
             and not extra.startswith("f1_dataset_summary_")
         ):
-            shutil.copy(os.path.join(src, extra), os.path.join(dst, extra))
+            with open(os.path.join(dst, extra), "wb") as f:
+                f.write(storage.read_bytes(storage.join(src, extra)))
     return {"written_shards": written, "dropped": dropped}
 
 
@@ -164,14 +187,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--tokenizer_path", default=None, help="also count instructions over the token budget"
     )
     s.add_argument("--max_token_len", type=int, default=48)
+    s.add_argument(
+        "--cameras",
+        nargs="*",
+        default=None,
+        metavar="NAME=KEY",
+        help="standard camera -> dataset image key, e.g. primary=observation.images.top",
+    )
+    lr = s.add_argument_group("lerobot source (DatasetConfig.lerobot)")
+    lr.add_argument("--state", nargs="+", default=None, help="state feature(s), concatenated")
+    lr.add_argument("--action", nargs="+", default=None, help="action feature(s), concatenated")
+    lr.add_argument("--gripper_dims", type=int, nargs="*", default=None)
+    lr.add_argument("--gripper_open", type=float, default=None, help="native value meaning open")
+    lr.add_argument("--gripper_closed", type=float, default=None, help="native value, closed")
+    lr.add_argument("--fps", type=float, default=None, help="refuse a dataset at another fps")
+    lr.add_argument("--frame_stride", type=int, default=None)
     args = p.parse_args(argv)
     if args.cmd == "stats":
-        rlds = read_rlds_config(args.rlds_config) if args.rlds_config else None
+        names = ("state", "action", "gripper_dims", "gripper_open", "gripper_closed", "fps")
+        options = {
+            k: getattr(args, k) for k in (*names, "frame_stride") if getattr(args, k) is not None
+        }
+        if options and args.source != "lerobot":
+            p.error(f"--{', --'.join(options)} apply to --source lerobot only")
+        cameras = None
+        if args.cameras is not None:
+            try:
+                cameras = dict(c.split("=", 1) for c in args.cameras)
+            except ValueError:
+                p.error(f"--cameras takes NAME=KEY pairs, got {args.cameras}")
         ds = DatasetConfig(
-            args.name or args.source, args.source, args.path, split=args.split, rlds=rlds
+            args.name or args.source,
+            args.source,
+            args.path,
+            split=args.split,
+            cameras=cameras,
+            lerobot=options or None,
+            rlds=read_rlds_config(args.rlds_config) if args.rlds_config else None,
         )
+        reader = open_reader(ds)
         summ = load_or_compute(
-            EpisodeReader(args.path, args.split),
+            reader,
             ds,
             args.stats_dir,
             gripper_convention=args.gripper_convention,
@@ -184,8 +240,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "key": summ.key,
             **summ.counts(),
             "skipped": [s.to_json() for s in summ.skipped],
-            "cameras": for_dataset(ds).DEFAULT_CAMERAS,
-            "control_frequency": for_dataset(ds).CONTROL_FREQUENCY,
+            "cameras": ds.cameras
+            or getattr(reader, "cameras", None)
+            or getattr(for_dataset(ds), "DEFAULT_CAMERAS", None),
+            "control_frequency": getattr(for_dataset(ds), "CONTROL_FREQUENCY", None),
         }
         if args.official_stats:
             result["official_stats"] = write_official_stats(
@@ -204,18 +262,36 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         )
     else:
-        report = agibot.convert(
-            args.raw_root,
-            args.out,
-            task_ids=args.task_ids,
-            segment_len=args.segment_len,
-            context_before=args.context_before,
-            context_after=args.context_after,
-            image_size=args.image_size,
-            frame_stride=args.frame_stride,
-        )
+        if storage.is_remote(args.raw_root):
+            raise SystemExit(
+                "--raw_root must be a local folder (the release's h5, mp4 and tar files are read "
+                f"in place): copy {args.raw_root} to a local disk first; --out may be gs://"
+            )
+        if storage.is_remote(args.out):  # converted into a scratch folder, then uploaded
+            with tempfile.TemporaryDirectory(prefix="f1_agibot_") as scratch:
+                report = _agibot(args, scratch)
+                for root, _, files in os.walk(scratch):
+                    for name in files:
+                        path = os.path.join(root, name)
+                        rel = os.path.relpath(path, scratch).replace(os.sep, "/")
+                        storage.upload(path, storage.join(args.out, rel))
+        else:
+            report = _agibot(args, args.out)
         print(json.dumps(report))
     return 0
+
+
+def _agibot(args: argparse.Namespace, out: str) -> dict:
+    return agibot.convert(
+        args.raw_root,
+        out,
+        task_ids=args.task_ids,
+        segment_len=args.segment_len,
+        context_before=args.context_before,
+        context_after=args.context_after,
+        image_size=args.image_size,
+        frame_stride=args.frame_stride,
+    )
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ def load_summaries(
     tokenizer = Tokenizer(config.tokenizer_path, config.max_token_len)
     readers, summaries = [], []
     for ds in config.datasets:
-        reader = EpisodeReader(ds.path, ds.split)
+        reader = sources.open_reader(ds)
         summary = load_or_compute(
             reader, ds, config.stats_dir, progress, config.gripper_convention
         ).with_token_budget(tokenizer)
@@ -89,6 +89,10 @@ def load_summaries(
             summary.bad_by_shard(),
             summary.shard_records,
         )
+        if hasattr(reader, "check_videos"):
+            # The stats pass checked the videos of every episode it kept (LeRobotReader); a video
+            # damaged since then shows as undecodable frames, which are replaced and counted.
+            reader.check_videos = False
         readers.append(reader)
         summaries.append(summary)
     return readers, summaries
@@ -100,9 +104,9 @@ def dataset_statistics(config: DataConfig) -> dict[str, dict[str, Any]]:
     (standard camera -> the dataset's image key),
     "num_transitions" (sampled), "num_corrupt", "counts"}} for checkpointing with the model and
     un-normalising its actions."""
-    _, summaries = load_summaries(config, progress=False)
+    readers, summaries = load_summaries(config, progress=False)
     out = {}
-    for d, (ds, s) in enumerate(zip(config.datasets, summaries)):
+    for d, (ds, s, reader) in enumerate(zip(config.datasets, summaries, readers)):
         entry = {
             "state": s.state_stats,
             "action": s.action_stats,
@@ -113,8 +117,15 @@ def dataset_statistics(config: DataConfig) -> dict[str, dict[str, Any]]:
             "counts": s.counts(),
         }
         source = sources.for_dataset(ds)
-        entry["cameras"] = dict(ds.cameras or source.DEFAULT_CAMERAS)
-        to_native = sources.action_to_native(source, config.gripper_convention)
+        # The cameras a run records: configured, else the reader's (lerobot: from meta/info.json),
+        # else the source's defaults.
+        entry["cameras"] = dict(
+            ds.cameras
+            or getattr(reader, "cameras", None)
+            or getattr(source, "DEFAULT_CAMERAS", None)
+            or {}
+        )
+        to_native = sources.action_to_native(source, config.gripper_convention, ds.lerobot)
         if to_native is not None:
             entry["action_to_native"] = to_native
         out[s.name] = entry

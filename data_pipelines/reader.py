@@ -7,6 +7,10 @@ construction. Records are decoded with the dataset's own TFDS features
 (`features.deserialize_example_np`), leaving images as encoded bytes so they are decoded late,
 only for the frames a sample uses.
 
+Where: a local directory or a `gs://` URI (`data_pipelines.storage`). A local shard is read with
+`os.pread`; a shard in a bucket with one ranged GET per record (header, data and footer together)
+and indexed by hopping from header to header through a small read window, shards in parallel.
+
 Integrity: indexing checks every TFRecord length checksum (a broken length field is skipped over by
 searching for the next valid header) and compares each shard's record count with
 `dataset_info.json`; every read checks the record's header and data checksums (TFRecord) or
@@ -17,6 +21,7 @@ shard and record.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import hashlib
 import logging
@@ -28,7 +33,7 @@ from typing import Any
 import google_crc32c
 import numpy as np
 
-from data_pipelines import schema
+from data_pipelines import schema, storage
 from data_pipelines.integrity import CORRUPT, CorruptRecordError, SkippedRecord, masked_crc32c
 
 __all__ = ["CorruptRecordError", "EpisodeReader", "TFRecordIndex", "scan_tfrecord"]
@@ -38,6 +43,7 @@ log = logging.getLogger(__name__)
 _HEADER = 12  # uint64 length + uint32 masked crc of the length
 _FOOTER = 4  # uint32 masked crc of the data
 _RESYNC_CHUNK = 1 << 22  # bytes searched per read while looking for the next valid header
+_REMOTE_INDEX_THREADS = 16  # shards of a bucket indexed at once (each read waits on the network)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,17 +111,18 @@ def _resync(f, start: int, size: int) -> int | None:
     return None
 
 
-def scan_tfrecord(path: str) -> TFRecordIndex:
-    """Index one TFRecord file from its record headers, verifying every length checksum.
+def scan_tfrecord(path: str, size: int | None = None) -> TFRecordIndex:
+    """Index one TFRecord file (local or gs://) from its record headers, verifying every length
+    checksum. `size`: the file's size when already known (a bucket listing gives it).
 
     A record whose length field fails its checksum (or points past the end of the file) cannot
     be located; indexing resumes at the next position holding a record whose header and data
     checksums both verify, and the gap is reported as a FramingProblem.
     """
-    size = os.path.getsize(path)
+    size = storage.getsize(path) if size is None else size
     offsets, lengths, crcs, problems = [], [], [], []
     pos = 0
-    with open(path, "rb") as f:
+    with storage.open_ranged(path, size) as f:
         while pos < size:
             f.seek(pos)
             header = f.read(_HEADER)
@@ -190,10 +197,23 @@ def _decode_tree(x: Any) -> Any:
 
 def _file_crc32c(path: str, chunk: int = 1 << 24) -> int:
     crc = 0
-    with open(path, "rb") as f:
+    with storage.open_ranged(path) as f:
         while block := f.read(chunk):
             crc = google_crc32c.extend(crc, block)
     return crc
+
+
+def _metadata_files(sizes: dict[str, int]) -> list[str]:
+    """The TFDS metadata among a dataset folder's files: everything small that is neither a
+    shard nor one of this project's caches."""
+    return [
+        name
+        for name, size in sizes.items()
+        if ".tfrecord-" not in name
+        and ".array_record-" not in name
+        and not name.startswith(("f1_", "."))
+        and size < (16 << 20)
+    ]
 
 
 class EpisodeReader:
@@ -209,14 +229,24 @@ class EpisodeReader:
     def __init__(self, dataset_dir: str, split: str = "train"):
         import tensorflow_datasets as tfds  # deferred: TensorFlow loads in seconds; only where RLDS shards are written or read
 
-        if not os.path.isdir(dataset_dir):
+        dataset_dir = dataset_dir.rstrip("/") if storage.is_remote(dataset_dir) else dataset_dir
+        if not storage.isdir(dataset_dir):
             raise FileNotFoundError(f"dataset directory {dataset_dir!r} does not exist")
-        if not os.path.exists(os.path.join(dataset_dir, "dataset_info.json")):
+        sizes = storage.list_sizes(dataset_dir)  # one listing: names and sizes of every shard
+        if "dataset_info.json" not in sizes:
             raise FileNotFoundError(
                 f"{dataset_dir!r} has no dataset_info.json: point the config at the TFDS version "
                 "directory, e.g. .../bridge_dataset/1.0.0"
             )
-        builder = tfds.builder_from_directory(dataset_dir)
+        self.remote = storage.is_remote(dataset_dir)
+        # TFDS reads the metadata (dataset_info.json, features.json) from a local folder: for a
+        # bucket, a local copy of those small files; the shards are read from the bucket.
+        self._metadata_dir = (
+            storage.local_metadata_copy(dataset_dir, _metadata_files(sizes))
+            if self.remote
+            else dataset_dir
+        )
+        builder = tfds.builder_from_directory(self._metadata_dir)
         info = builder.info
         if split not in info.splits:
             raise KeyError(f"split {split!r} not in {dataset_dir}; available: {list(info.splits)}")
@@ -226,21 +256,28 @@ class EpisodeReader:
         self.version = str(info.version)
         self.verify_checksums = self.VERIFY_CHECKSUMS
         self.file_format = str(getattr(info.file_format, "value", info.file_format) or "tfrecord")
-        self.paths = [os.fspath(p) for p in info.splits[split].filepaths]
-        self.shard_names = [os.path.basename(p) for p in self.paths]
-        missing = [p for p in self.paths if not os.path.exists(p)]
+        # TFDS names the shards; they are read from dataset_dir itself.
+        self.shard_names = [storage.basename(os.fspath(p)) for p in info.splits[split].filepaths]
+        self.paths = [storage.join(dataset_dir, n) for n in self.shard_names]
+        missing = [n for n in self.shard_names if n not in sizes]
         if missing:
             raise FileNotFoundError(
                 f"{len(missing)} shard(s) of {dataset_dir} missing, e.g. {missing[0]}"
             )
+        self.shard_sizes = [sizes[n] for n in self.shard_names]
         listed = [int(n) for n in info.splits[split].shard_lengths]
         # What dataset_info.json says each shard holds (None: not recorded).
         self.expected_shard_lengths = listed if len(listed) == len(self.paths) else None
         self._framing: list[list[FramingProblem]] = [[] for _ in self.paths]
+        if self.file_format == "array_record" and self.remote:
+            raise ValueError(
+                f"{dataset_dir}: ArrayRecord shards cannot be read from a bucket (array_record "
+                "reads local files only); point data at the TFRecord dataset in the bucket, or "
+                "copy the ArrayRecord dataset to a local disk"
+            )
         if self.file_format == "tfrecord":
             shard_ids, offsets, lengths, crcs = [], [], [], []
-            for i, p in enumerate(self.paths):
-                idx = scan_tfrecord(p)
+            for i, idx in enumerate(self._index_shards()):
                 shard_ids.append(np.full(len(idx.offsets), i, np.int32))
                 offsets.append(idx.offsets)
                 lengths.append(idx.lengths)
@@ -280,6 +317,13 @@ class EpisodeReader:
 
     def __len__(self) -> int:
         return self._num_records
+
+    def _index_shards(self):
+        """Every shard's TFRecordIndex, in shard order (a bucket's shards in parallel)."""
+        if not self.remote:
+            return [scan_tfrecord(p, n) for p, n in zip(self.paths, self.shard_sizes)]
+        with concurrent.futures.ThreadPoolExecutor(_REMOTE_INDEX_THREADS) as pool:
+            return list(pool.map(scan_tfrecord, self.paths, self.shard_sizes))
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -384,7 +428,7 @@ class EpisodeReader:
         read); for ArrayRecord the CRC-32C of every shard's bytes (one full read)."""
         h = hashlib.sha256(f"{self.file_format}|{self.split}".encode())
         for s, (path, name) in enumerate(zip(self.paths, self.shard_names)):
-            h.update(f"|{name}:{os.path.getsize(path)}:".encode())
+            h.update(f"|{name}:{self.shard_sizes[s]}:".encode())
             if self.file_format == "tfrecord":
                 sel = slice(
                     self._shard_start[s], self._shard_start[s] + self.shard_record_counts[s]
@@ -415,6 +459,8 @@ class EpisodeReader:
             except Exception as e:  # Riegeli reports hash mismatches as RuntimeError
                 raise self._error(i, f"unreadable ({type(e).__name__}: {e})") from e
         shard = int(self._shard[i])
+        if self.remote:
+            return self._serialized_remote(i, shard)
         with self._lock:
             fd = self._fds.get(shard)
             if fd is None:
@@ -443,6 +489,36 @@ class EpisodeReader:
             raise self._error(i, "the shard was rewritten since it was indexed")
         return data
 
+    def _serialized_remote(self, i: int, shard: int) -> bytes:
+        """Record i of a shard in a bucket: one ranged GET of its header, data and footer, with
+        the same checks as a local read."""
+        n, off = int(self._length[i]), int(self._offset[i])
+        try:
+            blob = storage.read_range(self.paths[shard], off - _HEADER, _HEADER + n + _FOOTER)
+        except FileNotFoundError as e:
+            raise self._error(i, f"the shard is gone from the bucket ({e})") from e
+        if len(blob) < _HEADER + n:
+            raise self._error(
+                i, f"short read ({len(blob)} of {_HEADER + n} bytes): the shard shrank"
+            )
+        data = blob[_HEADER : _HEADER + n]
+        if not self.verify_checksums:
+            return data
+        if len(blob) != _HEADER + n + _FOOTER:
+            raise self._error(i, "the shard ends inside the record: it shrank since indexing")
+        length, length_crc = struct.unpack("<QI", blob[:_HEADER])
+        if length != n or masked_crc32c(blob[:8]) != length_crc:
+            raise self._error(i, "record header changed or fails its checksum since indexing")
+        (stored,) = struct.unpack("<I", blob[_HEADER + n :])
+        computed = masked_crc32c(data)
+        if computed != stored:
+            raise self._error(
+                i, f"data fails its checksum (stored {stored:#010x}, computed {computed:#010x})"
+            )
+        if stored != self._crc[i]:
+            raise self._error(i, "the shard was rewritten since it was indexed")
+        return data
+
     @property
     def features(self):
         """The dataset's TFDS FeaturesDict (loaded once per process)."""
@@ -455,7 +531,7 @@ class EpisodeReader:
     def _load_features(self):
         import tensorflow_datasets as tfds  # deferred: TensorFlow loads in seconds; only where RLDS shards are written or read
 
-        features = tfds.builder_from_directory(self.dataset_dir).info.features
+        features = tfds.builder_from_directory(self._metadata_dir).info.features
         self._decoders = _skip_image_decoders(features)
         self._features = features  # published last: `features` checks it without the lock
 

@@ -100,6 +100,7 @@ class SampleBuilder:
                 record,
                 ds.cameras,
                 self.config.gripper_convention,
+                ds.lerobot,
             )
         except (CorruptRecordError, schema.SchemaError) as e:
             err = (
@@ -182,7 +183,7 @@ class SampleBuilder:
         def frame(cam: str, i: int) -> np.ndarray:
             if (cam, i) not in decoded:
                 try:
-                    decoded[(cam, i)] = image_tools.decode_image(ep.images[cam][i])
+                    decoded[(cam, i)] = schema.decode_frame(ep.images[cam][i])
                 except _IMAGE_ERRORS as e:
                     raise BadImageError(
                         f"{self.readers[d].where(record)}, step {i}, camera {cam}: cannot decode "

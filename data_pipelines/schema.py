@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from f1_common import image_tools
 from f1_common.transforms import CAMERAS, MAX_DIM, pad_to
 
 
@@ -63,6 +64,15 @@ class StdEpisode:
     @property
     def length(self) -> int:
         return len(self.state)
+
+
+def decode_frame(frame: Any) -> np.ndarray:
+    """uint8 [H, W, 3] of one camera frame of a StdEpisode: encoded JPEG/PNG bytes, or a frame
+    object decoded on demand (`frame.decode()`, e.g. a LeRobot video frame). Undecodable input
+    raises OSError or ValueError (the sampler counts and replaces it)."""
+    if isinstance(frame, (bytes, np.bytes_, bytearray)):
+        return image_tools.decode_image(frame)
+    return frame.decode()
 
 
 def step_record(ep: StdEpisode, t: int) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 Stats are computed once over every step of a dataset after standardisation and cached as JSON,
 keyed by a fingerprint of the dataset's content and the transform version, so a changed transform
-or dataset never reuses stale statistics. (Normalising with them is part of the observation
+or dataset never reuses stale statistics. The cache lives beside the data by default, on a local
+disk or in a bucket alike (`data_pipelines.storage`). (Normalising with them is part of the observation
 contract: `f1_common.transforms.normalize`.)
 """
 
@@ -15,6 +16,8 @@ import os
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+
+from data_pipelines import storage
 
 log = logging.getLogger(__name__)
 
@@ -41,48 +44,43 @@ def fingerprint(dataset_dir: str, content: str, parts: Sequence[str]) -> str:
     source, transform version, split, options): any change to one of them is a new key."""
     h = hashlib.sha256("|".join(parts).encode())
     for name in ("dataset_info.json", "features.json"):
-        path = os.path.join(dataset_dir, name)
-        if os.path.exists(path):
-            with open(path, "rb") as f:
-                h.update(f.read())
+        try:
+            h.update(storage.read_bytes(storage.join(dataset_dir, name)))
+        except FileNotFoundError:
+            pass
     h.update(content.encode())
     return h.hexdigest()[:16]
 
 
 def cache_dir(dataset_dir: str, stats_dir: str | None = None) -> str:
-    """Where a dataset's caches live: stats_dir if given, else next to the data when writable,
-    else ~/.cache/f1_jax."""
+    """Where a dataset's caches live: stats_dir if given (a local path or gs:// URI), else next to
+    the data when writable (a local directory or a bucket), else ~/.cache/f1_jax."""
     if stats_dir:
         return stats_dir
-    if os.access(dataset_dir, os.W_OK):
+    if storage.writable(dataset_dir):
         return dataset_dir
     return os.path.expanduser("~/.cache/f1_jax")
 
 
 def cache_path(dataset_dir: str, key: str, stats_dir: str | None = None) -> str:
     """Where the summary JSON of `key` lives (`cache_dir`)."""
-    return os.path.join(cache_dir(dataset_dir, stats_dir), f"f1_dataset_summary_{key}.json")
+    return storage.join(cache_dir(dataset_dir, stats_dir), f"f1_dataset_summary_{key}.json")
 
 
 def load_json(path: str) -> dict[str, Any] | None:
     """The JSON object at `path`, or None if it is missing or unreadable (then recomputed)."""
-    if not os.path.exists(path):
-        return None
     try:
-        with open(path) as f:
-            return json.load(f)
+        return json.loads(storage.read_bytes(path))
+    except FileNotFoundError:
+        return None
     except (OSError, ValueError) as e:
         log.warning("ignoring unreadable cache %s (%s)", path, e)
         return None
 
 
 def save_json(path: str, obj: Mapping[str, Any]) -> None:
-    """Atomic write (tmp + rename) so concurrent hosts never read a half-written file."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)
+    """Atomic write (tmp + rename, or one upload) so concurrent hosts never read half a file."""
+    storage.write_bytes(path, json.dumps(obj).encode())
 
 
 def combine_rows(chunks: Iterable[np.ndarray]) -> np.ndarray:

@@ -221,7 +221,9 @@ def scan(
         shard, k = reader.locate(i)
         try:
             raw = reader.decode(i)
-            ep = standardize_record(source, raw, ds.name, i, ds.cameras, gripper_convention)
+            ep = standardize_record(
+                source, raw, ds.name, i, ds.cameras, gripper_convention, ds.lerobot
+            )
         except CorruptRecordError as e:
             skipped.append(SkippedRecord(CORRUPT, i, shard, k, e.reason))
         except schema.EmptyEpisodeError:
@@ -286,17 +288,18 @@ def load_or_compute(
     """The cached summary of `ds` if its key matches, else computes and caches it.
 
     Refuses (UnsupportedDatasetError) a dataset whose features the source cannot read, before
-    reading any record.
+    reading any record (a LeRobot reader checks its layout when it is opened).
     """
-    check_layout(
-        for_dataset(ds),
-        reader.features,
-        ds.name,
-        ds.path,
-        reader.tfds_name,
-        reader.version,
-        ds.cameras,
-    )
+    if isinstance(reader, EpisodeReader):
+        check_layout(
+            for_dataset(ds),
+            reader.features,
+            ds.name,
+            ds.path,
+            reader.tfds_name,
+            reader.version,
+            ds.cameras,
+        )
     key = summary_key(reader, ds, gripper_convention)
     path = statistics.cache_path(ds.path, key, stats_dir)
     cached = statistics.load_json(path)

@@ -10,6 +10,9 @@ RLDS datasets are configurations of one source (`rlds.RldsSource`): `source="rld
 configuration in `DatasetConfig.rlds`, or one of the named configurations (NAMED_RLDS: each
 module's `SPEC`; the modules also hold their release's TFDS feature spec, and AgiBot's the
 converter from its raw HDF5 + mp4 release).
+The `lerobot` source (a module, MODULE_SOURCES) reads LeRobot datasets instead of TFDS ones: it
+brings its own reader (`lerobot.LeRobotReader`, opened by `open_reader`) and takes its gripper map
+from the dataset's configuration (`gripper_open_positive(options)`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from data_pipelines import schema
+from data_pipelines.reader import EpisodeReader
 from data_pipelines.sources import agibot, bridge, fractal, libero, rlds
 
 # Named configurations of the RLDS source (their TRANSFORM_VERSION is pinned in the SPEC).
@@ -32,7 +36,7 @@ NAMED_RLDS: Mapping[str, Mapping[str, Any]] = {
 }
 # Sources that are code: a module data_pipelines/sources/<kind>.py with the attributes above
 # (for data a configuration cannot describe).
-MODULE_SOURCES: tuple[str, ...] = ()
+MODULE_SOURCES: tuple[str, ...] = ("lerobot",)
 SOURCE_KINDS = (*NAMED_RLDS, rlds.KIND, *MODULE_SOURCES)
 
 # native: each dataset's own gripper action convention (what the original F1 trains on and what
@@ -77,6 +81,17 @@ def for_dataset(ds: Any):
 def _resolve(source: Any):
     """A source from its name (a named configuration) or the source itself."""
     return get_source(source) if isinstance(source, str) else source
+
+
+def open_reader(ds: Any) -> Any:
+    """The random-access reader of dataset entry `ds` (a `DatasetConfig`): `EpisodeReader` for
+    TFDS/RLDS directories, `lerobot.LeRobotReader` for LeRobot datasets (the same interface:
+    len, decode, locate, where, unreadable, content_fingerprint, shard bookkeeping)."""
+    if ds.source == "lerobot":
+        return get_source("lerobot").LeRobotReader(
+            ds.path, ds.split, getattr(ds, "lerobot", None), ds.cameras, ds.name
+        )
+    return EpisodeReader(ds.path, ds.split)
 
 
 # ---------------------------------------------------------------------- layout check
@@ -178,23 +193,31 @@ def check_layout(
 # ---------------------------------------------------------------------- gripper convention
 
 
-def _gripper_map(kind: Any, convention: str) -> dict[int, tuple[float, float]]:
+def _gripper_map(
+    kind: Any, convention: str, options: Mapping[str, Any] | None = None
+) -> dict[int, tuple[float, float]]:
     """{action dim: (scale, offset)} with x_convention = scale * x_native + offset; identity
-    entries are dropped."""
+    entries are dropped. `options`: the dataset's own settings (`DatasetConfig.lerobot`) for a
+    source whose gripper is configured per dataset."""
     if convention not in GRIPPER_CONVENTIONS:
         raise ValueError(
             f"unknown gripper convention {convention!r}; expected one of {GRIPPER_CONVENTIONS}"
         )
     if convention == "native":
         return {}
-    return {d: m for d, m in _resolve(kind).GRIPPER_OPEN_POSITIVE.items() if m != (1.0, 0.0)}
+    source = _resolve(kind)
+    if hasattr(source, "gripper_open_positive"):  # configured per dataset (lerobot)
+        table = source.gripper_open_positive(options)
+    else:
+        table = source.GRIPPER_OPEN_POSITIVE
+    return {d: m for d, m in table.items() if m != (1.0, 0.0)}
 
 
 def apply_gripper_convention(
-    ep: schema.StdEpisode, kind: Any, convention: str
+    ep: schema.StdEpisode, kind: Any, convention: str, options: Mapping[str, Any] | None = None
 ) -> schema.StdEpisode:
     """`ep` with its gripper action dims in `convention` (unchanged for `native`)."""
-    mapping = _gripper_map(kind, convention)
+    mapping = _gripper_map(kind, convention, options)
     if not mapping:
         return ep
     action = ep.action.copy()
@@ -203,11 +226,13 @@ def apply_gripper_convention(
     return dataclasses.replace(ep, action=action.astype(np.float32))
 
 
-def action_to_native(kind: Any, convention: str) -> dict[str, list] | None:
+def action_to_native(
+    kind: Any, convention: str, options: Mapping[str, Any] | None = None
+) -> dict[str, list] | None:
     """How to turn un-normalised model actions back into the robot's own gripper convention:
     {"dims": [...], "scale": [...], "offset": [...]} with native = scale * x + offset, or None
     when nothing changes (`f1_common.transforms.ObservationTransform.robot_actions` applies it)."""
-    mapping = _gripper_map(kind, convention)
+    mapping = _gripper_map(kind, convention, options)
     if not mapping:
         return None
     dims = sorted(mapping)
@@ -225,9 +250,11 @@ def standardize_record(
     episode_id: int,
     cameras: Mapping[str, str | None] | None,
     gripper_convention: str = "native",
+    options: Mapping[str, Any] | None = None,
 ) -> schema.StdEpisode:
     """The one path from a decoded record to a StdEpisode (stats pass and sampling share it).
-    kind: a source name (a named configuration) or a source (`for_dataset(ds)`)."""
+    kind: a source name or a source (`for_dataset(ds)`); `options`: the dataset's source
+    settings (`DatasetConfig.lerobot`)."""
     source = _resolve(kind)
     ep = source.standardize(raw, dataset_name, episode_id, cameras)
-    return apply_gripper_convention(ep, source, gripper_convention)
+    return apply_gripper_convention(ep, source, gripper_convention, options)

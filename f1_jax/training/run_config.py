@@ -3,7 +3,8 @@
 Every start or resume writes its config to `configs/config_<step>.json` (and `config.json`, the
 latest). Resuming under a config that differs in anything but run length, logging, evaluation,
 checkpoint cadence, the mesh or data-loader throughput stops with the differing fields, unless
-the caller allows it explicitly.
+the caller allows it explicitly. The run length (`train.steps`) is also the length of a decaying
+learning-rate schedule (cosine): it may change only under the constant schedule.
 """
 
 import json
@@ -13,7 +14,6 @@ from etils import epath
 
 # Fields a resume may change: they do not change what is trained or on what.
 RESUMABLE_PREFIXES = (
-    "train.steps",
     "train.log_every",
     "train.check_every_step",
     "train.eval_every",
@@ -34,6 +34,15 @@ RESUMABLE_PREFIXES = (
     "data.stats_dir",
     "sim.evaluate_episodes",
 )
+
+
+# Changing it moves every later step's learning rate, unless the schedule is constant.
+RUN_LENGTH = "train.steps"
+_WHY = {RUN_LENGTH: "the length of the {schedule} learning-rate schedule: every later step's rate"}
+
+
+def _schedule_independent_of_length(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    return a.get("optimizer.schedule") == b.get("optimizer.schedule") == "constant"
 
 
 class ConfigChangedError(ValueError):
@@ -58,7 +67,10 @@ def changed_fields(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """Dotted names of the fields that differ between two configs, resumable ones excluded."""
     a, b = flatten(old), flatten(new)
     changed = sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))
-    return [k for k in changed if not any(k.startswith(p) for p in RESUMABLE_PREFIXES)]
+    changed = [k for k in changed if not any(k.startswith(p) for p in RESUMABLE_PREFIXES)]
+    if RUN_LENGTH in changed and _schedule_independent_of_length(a, b):
+        changed.remove(RUN_LENGTH)
+    return changed
 
 
 def check_resume(previous_json: str, current_json: str, allow_changes: bool) -> list[str]:
@@ -67,7 +79,13 @@ def check_resume(previous_json: str, current_json: str, allow_changes: bool) -> 
     changed = changed_fields(old, new)
     if changed and not allow_changes:
         a, b = flatten(old), flatten(new)
-        lines = [f"  {k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in changed]
+        lines = []
+        for k in changed:
+            why = _WHY.get(k, "").format(schedule=b.get("optimizer.schedule", "?"))
+            lines.append(
+                f"  {k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
+                + (f" ({why} changes)" if why else "")
+            )
         raise ConfigChangedError(
             "This run directory was trained under another config; resuming would change:\n"
             + "\n".join(lines)

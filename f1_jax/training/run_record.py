@@ -114,7 +114,8 @@ def read_run_record(path: ckpt.PathLike, step: int | None = None) -> RunRecord:
         n: dict(
             configured[n].get("cameras")
             or recorded[n].get("cameras")
-            or for_dataset(configured[n]).DEFAULT_CAMERAS
+            or getattr(for_dataset(configured[n]), "DEFAULT_CAMERAS", None)
+            or {}
         )
         for n in names
     }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 
+import lerobot_fixtures as lf
 import pytest
 
 from dp_fixtures import (
@@ -128,3 +129,43 @@ def corrupt_libero_dir(data_root, libero_dir):
         f.seek(0, 2)
         f.write(b"\x40\x00\x00")  # a partial record header
     return dst
+
+
+# ------------------------------------------------------------------ LeRobot (real lerobot package)
+
+
+@pytest.fixture(scope="session")
+def lerobot_roots(tmp_path_factory):
+    """{"v3.0": dir or skip reason, "v2.1": ...}: both fixtures written at once, each by its own
+    lerobot version in a subprocess (lerobot_fixtures.py)."""
+    base = os.fspath(tmp_path_factory.mktemp("lerobot"))
+    procs, out = {}, {}
+    for layout, version in lf.VERSIONS.items():
+        root = os.path.join(base, f"fixture_{layout}")
+        try:
+            procs[layout] = (
+                lf.start_writer(version, root, lf.CODECS[layout], lf.LENGTHS[layout]),
+                root,
+            )
+        except pytest.skip.Exception as e:
+            out[layout] = str(e)
+    for layout, (proc, root) in procs.items():
+        out[layout] = lf.finish_writer(proc, root)
+    return out
+
+
+def _lerobot_root(roots, layout):
+    root = roots[layout]
+    if not os.path.isdir(root):
+        pytest.skip(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def lerobot_v3_dir(lerobot_roots):
+    return _lerobot_root(lerobot_roots, "v3.0")
+
+
+@pytest.fixture(scope="session")
+def lerobot_v2_dir(lerobot_roots):
+    return _lerobot_root(lerobot_roots, "v2.1")

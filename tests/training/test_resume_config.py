@@ -11,7 +11,8 @@ from f1_jax.training import run_config, trainer
 
 
 def test_changed_fields_ignore_run_length_logging_and_mesh():
-    old = {"train": {"steps": 10, "log_every": 5, "seed": 1}, "optimizer": {"lr": {"gen": 1e-4}},
+    old = {"train": {"steps": 10, "log_every": 5, "seed": 1},
+           "optimizer": {"schedule": "constant", "lr": {"gen": 1e-4}},
            "mesh": {"shape": [1, -1, 1]}, "data": {"datasets": [{"path": "/a"}]}}  # fmt: skip
     new = json.loads(json.dumps(old))
     new["train"].update(steps=20, log_every=1)
@@ -25,6 +26,28 @@ def test_changed_fields_ignore_run_length_logging_and_mesh():
         "optimizer.lr.gen",
         "train.seed",
     ]
+
+
+def test_more_steps_under_a_cosine_schedule_stop_unless_allowed():
+    """train.steps is the cosine schedule's length: changing it on resume changes the learning
+    rate of every later step, so it is named (the constant schedule does not depend on it)."""
+    old = {"train": {"steps": 10}, "optimizer": {"schedule": "cosine", "warmup_steps": 2}}
+    new = json.loads(json.dumps(old))
+    new["train"]["steps"] = 20
+    assert run_config.changed_fields(old, new) == ["train.steps"]
+    with pytest.raises(run_config.ConfigChangedError) as error:
+        run_config.check_resume(json.dumps(old), json.dumps(new), allow_changes=False)
+    message = str(error.value)
+    assert "train.steps: 10 -> 20" in message and "cosine learning-rate schedule" in message
+    assert "--allow_config_change" in message
+    assert run_config.check_resume(json.dumps(old), json.dumps(new), True) == ["train.steps"]
+    # Constant before and after: the run length is free to change.
+    for config in (old, new):
+        config["optimizer"]["schedule"] = "constant"
+    assert run_config.changed_fields(old, new) == []
+    # From constant to cosine: the schedule itself is named as well.
+    new["optimizer"]["schedule"] = "cosine"
+    assert run_config.changed_fields(old, new) == ["optimizer.schedule", "train.steps"]
 
 
 def test_resume_under_another_config_stops_naming_the_fields(sim_run, tmp_path):
