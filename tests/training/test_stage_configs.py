@@ -6,7 +6,7 @@ recipe on a 64-device mesh and records the compiler's memory figures in BENCHMAR
 import flax.linen as nn
 import pytest
 
-from f1_jax import launch
+from f1_jax import recipes
 from f1_jax.models.f1 import F1, observation_spec
 from f1_jax.models.sizes import model_config_from
 from f1_jax.training import optimizer as opt
@@ -14,9 +14,9 @@ from f1_jax.training import setup, sharding
 from f1_jax.training import state as st
 
 
-@pytest.mark.parametrize("name", launch.RECIPES)
+@pytest.mark.parametrize("name", recipes.RECIPES)
 def test_recipe_builds(name):
-    config = launch.load_config(name)
+    config = recipes.load_config(name)
     model_config = model_config_from(config.model)
     if config.hooks:
         return  # the debug recipe's data paths exist only after its hooks prepared them
@@ -31,7 +31,7 @@ def test_recipe_builds(name):
 
 @pytest.mark.parametrize("name", ["stage1", "stage2"])
 def test_full_size_train_step_lowers_and_compiles(name):
-    config = launch.load_config(name)
+    config = recipes.load_config(name)
     lowered = setup.lower_train_step(config, sharding.make_mesh((1, 8, 1)), batch_size=8)
     if name == "stage2":
         memory = lowered.compile().memory_analysis()
@@ -41,7 +41,7 @@ def test_full_size_train_step_lowers_and_compiles(name):
 
 def test_debug_train_step_lowers_with_its_narrow_state_and_action_widths():
     """abstract_batch follows the model's pad widths (8-dim state, 7-dim actions for `debug`)."""
-    config = launch.load_config("debug")
+    config = recipes.load_config("debug")
     model_config = model_config_from(config.model)
     batch = setup.abstract_batch(observation_spec(model_config, config.data), 8)
     assert batch["state"].shape == (8, model_config.action.state_dim) == (8, 8)
