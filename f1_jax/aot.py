@@ -68,7 +68,9 @@ def check_batch(global_batch: int, data_parallel: int, grad_accum: int) -> None:
         f"devices (data x fsdp)"
         + (f" x {grad_accum} micro-batches" if grad_accum > 1 else "")
         + f". Batch sizes that do: multiples of {unit}, e.g. "
-        + " or ".join(f"--config.data.batch_size={s} ({s // data_parallel} per chip)" for s in sizes)
+        + " or ".join(
+            f"--config.data.batch_size={s} ({s // data_parallel} per chip)" for s in sizes
+        )
         + "; or a mesh whose data x fsdp divides it."
     )
 

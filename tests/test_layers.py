@@ -25,7 +25,8 @@ ALLOWED: dict[str, set[str]] = {
     "f1_torch": CONTRACT,
     "f1_jax.serve": CONTRACT | {"f1_jax.policy", "f1_torch"},
     "f1_jax.recipes": set(),
-    "f1_jax.launch": CONTRACT | {"f1_jax.recipes", "f1_jax.training", "f1_jax.models", "data_pipelines"},
+    "f1_jax.launch": CONTRACT
+    | {"f1_jax.recipes", "f1_jax.training", "f1_jax.models", "data_pipelines"},
     "f1_jax.aot": CONTRACT | {"f1_jax.recipes", "f1_jax.training", "f1_jax.models"},
     "configs": {"f1_jax.training.sharding", "f1_jax.models"},
     "builtin_task": CONTRACT

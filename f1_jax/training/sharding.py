@@ -73,7 +73,9 @@ def _device_grid(
         return mesh_utils.create_hybrid_device_mesh(
             ici, (num_slices, 1, 1), devices=devices, allow_split_physical_axes=allow_split
         )
-    return mesh_utils.create_device_mesh(shape, devices=devices, allow_split_physical_axes=allow_split)
+    return mesh_utils.create_device_mesh(
+        shape, devices=devices, allow_split_physical_axes=allow_split
+    )
 
 
 def placeable_mesh_shapes(num_slices: int, devices: Sequence[jax.Device]) -> list[tuple]:
@@ -175,7 +177,8 @@ def divisible_spec(
 
 
 def _mesh_shardings_and_notes(boxed_abstract: Any, mesh: Mesh, rules) -> tuple[Any, list[str]]:
-    logical = nn.unbox(nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed_abstract), mesh, rules))
+    specs = nn.get_partition_spec(boxed_abstract)
+    logical = nn.unbox(nn.logical_to_mesh_sharding(specs, mesh, rules))
     shapes = nn.unbox(boxed_abstract)
     notes = []
 

@@ -38,7 +38,16 @@ CHIPS = {
 PEAK_SOURCE = "Cloud TPU datasheet, dense bf16 per chip (cloud.google.com/tpu/docs/<generation>)"
 
 # The slice shapes Cloud TPU provisions for each chip count (chips -> torus shape).
-SHAPES_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
+SHAPES_2D = {
+    1: "1x1",
+    4: "2x2",
+    8: "2x4",
+    16: "4x4",
+    32: "4x8",
+    64: "8x8",
+    128: "8x16",
+    256: "16x16",
+}
 SHAPES_3D = {
     4: "2x2x1",
     8: "2x2x2",
@@ -115,10 +124,8 @@ def parse(name: str) -> Topology:
         gen = "v5e" if explicit.group(1) == "v5litepod" else explicit.group(1)
         chip, shape = CHIPS[gen], explicit.group(2)
         if len(shape.split("x")) != chip.dims:
-            raise ValueError(
-                f"TPU {gen} slices are {chip.dims}-D tori ({'AxBxC' if chip.dims == 3 else 'AxB'}); "
-                f"got {name!r}."
-            )
+            form = "AxBxC" if chip.dims == 3 else "AxB"
+            raise ValueError(f"TPU {gen} slices are {chip.dims}-D tori ({form}); got {name!r}.")
         return Topology(chip, shape)
     typed = re.fullmatch(r"([a-z0-9]+)-(\d+)", name)
     if typed:
