@@ -20,7 +20,7 @@ def main():
     args = parser.parse_args()
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
     # deferred: XLA_FLAGS (the simulated device count) must be set before JAX starts.
-    import jax
+    import jax  # deferred: XLA_FLAGS must be set before JAX starts
     from benchmarks.common import emit  # deferred: imports JAX
     from f1_jax import recipes  # deferred: with the JAX imports below (XLA_FLAGS first)
     from f1_jax.training import setup, sharding  # deferred: imports JAX

@@ -23,11 +23,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
+from safetensors import safe_open  # noqa: E402
 
-from f1_jax.models.sizes import get_model_config  # noqa: E402
 from f1_jax.models.foresight import level_ids  # noqa: E402
 from f1_jax.models.gemma import ExpertConfig  # noqa: E402
 from f1_jax.models.siglip import SiglipConfig  # noqa: E402
+from f1_jax.models.sizes import get_model_config  # noqa: E402
 
 
 def bench_config():
@@ -118,18 +119,20 @@ def phase_write(workdir: Path) -> dict:
 
 
 def phase_import(workdir: Path) -> dict:
-    from conversion import api  # deferred: per-phase process, own peak RSS
+    from conversion import importers  # deferred: per-phase process, own peak RSS
 
     start = time.perf_counter()
-    api.import_f1(workdir / "official", workdir / "ours", progress=False)
+    importers.import_f1(workdir / "official", workdir / "ours", progress=False)
     return {"phase": "import_f1", "seconds": time.perf_counter() - start}
 
 
 def phase_export(workdir: Path) -> dict:
-    from conversion import api  # deferred: per-phase process, own peak RSS
+    from conversion import exporter  # deferred: per-phase process, own peak RSS
 
     start = time.perf_counter()
-    api.export_f1(workdir / "ours", workdir / "exported", True, progress=False, dtype="released")
+    exporter.export_f1(
+        workdir / "ours", workdir / "exported", True, progress=False, dtype="released"
+    )
     return {"phase": "export_f1", "seconds": time.perf_counter() - start}
 
 
@@ -167,8 +170,6 @@ def main() -> None:
 
 def _compare(workdir: Path) -> dict:
     """Byte comparison of every tensor but the expert lm_heads (exported as zeros)."""
-    from safetensors import safe_open
-
     differ, total = [], 0
     with (
         safe_open(str(workdir / "official" / "model.safetensors"), "numpy") as a,

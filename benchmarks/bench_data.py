@@ -23,12 +23,13 @@ import tempfile
 import time
 
 import numpy as np
+from PIL import Image
 
 from data_pipelines import pipeline
 from data_pipelines.config import DataConfig, DatasetConfig
 from data_pipelines.reader import EpisodeReader
 from data_pipelines.sources import libero
-from f1_jax.tokenizer import Tokenizer, train_tokenizer
+from f1_common.tokenizer import Tokenizer, train_tokenizer
 
 OFFSETS = (-9, -6, -3, 0, 3)
 
@@ -36,13 +37,11 @@ OFFSETS = (-9, -6, -3, 0, 3)
 def smooth_frame(rng: np.random.Generator, size: int) -> np.ndarray:
     """A smooth random image (realistic JPEG size, unlike white noise)."""
     small = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
-    from PIL import Image
-
     return np.asarray(Image.fromarray(small).resize((size, size), Image.BICUBIC))
 
 
 def write_fixture(root: str, episodes: int, steps: int, size: int) -> str:
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # deferred: TensorFlow loads in seconds; only where RLDS shards are written or read
 
     rng = np.random.default_rng(0)
 
@@ -128,8 +127,8 @@ def bench_grain(path, tok, workers, args, episode_cache_size: int = 8, cpu: bool
 def bench_tfdata(path, tok, args) -> float:
     """Octo/dlimp-style tf.data: episodes -> frame windows -> shuffle(256) -> parallel
     decode/resize/augment (AUTOTUNE) -> batch; not deterministic, not resumable."""
-    import tensorflow as tf
-    import tensorflow_datasets as tfds
+    import tensorflow as tf  # deferred: TensorFlow loads in seconds; only where RLDS shards are written or read
+    import tensorflow_datasets as tfds  # deferred: TensorFlow loads in seconds; only where RLDS shards are written or read
 
     tf.config.set_visible_devices([], "GPU")
     builder = tfds.builder_from_directory(path)

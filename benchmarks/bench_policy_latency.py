@@ -20,7 +20,7 @@ import numpy as np
 
 from benchmarks.common import emit
 from conversion import synthetic
-from f1_jax.policy import Policy
+from inference.jax_policy import Policy
 
 
 def _time(infer, observations, warmup: int) -> tuple[float, float]:
@@ -36,12 +36,12 @@ def _time(infer, observations, warmup: int) -> tuple[float, float]:
 
 def bench_jax(directory: str, observations: list, warmup: int, size: str, dtype: str) -> None:
     for cache in (True, False):
-        policy = Policy.from_checkpoint(directory, frame_cache=cache)
+        policy = Policy.load(directory, frame_cache=cache)
         policy.reset()
         calls = iter(range(len(observations)))
 
         def infer(obs):
-            out = policy.infer(obs, jax.random.key(next(calls)))
+            out = policy.infer(obs, seed=next(calls))
             jax.block_until_ready(out["actions"])
 
         median, best = _time(infer, observations, warmup)
@@ -65,7 +65,7 @@ def bench_torch(
     from f1_torch.policy import TorchPolicy  # deferred: as above
 
     for cache in (True, False):
-        policy = TorchPolicy.from_export(directory, device=device, dtype=dtype, frame_cache=cache)
+        policy = TorchPolicy.load(directory, device=device, dtype=dtype, frame_cache=cache)
         policy.reset()
         calls = iter(range(len(observations)))
 

@@ -19,14 +19,13 @@ import os
 import sys
 from typing import Any, Callable, Sequence
 
-import jax
 import numpy as np
 import tqdm
 from PIL import Image
 
 from builtin_task import MAX_STEPS, SimEnv, eval_seeds, make_policy
-from f1_jax import transforms
-from f1_jax.policy import Policy
+from f1_common import transforms
+from inference.interface import backends, load_policy
 
 WILSON_Z = 1.959963984540054  # 95% two-sided
 
@@ -147,36 +146,23 @@ def baseline_episode(env, act: Callable[[dict], np.ndarray], seed: int) -> tuple
 Actor = Callable[[dict, int, int], dict]  # (observation, episode seed, step) -> policy output
 
 
-def make_actor(policy, backend: str, seed: int, shared_noise: bool) -> Actor:
-    """How one inference is drawn, per backend.
-
-    jax: key fold_in(fold_in(key(seed), episode seed), step). torch: a generator seeded from
-    (seed, episode seed, step). shared_noise: the starting noise of the denoising comes from
-    NumPy, seeded the same way, for both backends (with greedy foresight, the two backends then
-    compute the same function and must reach the same outcomes).
+def make_actor(policy, seed: int, shared_noise: bool) -> Actor:
+    """How one inference is drawn: the seed path (seed, episode seed, step), which the JAX
+    backend folds into a key and the PyTorch backend draws through NumPy's SeedSequence.
+    shared_noise: the starting noise of the denoising comes from NumPy, seeded the same way, for
+    every backend (with greedy foresight, the two runtimes then compute the same function and
+    must reach the same outcomes).
     """
     chunk, width = policy.spec.chunk_size, policy.spec.action_dim
 
-    def noise(episode: int, step: int) -> np.ndarray | None:
-        if not shared_noise:
-            return None
-        rng = np.random.default_rng([seed, episode, step])
-        return rng.standard_normal((chunk, width)).astype(np.float32)
+    def act(obs: dict, episode: int, step: int) -> dict:
+        noise = None
+        if shared_noise:
+            rng = np.random.default_rng([seed, episode, step])
+            noise = rng.standard_normal((chunk, width)).astype(np.float32)
+        return policy.infer(obs, seed=(seed, episode, step), noise=noise, return_foresight=True)
 
-    if backend == "jax":
-        key = jax.random.key(seed)
-
-        def act(obs: dict, episode: int, step: int) -> dict:
-            rng = jax.random.fold_in(jax.random.fold_in(key, episode), step)
-            return policy.infer(obs, rng, return_foresight=True, noise=noise(episode, step))
-
-        return act
-
-    def act_torch(obs: dict, episode: int, step: int) -> dict:
-        draw = int(np.random.SeedSequence([seed, episode, step]).generate_state(1)[0])
-        return policy.infer(obs, seed=draw, noise=noise(episode, step), return_foresight=True)
-
-    return act_torch
+    return act
 
 
 def policy_episode(
@@ -267,16 +253,13 @@ def run(
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     top_k = 1 if greedy_foresight else None
-    if backend == "torch":
-        from f1_torch.policy import TorchPolicy  # deferred: torch only for --backend torch
-
-        policy = TorchPolicy.from_export(checkpoint, dataset=dataset, top_k=top_k)
-        config = None
-    else:
-        policy = Policy.from_checkpoint(
-            checkpoint, step=step, dataset=dataset, use_ema=use_ema, top_k=top_k
-        )
-        config = policy.info.config
+    run_options = {"step": step, "use_ema": use_ema or None}  # a run's options (JAX backend)
+    if backend != "jax" and any(v is not None for v in run_options.values()):
+        raise ValueError(f"step and use_ema select a run's checkpoint: the {backend} backend "
+                         "loads an export")
+    policy = load_policy(checkpoint, backend, dataset=dataset, top_k=top_k, **run_options)
+    # A run records its recipe, and with it the simulator image size it was trained at.
+    config = getattr(getattr(policy, "info", None), "config", None)
     chunk = policy.spec.chunk_size
     if action_horizon is not None and not 1 <= action_horizon <= chunk:
         raise ValueError(f"action_horizon must be in [1, {chunk}], got {action_horizon}")
@@ -286,7 +269,7 @@ def run(
             f"{checkpoint} records no simulator image size: pass image_size (--image_size), the "
             "size its training data was rendered at (the debug recipe's sim.image_size, 64)."
         )
-    act = make_actor(policy, backend, seed, shared_noise)
+    act = make_actor(policy, seed, shared_noise)
     env_kwargs = {"max_steps": max_steps or MAX_STEPS}
     if size:
         env_kwargs["image_size"] = size
@@ -332,8 +315,8 @@ def run(
     results["meta"] = {
         "checkpoint": str(checkpoint),
         "backend": backend,
-        "step": policy.info.step if backend == "jax" else None,
-        "dataset": policy.info.dataset_name if backend == "jax" else policy.dataset,
+        "step": policy.metadata["source"].get("step"),
+        "dataset": policy.metadata["dataset"],
         "use_ema": use_ema,
         "greedy_foresight": greedy_foresight,
         "shared_noise": shared_noise,
@@ -380,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         required=True,
         help="a run (workdir or checkpoints/), an export or an import (torch backend: an export)",
     )
-    parser.add_argument("--backend", choices=("jax", "torch"), default="jax")
+    parser.add_argument("--backend", choices=backends(), default="jax")
     parser.add_argument(
         "--match_backends",
         action="store_true",

@@ -26,7 +26,7 @@ from builtin_task import labels as sim_labels
 from builtin_task.env import SimEnv
 from builtin_task.expert import expert_action
 from data_pipelines.sources import libero
-from f1_jax import transforms
+from f1_common import transforms
 from f1_jax.models import masks
 from f1_jax.models.f1 import F1
 

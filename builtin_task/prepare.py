@@ -23,7 +23,7 @@ import ml_collections
 from builtin_task import grounding, render, tasks, vqvae_training, writer
 from f1_jax.models.f1 import F1, observation_spec
 from f1_jax.models.sizes import model_config_from
-from f1_jax.tokenizer import Tokenizer, train_tokenizer
+from f1_common.tokenizer import Tokenizer, train_tokenizer
 from f1_jax.training import checkpoints, state
 
 log = logging.getLogger("f1_jax")

@@ -31,7 +31,7 @@ from flax import traverse_util
 
 from builtin_task.env import SimEnv
 from builtin_task.expert import expert_policy, rollout
-from f1_jax import transforms
+from f1_common import transforms
 from f1_jax.models.resize import resize_area, resize_bicubic
 from f1_jax.models.vqvae import VQVAE, VQVAEConfig
 from f1_jax.training import checkpoints

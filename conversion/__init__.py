@@ -1,1 +1,2 @@
-"""Checkpoint conversion between F1-JAX (Flax) and foreign layouts: see README_CONVERSION.md."""
+"""Checkpoint conversion between f1-jax (Flax) and foreign layouts: importers, the exporter,
+the loaders inference reads through, and verification. The commands: docs/conversion.md."""

@@ -17,9 +17,10 @@ locally and copied to the URI at the end.
 
 import argparse
 import json
+import logging
 import sys
 
-from conversion import api
+from conversion import exporter, importers, verification
 from conversion.io import ConversionError
 
 SOURCES = ("f1", "pi0", "openpi", "paligemma", "var-vae")
@@ -64,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     exp.add_argument(
         "--dtype",
-        choices=api.EXPORT_DTYPES,
+        choices=exporter.EXPORT_DTYPES,
         default="float32",
         help="float32 (default): every tensor fp32, the export computes exactly what was "
         "trained; released: the released file's dtypes (bf16 PaliGemma and expert layers)",
@@ -100,25 +101,25 @@ def _parser() -> argparse.ArgumentParser:
 
 def _import(args, progress: bool):
     if args.source == "f1":
-        return api.import_f1(args.input, args.output, args.config, progress)
+        return importers.import_f1(args.input, args.output, args.config, progress)
     fn = {
-        "pi0": api.import_pi0,
-        "openpi": api.import_openpi,
-        "paligemma": api.import_paligemma,
-        "var-vae": api.import_var_vae,
+        "pi0": importers.import_pi0,
+        "openpi": importers.import_openpi,
+        "paligemma": importers.import_paligemma,
+        "var-vae": importers.import_var_vae,
     }[args.source]
     return fn(args.input, args.output, args.size, progress)
 
 
 def _verify(args, progress: bool) -> dict:
-    diffs = api.verify_roundtrip(args.source, args.input, size=args.size, progress=progress)
+    diffs = verification.verify_roundtrip(args.source, args.input, size=args.size, progress=progress)
     report = {
         "tensors": len(diffs),
         "max_abs_diff": max(diffs.values(), default=0.0),
         "per_tensor": diffs,
     }
     if args.forward:
-        report["forward"] = api.verify_forward(
+        report["forward"] = verification.verify_forward(
             args.source, args.input, size=args.size, progress=progress
         )
     return report
@@ -126,7 +127,7 @@ def _verify(args, progress: bool) -> dict:
 
 def _export(args, progress: bool):
     if args.run is not None:
-        return api.export_run(
+        return exporter.export_run(
             args.run,
             args.output,
             step=args.step,
@@ -137,9 +138,25 @@ def _export(args, progress: bool):
             tokenizer=args.tokenizer,
             progress=progress,
         )
-    return api.export_f1(
+    return exporter.export_f1(
         args.input, args.output, args.with_expert_lm_heads, progress, dtype=args.dtype
     )
+
+
+class _Stderr(logging.Handler):
+    """Writes the library's log records to the current sys.stderr (looked up at each record)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr)
+
+
+def _show_notes() -> None:
+    """The conversion library logs its notes; the command shows them on stderr."""
+    logger = logging.getLogger("conversion")
+    if not any(isinstance(h, _Stderr) for h in logger.handlers):
+        logger.addHandler(_Stderr())
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         if given:
             parser.error(f"{', '.join(given)} only apply to --run (not to --input)")
     progress = not args.no_progress and sys.stderr.isatty()
+    _show_notes()
     try:
         if args.command == "import":
             out = _import(args, progress)
@@ -159,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             out = _export(args, progress)
             print(json.dumps({"written": str(out)}))
         elif args.command == "compose-stage1":
-            out = api.compose_stage1(
+            out = importers.compose_stage1(
                 args.pi0, args.vae, args.output, args.size, args.seed, progress
             )
             print(json.dumps({"written": str(out)}))

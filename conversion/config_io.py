@@ -13,7 +13,7 @@ from typing import Any
 
 from etils import epath
 
-from f1_jax import official_config
+from f1_common import official_config
 from f1_jax.models.action import ActionConfig
 from f1_jax.models.f1 import F1Config
 from f1_jax.models.foresight import ForesightConfig

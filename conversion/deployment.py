@@ -1,7 +1,7 @@
 """What an exported run carries besides the weights: the deployment contract and the statistics in
 the official F1 format.
 
-`norm_stats.json` (`f1_jax.transforms.DeploymentContract`): the observation spec, every dataset's
+`norm_stats.json` (`f1_common.transforms.DeploymentContract`): the observation spec, every dataset's
 state/action statistics, norm mode and camera keys, the default dataset and the tokenizer file;
 read by the JAX policy, the policy server and the PyTorch runtime.
 
@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from f1_jax.transforms import NORM_STATS_FILE, DeploymentContract
+from f1_common.export_layout import NORM_STATS_FILE
+from f1_common.transforms import DeploymentContract
 
 OFFICIAL_FEATURES = {"state": "observation.state", "action": "action"}
 OFFICIAL_STATS = ("mean", "std", "min", "max", "q01", "q99")

@@ -14,10 +14,11 @@ import flax.linen as nn
 import jax
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
+from tqdm import tqdm
 
 from conversion.io import NP_DTYPES, ConversionError
-from f1_jax.official_config import key_problems
 from conversion.tables import Extra, Row
+from f1_common.official_config import key_problems
 from f1_jax.models.f1 import F1, F1Config, example_batch
 from f1_jax.models.foresight import level_ids
 
@@ -258,8 +259,6 @@ def import_tensors(
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm import tqdm
-
     return tqdm(total=total, desc=desc, unit="tensor", disable=not enabled, leave=False)
 
 

@@ -22,6 +22,8 @@ from typing import Iterator
 import ml_dtypes
 import numpy as np
 from etils import epath
+from safetensors import safe_open
+from tqdm import tqdm
 
 from f1_jax.training.checkpoints import restore_on_host
 
@@ -71,8 +73,6 @@ class SafetensorsSource:
     """One or several safetensors files (a sharded checkpoint) read tensor by tensor."""
 
     def __init__(self, path: str | os.PathLike):
-        from safetensors import safe_open
-
         path = Path(path)
         files = sorted(glob.glob(str(path / "*.safetensors"))) if path.is_dir() else [str(path)]
         if not files:
@@ -127,7 +127,7 @@ class DictSource:
     def get(self, key: str) -> np.ndarray:
         value = self._arrays[key]
         if hasattr(value, "detach"):  # a torch tensor: bf16 has no NumPy dtype, go through fp32
-            import torch
+            import torch  # deferred: torch is optional: only .pth inputs need it
 
             if value.dtype == torch.bfloat16:
                 return value.detach().float().numpy().astype(ml_dtypes.bfloat16)
@@ -144,7 +144,7 @@ def torch_source(path: str | os.PathLike) -> DictSource:
     if not path.exists():
         raise ConversionError(f"File not found: {path}.")
     try:
-        import torch
+        import torch  # deferred: torch is optional: only .pth inputs need it
     except ImportError:
         raise ConversionError(
             f"Reading {path.name} (a PyTorch pickle) needs torch, which is not installed: "
@@ -241,8 +241,6 @@ def _mib(size: int) -> str:
 
 def copy_file(src: epath.Path, dst: epath.Path, progress: bool = False) -> int:
     """Copies one file between any two epath locations in 64 MiB chunks; returns its size."""
-    from tqdm import tqdm
-
     total, done = src.stat().length, 0
     with (
         src.open("rb") as fin,

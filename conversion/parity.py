@@ -26,7 +26,7 @@ _OLD_TO_NEW = (
 
 def hf_paligemma_config(config: F1Config):
     """A transformers PaliGemmaConfig with our SigLIP + understanding-expert sizes."""
-    import transformers
+    import transformers  # deferred: transformers is a test dependency: verify --forward only
 
     s, u = config.siglip, config.und
     return transformers.PaliGemmaConfig(
@@ -83,8 +83,8 @@ def hf_name(foreign: str) -> str | None:
 
 def hf_paligemma(config: F1Config, source):
     """transformers PaliGemma (fp32, eval) holding the foreign tensors of `source`."""
-    import torch
-    import transformers
+    import torch  # deferred: torch and transformers: verify --forward only
+    import transformers  # deferred: as above
 
     model = transformers.PaliGemmaForConditionalGeneration(hf_paligemma_config(config)).eval()
     wanted = model.state_dict()
@@ -111,7 +111,7 @@ def forward_parity(
     Args:
       params: our tree (`params` level) holding siglip, embedder and the und expert.
     """
-    import torch
+    import torch  # deferred: torch: verify --forward only
 
     rng = np.random.RandomState(seed)
     s, u = config.siglip, config.und

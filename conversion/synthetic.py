@@ -18,10 +18,17 @@ import numpy as np
 
 from conversion import config_io, engine, tables
 from conversion.io import write_safetensors_streaming
-from f1_jax import transforms
+from f1_common import transforms
+from f1_common.export_layout import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    NORM_STATS_FILE,
+    TOKENIZER_FILE,
+    write_manifest,
+)
+from f1_common.tokenizer import train_tokenizer
 from f1_jax.models.f1 import F1Config, observation_spec
 from f1_jax.models.sizes import get_model_config
-from f1_jax.tokenizer import train_tokenizer
 
 STATE_DIM, ACTION_DIM = 7, 7
 INSTRUCTIONS = ("put the red block on the blue square", "open the top drawer", "stack the cups")
@@ -106,7 +113,7 @@ def write_export(
     os.makedirs(directory, exist_ok=True)
     abstract = engine.abstract_params(config)
     vqvae_paths = [k.removeprefix("vqvae/") for k in abstract if k.startswith("vqvae/")]
-    # fp32 in every row, as conversion.api.verify_roundtrip does: parity needs the exact values.
+    # fp32 in every row, as conversion.verification.verify_roundtrip does: parity needs the exact values.
     rows = tables.f1_table(config, vqvae_paths)
     if not official_dtypes:
         rows = [dataclasses.replace(r, dtype="float32") for r in rows]
@@ -114,11 +121,11 @@ def write_export(
         rows, {k: v.shape for k, v in abstract.items()}, tables.f1_extras(config)
     )
     write_safetensors_streaming(
-        os.path.join(directory, "model.safetensors"),
+        os.path.join(directory, MODEL_FILE),
         [(i.key, i.shape, i.dtype) for i in plan],
         engine.export_tensors(plan, params, config, {}, progress=False),
     )
-    with open(os.path.join(directory, "config.json"), "w") as f:
+    with open(os.path.join(directory, CONFIG_FILE), "w") as f:
         json.dump(config_io.to_official(config), f, indent=1)
     rng = np.random.default_rng(7)
     spec = observation_spec(config, {"max_token_len": 16})
@@ -129,9 +136,10 @@ def write_export(
         "cameras": CAMERAS,
     }
     contract = transforms.DeploymentContract(spec, {"sim": dataset}, "sim", tokenizer)
-    with open(os.path.join(directory, transforms.NORM_STATS_FILE), "w") as f:
+    with open(os.path.join(directory, NORM_STATS_FILE), "w") as f:
         json.dump(contract.to_json(), f, indent=1)
-    shutil.copy(tokenizer, os.path.join(directory, transforms.TOKENIZER_FILE))
+    shutil.copy(tokenizer, os.path.join(directory, TOKENIZER_FILE))
+    write_manifest(directory)
     return directory
 
 

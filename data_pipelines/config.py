@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any, Mapping
 
 from data_pipelines.sources import GRIPPER_CONVENTIONS, SOURCE_KINDS
-from f1_jax.transforms import CAMERAS, MAX_DIM, NORM_MODES, ObservationSpec
+from f1_common.transforms import CAMERAS, MAX_DIM, NORM_MODES, ObservationSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +55,7 @@ class DataConfig:
     """A data mixture and how to turn it into training batches.
 
     batch_size is global; each of process_count hosts yields batch_size // process_count.
-    The fields from `cameras` to `frame_codes` are those of `f1_jax.transforms.ObservationSpec`
+    The fields from `cameras` to `frame_codes` are those of `f1_common.transforms.ObservationSpec`
     (the `observation` property): camera slots, image sizes, frame offsets of the generation
     expert's history and predicted frames (taken from `gen_camera`), chunk and padding widths,
     and whether those frames travel as stored VQ-VAE codes (`data_pipelines.frame_codes`: the

@@ -26,7 +26,7 @@ from data_pipelines.integrity import masked_crc32c
 from data_pipelines.reader import EpisodeReader, scan_tfrecord
 from data_pipelines.sources import GRIPPER_CONVENTIONS, agibot
 from data_pipelines.summary import load_or_compute
-from f1_jax.tokenizer import Tokenizer
+from f1_common.tokenizer import Tokenizer
 
 
 def tfrecord_to_array_record(src: str, dst: str) -> dict:
@@ -38,7 +38,7 @@ def tfrecord_to_array_record(src: str, dst: str) -> dict:
     {"written_shards": [paths], "dropped": [[shard, position, reason], ...]}, and the shard
     lengths in the copy's dataset_info.json say what was actually written.
     """
-    from array_record.python import array_record_module
+    from array_record.python import array_record_module  # deferred: array_record ships with tensorflow-datasets; the array_record layout only
 
     info_path = os.path.join(src, "dataset_info.json")
     if not os.path.exists(info_path):

@@ -17,7 +17,9 @@ import dataclasses
 import logging
 from typing import Any, Sequence
 
+import grain
 import numpy as np
+from absl import flags
 
 from data_pipelines import sources
 from data_pipelines.config import DataConfig
@@ -25,7 +27,7 @@ from data_pipelines.integrity import check_bad_fraction
 from data_pipelines.reader import EpisodeReader
 from data_pipelines.sample import BAD_IMAGE, BAD_RECORD, SampleBuilder
 from data_pipelines.summary import DatasetSummary, load_or_compute
-from f1_jax.tokenizer import Tokenizer
+from f1_common.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +198,6 @@ def make_example_dataset(
     grain's `mix` interleaves the datasets deterministically in the exact weight proportions
     (every window of the sequence holds each dataset in proportion), not by random draws.
     """
-    import grain
 
     weights = mixture_weights(config, summaries)
     parts, part_weights = [], []
@@ -229,7 +230,6 @@ def make_example_dataset(
 def _ensure_absl_flags_parsed() -> None:
     # grain 0.2.18 worker processes read absl flags (google/grain#1355); outside absl.app they are
     # unparsed and mp_prefetch fails, so mark them parsed with their defaults.
-    from absl import flags
 
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
@@ -247,7 +247,6 @@ def make_train_iterator(
     The returned grain DatasetIterator supports get_state()/set_state() (exact resume) and close()
     (call it when config.num_workers > 0).
     """
-    import grain
 
     if config.batch_size % process_count:
         raise ValueError(

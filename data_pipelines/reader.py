@@ -161,7 +161,7 @@ def scan_tfrecord(path: str) -> TFRecordIndex:
 
 def _skip_image_decoders(feature: Any) -> Any:
     """A TFDS `decoders` tree that leaves every Image feature undecoded (bytes)."""
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # deferred: TensorFlow loads in seconds; only where RLDS shards are written or read
 
     if isinstance(feature, tfds.features.Image):
         return tfds.decode.SkipDecoding()
@@ -179,7 +179,7 @@ def _skip_image_decoders(feature: Any) -> Any:
 
 def _decode_tree(x: Any) -> Any:
     """Stacks nested TFDS `Dataset` features (lazy per-step sources) into arrays [T, ...]."""
-    from tensorflow_datasets.core.data_sources.python import PythonDataSource
+    from tensorflow_datasets.core.data_sources.python import PythonDataSource  # deferred: TensorFlow loads in seconds; only where RLDS shards are written or read
 
     if isinstance(x, dict):
         return {k: _decode_tree(v) for k, v in x.items()}
@@ -207,7 +207,7 @@ class EpisodeReader:
     VERIFY_CHECKSUMS = True
 
     def __init__(self, dataset_dir: str, split: str = "train"):
-        import tensorflow_datasets as tfds
+        import tensorflow_datasets as tfds  # deferred: TensorFlow loads in seconds; only where RLDS shards are written or read
 
         if not os.path.isdir(dataset_dir):
             raise FileNotFoundError(f"dataset directory {dataset_dir!r} does not exist")
@@ -407,7 +407,7 @@ class EpisodeReader:
         if self.file_format == "array_record":
             with self._lock:
                 if self._array_source is None:
-                    from array_record.python import array_record_data_source
+                    from array_record.python import array_record_data_source  # deferred: array_record ships with tensorflow-datasets; the array_record layout only
 
                     self._array_source = array_record_data_source.ArrayRecordDataSource(self.paths)
             try:
@@ -453,7 +453,7 @@ class EpisodeReader:
         return self._features
 
     def _load_features(self):
-        import tensorflow_datasets as tfds
+        import tensorflow_datasets as tfds  # deferred: TensorFlow loads in seconds; only where RLDS shards are written or read
 
         features = tfds.builder_from_directory(self.dataset_dir).info.features
         self._decoders = _skip_image_decoders(features)

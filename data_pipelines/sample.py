@@ -1,5 +1,5 @@
 """Builds one training example from (dataset, episode, step) with the observation contract's
-functions (`f1_jax.transforms`): the same code turns a robot's observation into model inputs at
+functions (`f1_common.transforms`): the same code turns a robot's observation into model inputs at
 inference.
 
 A bad sample (its record fails its checksum or cannot be parsed at read time, or one of its images
@@ -25,8 +25,8 @@ from data_pipelines.integrity import BadImageError, CorruptRecordError, DataInte
 from data_pipelines.reader import EpisodeReader
 from data_pipelines.sources import standardize_record
 from data_pipelines.summary import DatasetSummary
-from f1_jax import image_tools, transforms
-from f1_jax.tokenizer import Tokenizer
+from f1_common import image_tools, transforms
+from f1_common.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 

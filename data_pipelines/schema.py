@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from f1_jax.transforms import CAMERAS, MAX_DIM, pad_to
+from f1_common.transforms import CAMERAS, MAX_DIM, pad_to
 
 
 class SchemaError(ValueError):

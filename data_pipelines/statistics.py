@@ -3,7 +3,7 @@
 Stats are computed once over every step of a dataset after standardisation and cached as JSON,
 keyed by a fingerprint of the dataset's content and the transform version, so a changed transform
 or dataset never reuses stale statistics. (Normalising with them is part of the observation
-contract: `f1_jax.transforms.normalize`.)
+contract: `f1_common.transforms.normalize`.)
 """
 
 from __future__ import annotations

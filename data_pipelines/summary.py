@@ -158,7 +158,7 @@ class DatasetSummary:
         return bad_by_shard(self.skipped, CORRUPT)
 
     def with_token_budget(self, tokenizer) -> "DatasetSummary":
-        """A copy counting the instructions `tokenizer` (f1_jax.tokenizer.Tokenizer) truncates."""
+        """A copy counting the instructions `tokenizer` (f1_common.tokenizer.Tokenizer) truncates."""
         long = tuple(t for t in self.instructions if tokenizer.token_count(t) > tokenizer.max_len)
         return dataclasses.replace(self, truncated_instructions=long)
 

@@ -1,6 +1,6 @@
 """F1 inference in PyTorch: loads an exported model directory and runs the policy.
 
-Depends on torch, numpy and safetensors, plus the observation contract `f1_jax.transforms`
+Depends on torch, numpy and safetensors, plus the observation contract `f1_common.transforms`
 (NumPy, Pillow, SentencePiece; no JAX). See docs/torch_runtime.md.
 """
 

@@ -1,5 +1,5 @@
 """Model sizes read from an exported model's `config.json` (the official F1 layout, parsed by
-`f1_jax.official_config`). Everything the file does not state is fixed by the architecture and
+`f1_common.official_config`). Everything the file does not state is fixed by the architecture and
 takes the original's value: RMSNorm eps 1e-6, RoPE base 10000, 4 history frames, flow time periods
 [4e-3, 4].
 """
@@ -12,9 +12,9 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from f1_jax import official_config
+from f1_common import official_config
 
-CONFIG_FILE = "config.json"
+from f1_common.export_layout import CONFIG_FILE
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,12 +16,13 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from f1_jax.official_config import key_problems
+from f1_common.export_layout import MODEL_FILE, verify_manifest
+from f1_common.official_config import key_problems
 from f1_torch.config import F1Config, read_config
 from f1_torch.foresight import level_ids
 from f1_torch.model import F1Model
 
-WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_FILE = MODEL_FILE
 P = "model.paligemma_with_expert."
 
 # Official prefix -> prefix of our module names. Earlier rows win where several official names
@@ -163,6 +164,7 @@ def load_model(
     path = os.path.join(directory, WEIGHTS_FILE)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{directory} has no {WEIGHTS_FILE}.")
+    verify_manifest(directory)  # a flipped bit is named by file, not loaded silently
     with torch.device("meta"):
         model = F1Model(config, dtype)
     sd = model.state_dict()
@@ -172,7 +174,11 @@ def load_model(
         # is kept as is in bf16 mode (lossless; half the memory of a 257k x 2048 table).
         targets["embed_tokens.weight"] = None
     state = {}
-    with safe_open(path, framework="pt", device="cpu") as f:
+    try:
+        handle = safe_open(path, framework="pt", device="cpu")
+    except Exception as e:  # safetensors raises its own error types for a damaged header
+        raise LoadError(f"{path} is not a readable safetensors file ({e})") from None
+    with handle as f:
         file_shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
         plan = plan_load(file_shapes, {k: tuple(v.shape) for k, v in sd.items()}, path)
         for name, key in plan.items():

@@ -9,7 +9,7 @@ The same steps as f1_jax/models/f1.py `sample_actions`: a prefix pass over the u
 tokens and the generation prefix fills the KV cache; each foresight scale samples its codes and
 appends the next scale's tokens to the cache; the action expert then reads the cache (never
 writes it) for `num_steps` Euler steps. Inputs are the observation contract's example
-(f1_jax.transforms.ObservationSpec.example_spec) with a batch axis, as torch tensors.
+(f1_common.transforms.ObservationSpec.example_spec) with a batch axis, as torch tensors.
 """
 
 from __future__ import annotations

@@ -1,28 +1,29 @@
 """Closed-loop inference with an exported F1 in PyTorch.
 
-    policy = TorchPolicy.from_export("EXPORT_DIR", device="cuda", dtype="bf16")
+    policy = TorchPolicy.load("EXPORT_DIR", device="cuda", dtype="bf16")
     policy.reset()                                             # at every episode start
     out = policy.infer({"primary": rgb, "wrist": rgb, "state": s, "instruction": "..."}, seed=0)
     out["actions"]                                             # [chunk, action_dim], robot units
 
 Observations become model inputs through the observation contract the export carries
-(`norm_stats.json` -> `f1_jax.transforms.DeploymentContract` -> `ObservationTransform`, the same
-object the JAX `f1_jax.policy.Policy` and the training pipeline use), so the model sees what it
+(`norm_stats.json` -> `f1_common.transforms.DeploymentContract` -> `ObservationTransform`, the same
+object the JAX `inference.jax_policy.Policy` and the training pipeline use), so the model sees what it
 saw in training, and actions are returned in the robot's units.
 """
 
 from __future__ import annotations
 
 import copy
+import warnings
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from f1_jax import transforms
-from f1_jax.tokenizer import Tokenizer
+from f1_common import transforms
+from f1_common.tokenizer import Tokenizer
 from f1_torch.config import F1Config, read_config, with_sampling
 from f1_torch.frame_cache import FrameCodeCache
 from f1_torch.loader import load_model
@@ -77,8 +78,10 @@ class TorchPolicy:
         self.transform = contract.transform(self.tokenizer, dataset)
         self.frame_cache = FrameCodeCache() if frame_cache else None
 
+    backend = "torch"
+
     @classmethod
-    def from_export(
+    def load(
         cls,
         directory: str | os.PathLike,
         device: str | torch.device = "cpu",
@@ -98,6 +101,9 @@ class TorchPolicy:
         0.95 of the original; top_k 1 is greedy); num_steps: Euler steps (default config.json's).
         """
         directory = os.fspath(directory)
+        if str(device).startswith("cuda") and not torch.cuda.is_available():
+            warnings.warn(f"no CUDA device: {directory} runs on the CPU")
+            device = "cpu"
         config = with_sampling(
             read_config(directory), top_k=top_k, top_p=top_p, num_steps=num_steps
         )
@@ -116,6 +122,32 @@ class TorchPolicy:
         other.transform = self.contract.transform(self.tokenizer, self.dataset)
         other.frame_cache = FrameCodeCache() if self.frame_cache is not None else None
         return other
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """What a client sends and gets back (the server sends it on connect)."""
+        return {
+            "backend": self.backend,
+            "source": dict(self.contract.source),
+            "dataset": self.dataset,
+            **self.transform.metadata(),
+        }
+
+    def skip(self, steps: int) -> None:
+        """Counts `steps` environment steps executed without an observation (a client running a
+        whole chunk): the newest frame stands in for them in the history."""
+        self.transform.history.hold(steps)
+
+    def save_episode(self) -> tuple:
+        """The episode state (history, cached codes), for `restore_episode`."""
+        codes = None if self.frame_cache is None else dict(self.frame_cache._codes)
+        return self.transform.history.snapshot(), codes
+
+    def restore_episode(self, state: tuple) -> None:
+        history, codes = state
+        self.transform.history.restore(history)
+        if self.frame_cache is not None:
+            self.frame_cache._codes = dict(codes)
 
     # --- episode state ---------------------------------------------------------------------
 
@@ -158,18 +190,20 @@ class TorchPolicy:
                 return self._encode(frames)
             return self.frame_cache.codes(frames, example["frame_index"], self._encode)
 
-    def _generator(self, seed: int | None, generator: torch.Generator | None):
+    def _generator(self, seed: int | Sequence[int] | None, generator: torch.Generator | None):
         if generator is not None and seed is not None:
             raise ValueError("Give seed or generator, not both.")
-        if seed is not None:
-            return torch.Generator(device=self.device).manual_seed(int(seed))
-        return generator
+        if seed is None:
+            return generator
+        if not isinstance(seed, (int, np.integer)):  # a seed path: (run seed, episode, step)
+            seed = int(np.random.SeedSequence([int(n) for n in seed]).generate_state(1)[0])
+        return torch.Generator(device=self.device).manual_seed(int(seed))
 
     def infer_normalized(
         self,
         example: Mapping[str, np.ndarray],
         *,
-        seed: int | None = None,
+        seed: int | Sequence[int] | None = None,
         generator: torch.Generator | None = None,
         noise: np.ndarray | torch.Tensor | None = None,
         return_foresight: bool = False,
@@ -206,7 +240,7 @@ class TorchPolicy:
         self,
         observation: Mapping[str, Any],
         *,
-        seed: int | None = None,
+        seed: int | Sequence[int] | None = None,
         generator: torch.Generator | None = None,
         noise: np.ndarray | torch.Tensor | None = None,
         return_foresight: bool = False,
@@ -216,7 +250,8 @@ class TorchPolicy:
         observation: camera images uint8 [H, W, 3] by standard name ("primary", "wrist", ...) or
           by the dataset's keys, "state" [Ds] in robot units, "instruction" str.
         seed / generator: randomness of the foresight sampling and the starting noise (one of
-          them; neither: torch's global generator). noise: [chunk, action width] starting noise.
+          them; neither: torch's global generator). A seed may be a path such as (run seed,
+          episode, step), drawn through NumPy's SeedSequence. noise: [chunk, action width] starting noise.
         Returns {"actions": float32 [chunk, action_dim] in robot units}; with return_foresight
           also "foresight_tokens" int32 [n] and "foresight_image" uint8 [h, w, 3] (the predicted
           generation-camera frame `target_offsets[0]` steps ahead).

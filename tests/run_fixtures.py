@@ -21,12 +21,12 @@ from configs.base import base_config
 from data_pipelines import dataset_statistics
 from f1_jax.models.f1 import F1
 from f1_jax.models.sizes import model_config_from
-from f1_jax.tokenizer import train_tokenizer
+from f1_common.tokenizer import train_tokenizer
 from f1_jax.training import checkpoints as ckpt
 from f1_jax.training import optimizer as opt
 from f1_jax.training import setup
 from f1_jax.training import state as st
-from f1_jax.policy import Policy
+from inference.jax_policy import Policy
 
 
 def policy_config(data_dir: str, train_path: str, tokenizer: str):
@@ -95,4 +95,4 @@ def sim_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def policy(sim_run):
-    return Policy.from_checkpoint(sim_run["workdir"])
+    return Policy.load(sim_run["workdir"])

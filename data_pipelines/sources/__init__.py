@@ -40,7 +40,7 @@ def get_source(kind: str) -> ModuleType:
 
 
 def _describe(feature: Any) -> str:
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # deferred: TensorFlow loads in seconds; only where RLDS shards are written or read
 
     if isinstance(feature, tfds.features.FeaturesDict):
         return f"a dict of {{{', '.join(sorted(feature.keys()))}}}"
@@ -55,7 +55,7 @@ def _describe(feature: Any) -> str:
 
 def _feature_at(features: Any, path: str) -> Any:
     """The TFDS feature at "steps/observation/state" (None if absent); steps are unwrapped."""
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # deferred: TensorFlow loads in seconds; only where RLDS shards are written or read
 
     node = features
     for part in path.split("/"):
@@ -69,7 +69,7 @@ def _feature_at(features: Any, path: str) -> Any:
 
 def _mismatch(feature: Any, expected: Any) -> str | None:
     """Why `feature` is not `expected` ("text", "image" or a tensor shape tuple), or None."""
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # deferred: TensorFlow loads in seconds; only where RLDS shards are written or read
 
     if feature is None:
         return "is missing"
@@ -151,7 +151,7 @@ def apply_gripper_convention(
 def action_to_native(kind: str, convention: str) -> dict[str, list] | None:
     """How to turn un-normalised model actions back into the robot's own gripper convention:
     {"dims": [...], "scale": [...], "offset": [...]} with native = scale * x + offset, or None
-    when nothing changes (`f1_jax.transforms.ObservationTransform.robot_actions` applies it)."""
+    when nothing changes (`f1_common.transforms.ObservationTransform.robot_actions` applies it)."""
     mapping = _gripper_map(kind, convention)
     if not mapping:
         return None

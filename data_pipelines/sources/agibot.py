@@ -40,7 +40,9 @@ import subprocess
 import tempfile
 from typing import Any, Iterator, Mapping, Sequence
 
+import h5py
 import numpy as np
+from PIL import Image
 
 from data_pipelines import schema
 from data_pipelines.sources import agibot_tar
@@ -79,7 +81,7 @@ GRIPPER_OPEN_POSITIVE = {7: (-1.0, 1.0), 15: (-1.0, 1.0)}
 
 def feature_spec():
     """TFDS features of the converted segment records."""
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # deferred: TensorFlow loads in seconds; only where RLDS shards are written or read
 
     img = tfds.features.Image(shape=(None, None, 3), dtype=np.uint8, encoding_format="jpeg")
     i32 = lambda: tfds.features.Scalar(dtype=np.int32)  # noqa: E731
@@ -182,7 +184,6 @@ def per_frame_actions(
 def read_proprio(h5_path: str) -> tuple[np.ndarray, np.ndarray]:
     """proprio_stats.h5 -> (state [T,16], action [T,16]) before the +1 shift, in the release's
     units (joints rad; state gripper mm opening; action gripper closedness 0..1)."""
-    import h5py
 
     if not os.path.exists(h5_path):
         raise FileNotFoundError(f"missing AgiBot proprio file {h5_path}")
@@ -236,7 +237,7 @@ def iter_video_frames(mp4_path: str) -> Iterator[np.ndarray]:
     frame_dir = mp4_path[:-4] if mp4_path.endswith(".mp4") else mp4_path
     if os.path.exists(mp4_path):
         try:
-            import av  # type: ignore
+            import av  # deferred: PyAV is optional: only AgiBot releases with mp4 videos
         except ImportError:
             av = None
         if av is not None:
@@ -252,7 +253,6 @@ def iter_video_frames(mp4_path: str) -> Iterator[np.ndarray]:
             )
     if not os.path.isdir(frame_dir):
         raise FileNotFoundError(f"no video {mp4_path} nor frame folder {frame_dir}/")
-    from PIL import Image
 
     for name in sorted(os.listdir(frame_dir)):
         with Image.open(os.path.join(frame_dir, name)) as im:
@@ -318,7 +318,6 @@ def _ffmpeg_frames(path: str) -> Iterator[np.ndarray]:
 
 
 def _encode_jpeg(img: np.ndarray, short_side: int) -> bytes:
-    from PIL import Image
 
     pil = Image.fromarray(img)
     w, h = pil.size
@@ -461,7 +460,7 @@ def convert(
     "skipped_broken_tasks", "archives", "path"}, also written to <path>/REPORT_FILE. Raises
     ValueError listing every reason when no episode converts.
     """
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # deferred: TensorFlow loads in seconds; only where RLDS shards are written or read
 
     skipped, trimmed, counts = [], [], {"episodes": 0, "segments": 0}
     skipped_tasks = sorted(t for t in BROKEN_TASK_IDS if task_ids is None or t in task_ids)

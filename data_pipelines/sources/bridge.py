@@ -48,7 +48,7 @@ GRIPPER_OPEN_POSITIVE = {6: (1.0, 0.0)}  # binarised: already 1 open / 0 closed
 
 def feature_spec(image_size: tuple[int, int] = (256, 256)):
     """The TFDS feature spec of Rail's `bridge_dataset` 1.0.0 release."""
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # deferred: TensorFlow loads in seconds; only where RLDS shards are written or read
 
     img = tfds.features.Image(shape=(*image_size, 3), dtype=np.uint8, encoding_format="jpeg")
     return tfds.features.FeaturesDict(

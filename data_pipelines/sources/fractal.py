@@ -34,7 +34,7 @@ GRIPPER_OPEN_POSITIVE = {6: (1.0, 0.0)}  # absolute: already 1 open / 0 closed
 
 def feature_spec(image_size: tuple[int, int] = (256, 320)):
     """The TFDS feature spec of `fractal20220817_data` 0.1.0 (RT-1)."""
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # deferred: TensorFlow loads in seconds; only where RLDS shards are written or read
 
     t = tfds.features.Tensor
     return tfds.features.FeaturesDict(

@@ -40,7 +40,7 @@ GRIPPER_OPEN_POSITIVE = {6: (-0.5, 0.5)}  # -1 open / +1 close -> 1 open / 0 clo
 
 def feature_spec(image_size: tuple[int, int] = (256, 256)):
     """The exact TFDS feature spec of the LIBERO RLDS release (for writers and test fixtures)."""
-    import tensorflow_datasets as tfds  # TF/TFDS only where data is written or read.
+    import tensorflow_datasets as tfds  # deferred: TensorFlow loads in seconds; only where RLDS shards are written or read
 
     img = tfds.features.Image(shape=(*image_size, 3), dtype=np.uint8, encoding_format="jpeg")
     return tfds.features.FeaturesDict(
@@ -82,7 +82,7 @@ def write_dataset(
     {"file_path": str}}; images are uint8 [H, W, 3] arrays (JPEG-encoded on write). Used by the
     built-in simulated task and by tests; the result is read like the released datasets.
     """
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # deferred: TensorFlow loads in seconds; only where RLDS shards are written or read
 
     examples = ((f"episode_{i:06d}", ep) for i, ep in enumerate(episodes))
     tfds.dataset_builders.store_as_tfds_dataset(

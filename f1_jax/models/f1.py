@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from f1_jax import transforms
+from f1_common import transforms
 from f1_jax.models import masks
 from f1_jax.models.action import (
     ActionConfig,

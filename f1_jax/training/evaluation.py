@@ -6,7 +6,7 @@ import numpy as np
 
 from data_pipelines import DataConfig, make_train_iterator
 from data_pipelines.pipeline import eval_config
-from f1_jax import transforms
+from f1_common import transforms
 from f1_jax.training.setup import device_batch
 
 

@@ -11,7 +11,7 @@ Why not the compiler's count: XLA's cost analysis counts a scanned layer's body 
 per layer (on a TPU it reported 90 TFLOP of a stage-2 step that is about 635).
 """
 
-from f1_jax import transforms
+from f1_common import transforms
 from f1_jax.models.f1 import F1Config
 
 

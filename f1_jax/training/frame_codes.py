@@ -25,7 +25,7 @@ from data_pipelines.pipeline import load_summaries
 from data_pipelines.reader import EpisodeReader
 from data_pipelines.sources import standardize_record
 from data_pipelines.summary import DatasetSummary
-from f1_jax import image_tools, transforms
+from f1_common import image_tools, transforms
 from f1_jax.models.f1 import F1, to_unit_range
 
 log = logging.getLogger("f1_jax")

@@ -5,7 +5,7 @@ Every checkpoint step holds a JSON record beside the train state (`RunCheckpoint
 {"config": the run's config as a JSON string, "dataset_statistics": {name: {"state", "action",
 "norm_mode", ...}}, "dataset_names": [names in mixture order]}. `read_run_record` turns it into
 the model config, the observation spec, the tokenizer path and, per dataset, its statistics and
-the mapping from standard camera names to the dataset's image keys. Inference (`f1_jax.policy`)
+the mapping from standard camera names to the dataset's image keys. Inference (`inference.jax_policy`)
 uses one dataset's entry; the export (`python -m conversion export --run`) writes all of them as
 the deployment contract (`norm_stats.json`).
 """
@@ -20,7 +20,7 @@ from typing import Any
 import ml_collections
 
 from data_pipelines.sources import get_source
-from f1_jax import transforms
+from f1_common import transforms
 from f1_jax.models.f1 import F1Config, observation_spec
 from f1_jax.models.sizes import model_config_from
 from f1_jax.training import checkpoints as ckpt

@@ -16,7 +16,7 @@ import optax
 from jax.sharding import Mesh
 
 from data_pipelines import HOST_ONLY_KEYS, DataConfig
-from f1_jax import transforms
+from f1_common import transforms
 from f1_jax.models.f1 import F1, F1Config, observation_spec
 from f1_jax.models.sizes import model_config_from
 from f1_jax.training import optimizer as opt

@@ -11,10 +11,10 @@ from builtin_task import grounding, prepare, writer
 from builtin_task import labels as sim_labels
 from builtin_task.prepare import all_instructions
 from configs import debug
-from f1_jax import transforms
+from f1_common import transforms
 from f1_jax.models.f1 import F1, observation_spec
 from f1_jax.models.sizes import model_config_from
-from f1_jax.tokenizer import Tokenizer, train_tokenizer
+from f1_common.tokenizer import Tokenizer, train_tokenizer
 from f1_jax.training import checkpoints, state
 
 

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from f1_jax.image_tools import decode_image
+from f1_common.image_tools import decode_image
 from data_pipelines.reader import EpisodeReader
 from builtin_task import writer
 from builtin_task.env import SimEnv

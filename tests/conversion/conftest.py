@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from f1_jax.models.sizes import get_model_config
 from conversion import config_io
 from f1_jax.models.foresight import level_ids
+from f1_jax.models.sizes import get_model_config
 from tests.conversion import official_layout as layout
 
 NP = {"bfloat16": ml_dtypes.bfloat16, "float32": np.float32, "int64": np.int64}

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
-from conversion import api, deployment
+from conversion import deployment, engine, io, loaders
 from conversion.cli import main
-from f1_jax import transforms
-from f1_jax.tokenizer import Tokenizer
+from f1_common import transforms
+from f1_common.tokenizer import Tokenizer
 from f1_jax.training import checkpoints as ckpt
 from f1_jax.training import state as st
 from f1_jax.training.run_record import read_run_record
@@ -37,7 +37,7 @@ def _dtypes(path) -> dict[str, tuple[tuple[int, ...], str]]:
 def run_params(sim_run):
     record = read_run_record(sim_run["workdir"])
     tree = ckpt.restore_params_on_host(record.directory, record.step)
-    return record, api.engine.flatten(tree)
+    return record, engine.flatten(tree)
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +52,7 @@ def test_export_writes_every_official_key_in_fp32(exported, run_params):
     assert sorted(p.name for p in exported.iterdir()) == sorted(
         [
             "model.safetensors",
+            "manifest.json",
             "config.json",
             "norm_stats.json",
             "tokenizer.model",
@@ -91,7 +92,7 @@ def test_released_dtypes_on_request(sim_run, run_params, tmp_path):
 def test_import_of_the_export_gives_back_the_run_exactly(exported, run_params, tmp_path):
     record, params = run_params
     assert main(["import", "f1", "--input", str(exported), "--output", str(tmp_path / "o")]) == 0
-    back, config, meta, _ = api.load_converted(tmp_path / "o")
+    back, config, meta, _ = loaders.load_converted(tmp_path / "o")
     assert config == record.model_config  # the whole config travels in config.json
     assert set(back) == set(params)
     for name, value in params.items():
@@ -101,9 +102,9 @@ def test_import_of_the_export_gives_back_the_run_exactly(exported, run_params, t
 
 def test_load_export_reads_weights_config_and_contract(exported, run_params):
     record, params = run_params
-    tree, config, contract = api.load_export(exported)
+    tree, config, contract = loaders.load_export(exported)
     assert config == record.model_config
-    flat = api.engine.flatten(tree)
+    flat = engine.flatten(tree)
     assert set(flat) == set(params)
     for name, value in params.items():
         np.testing.assert_array_equal(flat[name], value, err_msg=name)
@@ -200,9 +201,9 @@ def test_ema_parameters_are_exported(sim_run, run_params, tmp_path):
     ema = {k: (0.5 * v + 1.0).astype(np.float32) for k, v in params.items()}
     state = st.TrainState(
         step=np.int32(record.step),
-        params=api.engine.unflatten(params),
+        params=engine.unflatten(params),
         opt_state=None,
-        ema_params=api.engine.unflatten(ema),
+        ema_params=engine.unflatten(ema),
     )
     source = ckpt.read_only_checkpoints(sim_run["workdir"])
     run = ckpt.RunCheckpoints(tmp_path / "run" / "checkpoints", 1, async_save=False)
@@ -210,8 +211,8 @@ def test_ema_parameters_are_exported(sim_run, run_params, tmp_path):
     run.close()
     out = tmp_path / "f1"
     assert _export("--run", str(tmp_path / "run"), "--output", str(out), "--ema") == 0
-    tree, _, contract = api.load_export(out)
-    flat = api.engine.flatten(tree)
+    tree, _, contract = loaders.load_export(out)
+    flat = engine.flatten(tree)
     for name, value in ema.items():
         np.testing.assert_array_equal(flat[name], value, err_msg=name)
     assert contract.source["params"] == "ema_params" and contract.default_dataset == "sim_a"
@@ -223,7 +224,7 @@ def test_load_export_without_statistics(exported, tmp_path):
     bare.mkdir()
     for name in ("model.safetensors", "config.json"):
         os.link(exported / name, bare / name)
-    with pytest.raises(api.ConversionError, match="has no norm_stats.json"):
-        api.load_export(bare)
-    _, _, contract = api.load_export(bare, require_contract=False)
+    with pytest.raises(io.ConversionError, match="has no norm_stats.json"):
+        loaders.load_export(bare)
+    _, _, contract = loaders.load_export(bare, require_contract=False)
     assert contract is None

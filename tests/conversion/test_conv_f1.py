@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from f1_jax.models.sizes import get_model_config
-from conversion import api, config_io, engine, tables
+from conversion import config_io, engine, exporter, importers, io, loaders, tables
 from conversion.cli import main
+from f1_jax.models.sizes import get_model_config
 from tests.conversion import official_layout as layout
 
 EXPERT_LM_HEADS = {
@@ -68,7 +68,7 @@ def test_roundtrip_is_bit_exact(official_tiny, exported):
 
 
 def test_import_layouts_match_the_documented_rules(official_tiny, exported, tiny_config):
-    params, config, meta, buffers = api.load_converted(exported / "ours")
+    params, config, meta, buffers = loaders.load_converted(exported / "ours")
     assert meta["source"] == "f1" and set(buffers) == {"model.vae.quantize.ema_vocab_hit_SV"}
     f = load_file(str(official_tiny / "model.safetensors"))
     f32 = lambda k: f[k].astype(np.float32)
@@ -213,15 +213,15 @@ def test_normalisation_statistics_survive_the_round_trip(official_tiny, tmp_path
     (tmp_path / "in").mkdir()
     save_file(tensors, str(tmp_path / "in" / "model.safetensors"))
     (tmp_path / "in" / "config.json").write_text((official_tiny / "config.json").read_text())
-    api.import_f1(tmp_path / "in", tmp_path / "ours", progress=False)
-    api.export_f1(tmp_path / "ours", tmp_path / "out", progress=False)
+    importers.import_f1(tmp_path / "in", tmp_path / "ours", progress=False)
+    exporter.export_f1(tmp_path / "ours", tmp_path / "out", progress=False)
     again = load_file(str(tmp_path / "out" / "model.safetensors"))
     np.testing.assert_array_equal(again[key], tensors[key])
 
 
 def test_load_import_gives_the_nested_tree(exported, tiny_config, tmp_path):
-    tree, config, meta = api.load_import(exported / "ours")
-    params, *_ = api.load_converted(exported / "ours")
+    tree, config, meta = loaders.load_import(exported / "ours")
+    params, *_ = loaders.load_converted(exported / "ours")
     assert config == tiny_config and meta["source"] == "f1"
     flat = engine.flatten(tree)
     assert set(flat) == set(params)
@@ -229,8 +229,8 @@ def test_load_import_gives_the_nested_tree(exported, tiny_config, tmp_path):
         flat["stack/layers/und/q_einsum"], params["stack/layers/und/q_einsum"]
     )
     del params["foresight/mask_embedding"]
-    api._write(tmp_path / "partial", params, config, "test", ["partial"], [], {})
-    with pytest.raises(api.ConversionError, match=r"missing 1: \['foresight/mask_embedding'\]"):
-        api.load_import(tmp_path / "partial")
-    tree, _, _ = api.load_import(tmp_path / "partial", require_complete=False)
+    importers.write_import(tmp_path / "partial", params, config, "test", ["partial"], [], {})
+    with pytest.raises(io.ConversionError, match=r"missing 1: \['foresight/mask_embedding'\]"):
+        loaders.load_import(tmp_path / "partial")
+    tree, _, _ = loaders.load_import(tmp_path / "partial", require_complete=False)
     assert "mask_embedding" not in tree["foresight"]

@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
+from tolerances import assert_relative_error, paligemma_forward_terms
 
-from conversion import api, parity
+from conversion import importers, loaders, parity
 from conversion.cli import main
 from conversion.io import ConversionError
-from tolerances import assert_relative_error, paligemma_forward_terms
 
 torch = pytest.importorskip("torch", reason="PaliGemma fixtures are built with transformers")
 transformers = pytest.importorskip(
@@ -94,9 +94,9 @@ def test_import_and_forward_parity(hf, tiny_config, tmp_path, layout, capsys):
         )
         == 0
     )
-    printed = capsys.readouterr().out
-    assert f"vocabulary truncated from {FOREIGN_VOCAB} to 256 rows" in printed
-    params, config, meta, _ = api.load_converted(out)
+    shown = capsys.readouterr().err  # library code logs its notes; the CLI shows them on stderr
+    assert f"vocabulary truncated from {FOREIGN_VOCAB} to 256 rows" in shown
+    params, config, meta, _ = loaders.load_converted(out)
     assert meta["subtrees"] == sorted(
         ["siglip", "embedder", "stack/layers/und", "stack/final_norm_und"]
     )
@@ -144,6 +144,6 @@ def test_verify_roundtrip_and_forward(hf, tiny_config, capsys):
 def test_paligemma_into_a_wrong_size_lists_mis_shaped_keys(hf, tmp_path):
     _, root = hf
     with pytest.raises(ConversionError, match=r"mis-shaped") as err:
-        api.import_paligemma(root / "hub", tmp_path / "x", size="small", progress=False)
+        importers.import_paligemma(root / "hub", tmp_path / "x", size="small", progress=False)
     assert "expected (512," in str(err.value) and "found (64," in str(err.value)
     assert not (tmp_path / "x").exists()

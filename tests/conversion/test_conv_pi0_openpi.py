@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from conversion import api
+from conversion import exporter, importers, loaders, verification
 from conversion.cli import main
 from conversion.io import ConversionError
 from f1_jax.training.checkpoints import save_params
@@ -233,7 +233,7 @@ def imported(pi0_files, tmp_path_factory):
             )
             == 0
         )
-        out[key] = api.load_converted(target)
+        out[key] = loaders.load_converted(target)
     return out
 
 
@@ -283,12 +283,12 @@ def test_openpi_import_equals_pi0_import(pi0_files, imported, tiny_config, tmp_p
         )
         == 0
     )
-    params, *_ = api.load_converted(tmp_path / "ours")
+    params, *_ = loaders.load_converted(tmp_path / "ours")
     reference = imported[("old", True)][0]
     assert set(params) == set(reference)
     for name in reference:
         np.testing.assert_array_equal(params[name], reference[name], err_msg=name)
-    diffs = api.verify_roundtrip("openpi", tmp_path / "openpi_params", size="tiny")
+    diffs = verification.verify_roundtrip("openpi", tmp_path / "openpi_params", size="tiny")
     assert max(diffs.values()) == 0.0
 
 
@@ -321,12 +321,12 @@ def test_pi0_passed_as_f1_is_named(pi0_files, tmp_path, tiny_config):
     with open(directory / "config.json", "w") as f:
         json.dump(config_io.to_official(tiny_config), f)
     with pytest.raises(ConversionError, match=r"is not a f1 checkpoint: it looks like pi0"):
-        api.import_f1(directory, tmp_path / "out", progress=False)
+        importers.import_f1(directory, tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
 
 
 def test_partial_checkpoint_cannot_be_exported(imported, pi0_files, tmp_path):
-    api.import_pi0(pi0_files[("old", True)], tmp_path / "ours", size="tiny", progress=False)
+    importers.import_pi0(pi0_files[("old", True)], tmp_path / "ours", size="tiny", progress=False)
     with pytest.raises(ConversionError, match=r"needs every parameter.*Missing: \['foresight"):
-        api.export_f1(tmp_path / "ours", tmp_path / "f1", progress=False)
+        exporter.export_f1(tmp_path / "ours", tmp_path / "f1", progress=False)
     assert not (tmp_path / "f1").exists()

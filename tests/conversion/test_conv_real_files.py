@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from conversion import api, engine, io, tables
+from conversion import engine, importers, io, loaders, tables
 from conversion.cli import main
 from conversion.io import ConversionError
 from tests.conversion import official_layout as layout
@@ -96,7 +96,7 @@ def test_openpi_saved_on_8_devices_imports_on_one(tiny_config, tmp_path):
         str(tmp_path / "ours"),
     )
     assert imported.returncode == 0, imported.stderr[-3000:]
-    params, _, meta, _ = api.load_converted(tmp_path / "ours")
+    params, _, meta, _ = loaders.load_converted(tmp_path / "ours")
     assert meta["source"] == "openpi" and set(params) == set(ours)
     for name, value in ours.items():
         np.testing.assert_array_equal(params[name], value, err_msg=name)
@@ -134,9 +134,9 @@ def test_vae_with_other_scales_imports_and_exports(tiny_config, tmp_path, capsys
         == 0
     )
     assert "replaced by zeros" in capsys.readouterr().err
-    params, _, meta, buffers = api.load_converted(out)
+    params, _, meta, buffers = loaders.load_converted(out)
     assert any(f"has {scales + 2} scales" in n for n in meta["notes"])
-    hit = buffers[api.VOCAB_HIT]
+    hit = buffers[importers.VOCAB_HIT]
     assert hit.shape == (scales, vocab) and not hit.any()
     np.testing.assert_array_equal(
         params["vqvae/quantize/embedding"], state["quantize.embedding.weight"].numpy()
@@ -145,7 +145,7 @@ def test_vae_with_other_scales_imports_and_exports(tiny_config, tmp_path, capsys
     from tests.conversion.test_conv_pi0_openpi import pi0_tensors
 
     save_file(pi0_tensors(tiny_config, "old", True), str(tmp_path / "pi0.safetensors"))
-    api.compose_stage1(
+    importers.compose_stage1(
         tmp_path / "pi0.safetensors",
         tmp_path / "vae.pth",
         tmp_path / "s1",
@@ -154,16 +154,16 @@ def test_vae_with_other_scales_imports_and_exports(tiny_config, tmp_path, capsys
     )
     assert _cli("export", "--input", str(tmp_path / "s1"), "--output", str(tmp_path / "f1")) == 0
     exported = load_file(str(tmp_path / "f1" / "model.safetensors"))
-    assert exported[api.VOCAB_HIT].shape == (scales, vocab) and not exported[api.VOCAB_HIT].any()
+    assert exported[importers.VOCAB_HIT].shape == (scales, vocab) and not exported[importers.VOCAB_HIT].any()
 
 
 def test_vae_with_another_codebook_is_refused_at_import(tiny_config, tmp_path):
     scales, vocab = len(tiny_config.vqvae.patch_nums), tiny_config.vqvae.vocab_size
     _vae_pth(tmp_path / "vae.pth", tiny_config, (scales, vocab + 3))
     with pytest.raises(ConversionError) as err:
-        api.import_var_vae(tmp_path / "vae.pth", tmp_path / "out", size="tiny", progress=False)
+        importers.import_var_vae(tmp_path / "vae.pth", tmp_path / "out", size="tiny", progress=False)
     message = str(err.value)
-    assert api.VOCAB_HIT in message
+    assert importers.VOCAB_HIT in message
     assert f"({scales}, {vocab + 3})" in message and f"({scales}, {vocab})" in message
     assert not (tmp_path / "out").exists()
 
@@ -171,14 +171,14 @@ def test_vae_with_another_codebook_is_refused_at_import(tiny_config, tmp_path):
 def test_export_of_an_older_import_with_a_misfit_buffer(official_tiny, tmp_path, capsys):
     """An import written before the check (buffers.npz with 12 scales, or another codebook):
     export fits or refuses the buffer by name; it never fails on an internal assertion."""
-    api.import_f1(official_tiny, tmp_path / "ours", progress=False)
+    importers.import_f1(official_tiny, tmp_path / "ours", progress=False)
     npz = tmp_path / "ours" / "buffers.npz"
-    scales, vocab = np.load(npz)[api.VOCAB_HIT].shape
-    np.savez(npz, **{api.VOCAB_HIT: np.ones((scales + 2, vocab), np.float32)})
+    scales, vocab = np.load(npz)[importers.VOCAB_HIT].shape
+    np.savez(npz, **{importers.VOCAB_HIT: np.ones((scales + 2, vocab), np.float32)})
     assert _cli("export", "--input", str(tmp_path / "ours"), "--output", str(tmp_path / "a")) == 0
     assert "replaced by zeros" in capsys.readouterr().err
-    assert not load_file(str(tmp_path / "a" / "model.safetensors"))[api.VOCAB_HIT].any()
-    np.savez(npz, **{api.VOCAB_HIT: np.ones((scales, vocab + 1), np.float32)})
+    assert not load_file(str(tmp_path / "a" / "model.safetensors"))[importers.VOCAB_HIT].any()
+    np.savez(npz, **{importers.VOCAB_HIT: np.ones((scales, vocab + 1), np.float32)})
     assert _cli("export", "--input", str(tmp_path / "ours"), "--output", str(tmp_path / "b")) == 2
     err = capsys.readouterr().err
     assert f"has shape ({scales}, {vocab + 1}); expected ({scales}, {vocab})" in err
@@ -198,9 +198,9 @@ class _Recording(io.SafetensorsSource):
 
 
 def test_ignored_tensors_are_never_read(official_tiny, tmp_path, monkeypatch):
-    monkeypatch.setattr(api, "SafetensorsSource", _Recording)
+    monkeypatch.setattr(importers, "SafetensorsSource", _Recording)
     _Recording.read = []
-    api.import_f1(official_tiny, tmp_path / "ours", progress=False)
+    importers.import_f1(official_tiny, tmp_path / "ours", progress=False)
     keys = set(load_file(str(official_tiny / "model.safetensors")))
     lm_heads = {
         layout.P + "gemma_wm_expert.lm_head.weight",
@@ -213,7 +213,7 @@ def test_ignored_tensors_are_never_read(official_tiny, tmp_path, monkeypatch):
     assert any("not read" in n and sorted(lm_heads)[0] in n for n in notes)
     # Reading an export back in memory skips them too.
     _Recording.read = []
-    api.load_export(official_tiny, require_contract=False)
+    loaders.load_export(official_tiny, require_contract=False)
     assert not lm_heads & set(_Recording.read)
 
 
@@ -234,7 +234,8 @@ def fake_bucket(tmp_path, monkeypatch):
     bucket.mkdir()
     remote = lambda path: str(path).startswith(str(bucket))
     monkeypatch.setattr(io, "is_remote", remote)
-    monkeypatch.setattr(api, "is_remote", remote)
+    monkeypatch.setattr(importers, "is_remote", remote)
+    monkeypatch.setattr(loaders, "is_remote", remote)
     staging = tmp_path / "tmpdir"
     staging.mkdir()
     monkeypatch.setattr("tempfile.tempdir", str(staging))
@@ -295,6 +296,7 @@ def test_remote_run_export_and_load_export(sim_run, fake_bucket, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [
             "model.safetensors",
+            "manifest.json",
             "config.json",
             "norm_stats.json",
             "tokenizer.model",
@@ -302,7 +304,7 @@ def test_remote_run_export_and_load_export(sim_run, fake_bucket, tmp_path):
             "sim_b_stats.json",
         ]
     )
-    _, _, contract = api.load_export(out)
+    _, _, contract = loaders.load_export(out)
     assert not contract.tokenizer_path.startswith(str(bucket))  # a local copy, kept
     assert Path(contract.tokenizer_path).read_bytes() == (out / "tokenizer.model").read_bytes()
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from conversion import api
+from conversion import importers, loaders, verification
 from conversion.cli import main
 from conversion.io import ConversionError
 from tests.conversion import official_layout as layout
@@ -44,7 +44,7 @@ def test_var_vae_import(vae_pth, tmp_path, tiny_config):
         )
         == 0
     )
-    params, _, meta, buffers = api.load_converted(tmp_path / "o")
+    params, _, meta, buffers = loaders.load_converted(tmp_path / "o")
     assert meta["subtrees"] == ["vqvae"] and all(k.startswith("vqvae/") for k in params)
     state = torch.load(vae_pth)
     np.testing.assert_array_equal(
@@ -62,7 +62,7 @@ def test_var_vae_import(vae_pth, tmp_path, tiny_config):
     np.testing.assert_array_equal(
         buffers["model.vae.quantize.ema_vocab_hit_SV"], state["quantize.ema_vocab_hit_SV"].numpy()
     )
-    assert max(api.verify_roundtrip("var-vae", vae_pth, size="tiny").values()) == 0.0
+    assert max(verification.verify_roundtrip("var-vae", vae_pth, size="tiny").values()) == 0.0
 
 
 def test_var_transformer_passed_as_vae_is_named(tmp_path):
@@ -76,14 +76,14 @@ def test_var_transformer_passed_as_vae_is_named(tmp_path):
         path,
     )
     with pytest.raises(ConversionError, match=r"looks like var-transformer \(a VAR var_d\*\.pth"):
-        api.import_var_vae(path, tmp_path / "out", size="tiny", progress=False)
+        importers.import_var_vae(path, tmp_path / "out", size="tiny", progress=False)
     assert not (tmp_path / "out").exists()
 
 
 def test_missing_torch_is_a_clear_error(vae_pth, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
     with pytest.raises(ConversionError, match=r"needs torch, which is not installed"):
-        api.import_var_vae(vae_pth, tmp_path / "out", size="tiny", progress=False)
+        importers.import_var_vae(vae_pth, tmp_path / "out", size="tiny", progress=False)
 
 
 def test_compose_stage1_then_export(vae_pth, tmp_path, tiny_config):
@@ -108,11 +108,11 @@ def test_compose_stage1_then_export(vae_pth, tmp_path, tiny_config):
         )
         == 0
     )
-    params, _, meta, _ = api.load_converted(tmp_path / "s1")
+    params, _, meta, _ = loaders.load_converted(tmp_path / "s1")
     assert meta["source"] == "stage1"
     assert any("freshly initialised" in n for n in meta["notes"])
-    api.import_pi0(pi0, tmp_path / "p", size="tiny", progress=False)
-    ref, *_ = api.load_converted(tmp_path / "p")
+    importers.import_pi0(pi0, tmp_path / "p", size="tiny", progress=False)
+    ref, *_ = loaders.load_converted(tmp_path / "p")
     for name in ref:
         np.testing.assert_array_equal(params[name], ref[name], err_msg=name)
     gen = params["stack/layers/gen/q_einsum"]
@@ -153,7 +153,7 @@ def test_missing_unexpected_and_misshaped_keys_are_listed(official_tiny, tmp_pat
     save_file(tensors, str(bad / "model.safetensors"))
     (bad / "config.json").write_text((official_tiny / "config.json").read_text())
     with pytest.raises(ConversionError) as err:
-        api.import_f1(bad, tmp_path / "out", progress=False)
+        importers.import_f1(bad, tmp_path / "out", progress=False)
     message = str(err.value)
     assert "1 missing, 1 unexpected, 1 mis-shaped" in message
     assert f"{gone} (expected (64,))" in message
@@ -170,7 +170,7 @@ def test_not_a_safetensors_file(official_tiny, tmp_path, capsys):
     with pytest.raises(
         ConversionError, match=r"not a safetensors file \(a zip archive \(a PyTorch"
     ):
-        api.import_f1(bad, tmp_path / "out", progress=False)
+        importers.import_f1(bad, tmp_path / "out", progress=False)
     (bad / "model.safetensors").write_bytes(b"\x00garbage" * 8)
     assert (
         main(
@@ -195,5 +195,5 @@ def test_existing_output_is_refused(official_tiny, tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("x")
     with pytest.raises(ConversionError, match="exists and is not empty"):
-        api.import_f1(official_tiny, tmp_path / "out", progress=False)
+        importers.import_f1(official_tiny, tmp_path / "out", progress=False)
     assert json.dumps(sorted(p.name for p in (tmp_path / "out").iterdir())) == '["keep.txt"]'

@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from f1_jax import image_tools as images
+from f1_common import image_tools as images
 from data_pipelines.reader import EpisodeReader
 from data_pipelines.sources import agibot, agibot_tar
 from dp_fixtures import (

@@ -9,7 +9,7 @@ import pytest
 
 from data_pipelines import pipeline
 from data_pipelines.config import DataConfig, DatasetConfig
-from f1_jax import transforms
+from f1_common import transforms
 from dp_fixtures import LIBERO_LENGTHS, small_config
 
 

@@ -28,8 +28,8 @@ from dp_fixtures import (
     small_config,
     write_rlds,
 )
-from f1_jax.tokenizer import Tokenizer
-from f1_jax.transforms import actions_to_native
+from f1_common.tokenizer import Tokenizer
+from f1_common.transforms import actions_to_native
 
 BUDGET = 16  # tokens: LONG_TEXT needs more, the other instructions fit
 
@@ -150,7 +150,7 @@ def test_gripper_conventions(source, fixture, dims, native_to_open, request):
 def test_open_is_positive_reaches_stats_and_the_policy_contract(
     libero_dir, tokenizer_path, tmp_path
 ):
-    from f1_jax.transforms import ObservationTransform
+    from f1_common.transforms import ObservationTransform
 
     native = small_config(
         [DatasetConfig("lib", "libero", libero_dir)], tokenizer_path, stats_dir=str(tmp_path)

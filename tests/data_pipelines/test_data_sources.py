@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from f1_jax import image_tools as images
+from f1_common import image_tools as images
 from data_pipelines.reader import EpisodeReader
 from data_pipelines.sources import bridge, fractal, get_source, libero
 from dp_fixtures import LIBERO_LENGTHS, LIBERO_TEXTS

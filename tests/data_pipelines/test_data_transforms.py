@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from data_pipelines import schema, statistics
-from f1_jax import image_tools as images
-from f1_jax import transforms
-from f1_jax.tokenizer import Tokenizer
+from f1_common import image_tools as images
+from f1_common import transforms
+from f1_common.tokenizer import Tokenizer
 
 
 def test_frame_window_clamps_at_both_ends():

@@ -9,8 +9,8 @@ import pytest
 from data_pipelines import make_train_iterator
 from data_pipelines.pipeline import eval_config, load_summaries
 from data_pipelines.sample import SampleBuilder
-from f1_jax import image_tools, transforms
-from f1_jax.policy import Policy, read_checkpoint_info
+from f1_common import image_tools, transforms
+from inference.jax_policy import Policy, read_checkpoint_info
 from f1_jax.training import setup
 
 
@@ -85,7 +85,7 @@ def test_actions_are_unnormalised_with_the_training_statistics(policy):
         policy.preprocess(obs), jax.random.key(7), return_foresight=True
     )["actions"]
     policy.reset()
-    out = policy.infer(obs, jax.random.key(7), return_foresight=True)
+    out = policy.infer(obs, seed=7, return_foresight=True)
     chunk = policy.model.config.action.chunk_size
     assert normalised.shape == (chunk, policy.spec.action_dim)
     assert out["actions"].shape == (chunk, 7) and out["actions"].dtype == np.float32
@@ -110,7 +110,7 @@ def test_inference_is_compiled_once(policy):
     policy.reset()
     before = policy.compiled_count()
     for t in range(3):
-        policy.infer(_observation(ep, t), jax.random.key(t), return_foresight=True)
+        policy.infer(_observation(ep, t), seed=t, return_foresight=True)
     assert before <= 1 and policy.compiled_count() == 1  # every test uses return_foresight=True
     policy.reset()
 
@@ -122,7 +122,7 @@ def test_dataset_choice_and_clear_errors(sim_run, tmp_path):
     with pytest.raises(KeyError, match="sim_a"):
         read_checkpoint_info(sim_run["workdir"], dataset="nope")
     with pytest.raises(FileNotFoundError, match="No checkpoint directory"):
-        Policy.from_checkpoint(str(tmp_path / "missing"))
+        Policy.load(str(tmp_path / "missing"))
     with pytest.raises(FileNotFoundError, match="No complete checkpoint"):
         read_checkpoint_info(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="step 99"):

@@ -3,13 +3,12 @@ units; the frame-code cache changes nothing but the work done."""
 
 import shutil
 
-import jax
 import numpy as np
 import pytest
 
 from builtin_task import SimEnv
 from conversion.cli import main as conversion_main
-from f1_jax.policy import Policy, checkpoint_kind
+from inference.jax_policy import Policy, checkpoint_kind
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +34,7 @@ def _rollout(policy, steps: int = 6, seed: int = 3) -> list[dict]:
     policy.reset()
     outputs = []
     for t in range(steps):
-        out = policy.infer(obs, jax.random.key(t), return_foresight=True)
+        out = policy.infer(obs, seed=t, return_foresight=True)
         outputs.append(out)
         obs, _, done, _ = env.step(out["actions"][0])
         if done:
@@ -47,13 +46,13 @@ def test_run_export_and_import_give_the_same_robot_actions(sim_run, exported):
     assert checkpoint_kind(sim_run["workdir"]) == "run"
     assert checkpoint_kind(exported["export"]) == "export"
     assert checkpoint_kind(exported["import"]) == "import"
-    run = _rollout(Policy.from_checkpoint(sim_run["workdir"]))
+    run = _rollout(Policy.load(sim_run["workdir"]))
     for kind in ("export", "import"):
-        policy = Policy.from_checkpoint(exported[kind])
+        policy = Policy.load(exported[kind])
         assert (
             policy.info.kind == kind
             and policy.info.dataset_stats
-            == Policy.from_checkpoint(sim_run["workdir"]).info.dataset_stats
+            == Policy.load(sim_run["workdir"]).info.dataset_stats
         )
         other = _rollout(policy)
         assert len(other) == len(run)
@@ -63,7 +62,7 @@ def test_run_export_and_import_give_the_same_robot_actions(sim_run, exported):
 
 
 def test_frame_code_cache_is_bit_identical_and_encodes_each_frame_once(sim_run):
-    cached = Policy.from_checkpoint(sim_run["workdir"])
+    cached = Policy.load(sim_run["workdir"])
     plain = cached.fork()
     plain.frame_cache = False
     with_cache, without = _rollout(cached), _rollout(plain)
@@ -79,11 +78,11 @@ def test_frame_code_cache_is_bit_identical_and_encodes_each_frame_once(sim_run):
 
 
 def test_forks_keep_their_own_episodes(sim_run):
-    policy = Policy.from_checkpoint(sim_run["workdir"])
+    policy = Policy.load(sim_run["workdir"])
     other = policy.fork()
     env = SimEnv(image_size=32)
     policy.reset()
-    policy.infer(env.reset(1), jax.random.key(0))
+    policy.infer(env.reset(1), seed=0)
     assert policy.history.count == 1 and other.history.count == 0
     assert other.params is policy.params and other._infer_fn is policy._infer_fn
 
@@ -93,8 +92,8 @@ def test_import_without_statistics_is_refused_by_name(tmp_path, exported):
     shutil.copytree(exported["import"], bare)
     (bare / "norm_stats.json").unlink()
     with pytest.raises(FileNotFoundError, match="norm_stats.json"):
-        Policy.from_checkpoint(str(bare))
-    policy = Policy.from_checkpoint(str(bare), statistics=exported["export"])
+        Policy.load(str(bare))
+    policy = Policy.load(str(bare), statistics=exported["export"])
     assert policy.info.kind == "import"
     with pytest.raises(ValueError, match="step and use_ema"):
-        Policy.from_checkpoint(exported["export"], step=3)
+        Policy.load(exported["export"], step=3)

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from conversion import engine
-from f1_jax.models.f1 import F1, model_inputs, sample_actions
 from conversion.synthetic import Export
+from f1_jax.models.f1 import F1, model_inputs, sample_actions
 
 MODEL_KEYS = ("images", "image_mask", "tokens", "token_mask", "state", "gen_frames")
 

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from f1_jax import transforms
+from conversion import synthetic as exports
+from f1_common import transforms
 from f1_torch import TorchPolicy, load_model
 from f1_torch.frame_cache import FrameCodeCache
-from conversion import synthetic as exports
 
 # Two episodes: (environment steps, steps that infer; the others only observe). The second one
 # reaches frame indices the first cached, which a missing reset() would serve stale.

@@ -12,11 +12,11 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from conversion import config_io
+from conversion import synthetic as exports
 from f1_jax.models.sizes import get_model_config
 from f1_torch import LoadError, load_model
 from f1_torch.config import from_official
 from f1_torch.loader import P
-from conversion import synthetic as exports
 
 
 @pytest.mark.parametrize("size", ["full", "small", "tiny", "debug"])

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import torch
 
+from conversion import synthetic as exports
 from f1_jax.models.foresight import _top_k_top_p_logits
 from f1_torch import TorchPolicy
 from f1_torch.foresight import top_k_top_p_filter
-from conversion import synthetic as exports
 from tests.torch_runtime.reference import jax_history_codes, jax_reference
 
 FP32_ACTION_TOL = 1e-5
@@ -68,7 +68,7 @@ def _check_fp32(got: dict, want: dict, codes: np.ndarray, want_codes: np.ndarray
 
 @pytest.fixture(scope="module")
 def tiny_case(tiny_export):
-    policy = TorchPolicy.from_export(tiny_export.directory, dtype="fp32", top_k=1)
+    policy = TorchPolicy.load(tiny_export.directory, dtype="fp32", top_k=1)
     examples = _examples(policy, tiny_export.config, [0, 9, 14])
     noises = [_noise(tiny_export.config, seed) for seed in range(len(examples))]
     fp32 = [jax_reference(tiny_export, e, n) for e, n in zip(examples, noises)]
@@ -95,7 +95,7 @@ def test_tiny_fp32_equals_jax(tiny_export, tiny_case):
 
 def test_tiny_bf16_statistics(tiny_export, tiny_case):
     _, examples, noises, references = tiny_case
-    policy = TorchPolicy.from_export(tiny_export.directory, dtype="bf16", top_k=1)
+    policy = TorchPolicy.load(tiny_export.directory, dtype="bf16", top_k=1)
     ours, theirs, agreement = [], [], []
     for example, noise, want in zip(examples, noises, references):
         got = policy.infer_normalized(example, noise=noise, return_foresight=True)
@@ -112,7 +112,7 @@ def test_small_fp32_and_bf16(small_export):
     """One step at the small size (full ch-160 VQ-VAE at 256 px): the VQ-VAE dominates the CPU
     time, so this runs a single window (the first frame, clamped four times)."""
     config = small_export.config
-    fp32 = TorchPolicy.from_export(small_export.directory, dtype="fp32", top_k=1)
+    fp32 = TorchPolicy.load(small_export.directory, dtype="fp32", top_k=1)
     (example,) = _examples(fp32, config, [0])
     noise = _noise(config, 0)
     want = jax_reference(small_export, example, noise)
@@ -121,7 +121,7 @@ def test_small_fp32_and_bf16(small_export):
     assert np.abs(got["actions"] - want["actions"]).max() <= FP32_ACTION_TOL
     assert np.abs(got["foresight_image"] - want["image"]).max() <= FP32_IMAGE_TOL
 
-    bf16 = TorchPolicy.from_export(small_export.directory, dtype="bf16", top_k=1)
+    bf16 = TorchPolicy.load(small_export.directory, dtype="bf16", top_k=1)
     actions, foresight = bf16.model.sample_actions(
         bf16.model_inputs(example),
         history_codes=bf16.history_codes(example)[None],

@@ -36,7 +36,7 @@ def _episode(length: int, ep: int) -> dict:
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     from data_pipelines.sources import libero
-    from f1_jax.tokenizer import train_tokenizer
+    from f1_common.tokenizer import train_tokenizer
 
     root = os.fspath(tmp_path_factory.mktemp("train_data"))
     train = libero.write_dataset(root, "tiny_train", [_episode(12, i) for i in range(4)], (32, 32))

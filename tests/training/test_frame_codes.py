@@ -12,7 +12,7 @@ from train_fixtures import tiny_config
 from data_pipelines import make_train_iterator
 from data_pipelines.frame_codes import FrameCodeStore
 from data_pipelines.pipeline import eval_config
-from f1_jax import image_tools, transforms
+from f1_common import image_tools, transforms
 from f1_jax.models.f1 import F1, model_inputs
 from f1_jax.models.sizes import model_config_from
 from f1_jax.training import frame_codes, setup, state, trainer

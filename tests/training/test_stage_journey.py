@@ -15,8 +15,8 @@ from conversion.cli import main as conversion_main
 from f1_jax import recipes
 from f1_jax.models.f1 import F1
 from f1_jax.models.sizes import model_config_from
-from f1_jax.policy import Policy
-from f1_jax.tokenizer import train_tokenizer
+from inference.jax_policy import Policy
+from f1_common.tokenizer import train_tokenizer
 from f1_jax.training import checkpoints, state, trainer
 
 
@@ -95,15 +95,15 @@ def test_stage_1_2_3_export_and_the_robot_units_match(sim_data, tmp_path, caplog
         conversion_main(["export", "--run", runs["stage3"], "--output", export, "--no-progress"])
         == 0
     )
-    from_run, from_export = Policy.from_checkpoint(runs["stage3"]), Policy.from_checkpoint(export)
+    from_run, from_export = Policy.load(runs["stage3"]), Policy.load(export)
     env = SimEnv(image_size=32)
     for seed in (4, 5):
         obs = env.reset(seed)
         from_run.reset()
         from_export.reset()
         for t in range(3):
-            a = from_run.infer(obs, jax.random.key(t))["actions"]
-            b = from_export.infer(obs, jax.random.key(t))["actions"]
+            a = from_run.infer(obs, seed=t)["actions"]
+            b = from_export.infer(obs, seed=t)["actions"]
             np.testing.assert_allclose(b, a, rtol=0, atol=1e-5)
             # Robot units: the statistics are not trivial, so a lost statistic would show.
             assert np.abs(a).max() > 0 and a.shape == (4, 7)

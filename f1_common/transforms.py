@@ -1,7 +1,7 @@
 """The observation contract: how camera images, a robot state and an instruction become F1's inputs.
 
 One module serves the training data pipeline (`data_pipelines.sample.SampleBuilder`), in-process
-inference (`f1_jax.policy.Policy`), the policy server and the PyTorch runtime (`f1_torch`), so
+inference (`inference.jax_policy.Policy`), the policy server and the PyTorch runtime (`f1_torch`), so
 training and inference cannot drift. It needs NumPy, Pillow and SentencePiece only: no JAX and no
 TensorFlow, so a robot computer without either can import it.
 
@@ -28,7 +28,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from f1_jax import image_tools
+from f1_common import image_tools
+from f1_common.export_layout import NORM_STATS_FILE, TOKENIZER_FILE
 
 CAMERAS: tuple[str, ...] = ("primary", "secondary", "wrist")  # every camera slot a dataset may fill
 MAX_DIM: int = 32  # states and actions are zero-padded to at most this width
@@ -301,6 +302,23 @@ class FrameHistory:
         self._frames.append(frame)
         self.count += 1
 
+    def hold(self, steps: int) -> None:
+        """Counts `steps` environment steps whose frames were not seen, standing in the newest
+        frame for each (a client that executes a whole chunk between two observations)."""
+        if self.count == 0:
+            raise RuntimeError("no frame pushed yet")
+        for _ in range(steps):
+            self.push(self._frames[-1])
+
+    def snapshot(self) -> tuple:
+        """The episode state, for `restore` (a request that failed leaves no trace)."""
+        return (tuple(self._frames), self._first, self.count)
+
+    def restore(self, state: tuple) -> None:
+        frames, self._first, self.count = state
+        self._frames.clear()
+        self._frames.extend(frames)
+
     def window(self) -> tuple[np.ndarray, np.ndarray]:
         """uint8 [len(offsets), h, w, 3] (oldest first) and the frames' episode indices int32."""
         if self.count == 0:
@@ -321,7 +339,7 @@ def foresight_to_uint8(image: np.ndarray) -> np.ndarray:
 class ObservationTransform:
     """A robot's observations -> model examples, episode by episode; model actions -> robot units.
 
-    What `f1_jax.policy.Policy`, the policy server and the PyTorch runtime run on every control
+    What `inference.jax_policy.Policy`, the policy server and the PyTorch runtime run on every control
     step, with the same functions the training pipeline uses (in eval mode: no colour
     augmentation, centred generation crops).
 
@@ -349,6 +367,21 @@ class ObservationTransform:
     def reset(self) -> None:
         """Starts a new episode: forgets the generation camera's frame history."""
         self.history.reset()
+
+    def metadata(self) -> dict[str, Any]:
+        """What a client must send and what it gets back (the policy server sends it on
+        connect): camera keys, state and action widths, chunk size, history offsets."""
+        spec = self.spec
+        return {
+            "cameras": {k: v for k, v in self.cameras.items() if v},
+            "state_dim": self.state_width,
+            "action_dim": self.action_dim,
+            "chunk_size": spec.chunk_size,
+            "history_offsets": list(spec.history_offsets),
+            "observation_keys": sorted(
+                {"state", "instruction", *CAMERAS} | {v for v in self.cameras.values() if v}
+            ),
+        }
 
     def observe(self, observation: Mapping[str, Any]) -> None:
         """Records a step's generation frame without building an example (steps executed
@@ -406,9 +439,7 @@ class ObservationTransform:
 # ---------------------------------------------------------------------------------------------
 # What travels with an exported model: `norm_stats.json` beside the weights.
 
-NORM_STATS_FILE = "norm_stats.json"
 NORM_STATS_FORMAT = "f1_jax.norm_stats/1"
-TOKENIZER_FILE = "tokenizer.model"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
+import sentencepiece as spm
 
 
 def clean_instruction(text: str) -> str:
@@ -33,9 +35,7 @@ class Tokenizer:
     @property
     def sp(self):
         if self._sp is None:
-            import sentencepiece
-
-            self._sp = sentencepiece.SentencePieceProcessor(model_file=self.model_path)
+            self._sp = spm.SentencePieceProcessor(model_file=self.model_path)
         return self._sp
 
     def _ids(self, text: str) -> tuple[list[int], list[int]]:
@@ -65,10 +65,6 @@ def train_tokenizer(texts: list[str], path: str, vocab_size: int = 128) -> str:
 
     Ids follow PaliGemma's convention (pad 0, eos 1, bos 2, unk 3) so the same code serves both.
     """
-    import io
-
-    import sentencepiece as spm
-
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter([clean_instruction(t) for t in texts] + ["\n"]),

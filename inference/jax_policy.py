@@ -1,11 +1,13 @@
 """Closed-loop inference with a trained F1, from a run, an import output or an export.
 
-    policy = Policy.from_checkpoint("WORKDIR")           # or an export / import directory
+    policy = Policy.load("WORKDIR")                      # or an export / import directory
     policy.reset()                                       # at every episode start
-    out = policy.infer({"primary": rgb, "wrist": rgb, "state": s, "instruction": "..."}, key)
+    out = policy.infer({"primary": rgb, "wrist": rgb, "state": s, "instruction": "..."}, seed=0)
     out["actions"]                                       # [chunk, action_dim], robot units
 
-Observations become model inputs through the observation contract (`f1_jax.transforms`, the
+It implements `inference.interface.Policy` (the `jax` backend of `load_policy`).
+
+Observations become model inputs through the observation contract (`f1_common.transforms`, the
 functions the training pipeline uses, in eval mode) and are normalised with the statistics the
 run recorded (a run's checkpoint record, or the `norm_stats.json` an export carries), so the
 model sees exactly what it saw in training.
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -27,10 +29,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from conversion import api as conversion
-from f1_jax import transforms
+from conversion import loaders
+from f1_common import transforms
+from f1_common.export_layout import CONFIG_FILE, MODEL_FILE, NORM_STATS_FILE
+from f1_common.tokenizer import Tokenizer
 from f1_jax.models.f1 import F1, F1Config, model_inputs, sample_actions, to_unit_range
-from f1_jax.tokenizer import Tokenizer
 from f1_jax.training import checkpoints as ckpt
 from f1_jax.training import state as st
 from f1_jax.training.run_record import read_run_record
@@ -101,7 +104,7 @@ def read_checkpoint_info(
 def checkpoint_kind(path: str) -> str:
     """ "export" (model.safetensors + config.json), "import" (an `import` output) or "run"."""
     base = ckpt.as_path(path)
-    if (base / "model.safetensors").exists() and (base / "config.json").exists():
+    if (base / MODEL_FILE).exists() and (base / CONFIG_FILE).exists():
         return "export"
     if (base / "model_config.json").exists() and (base / "params").exists():
         return "import"
@@ -111,12 +114,12 @@ def checkpoint_kind(path: str) -> str:
 def _load_converted(path: str, kind: str):
     """(params, model config, contract) of an export or an import output."""
     if kind == "export":
-        return conversion.load_export(path)
-    params, config, _ = conversion.load_import(path)
-    contract = conversion.import_contract(path)
+        return loaders.load_export(path)
+    params, config, _ = loaders.load_import(path)
+    contract = loaders.import_contract(path)
     if contract is None:
         raise FileNotFoundError(
-            f"{path} holds weights but no {transforms.NORM_STATS_FILE}, so actions cannot be "
+            f"{path} holds weights but no {NORM_STATS_FILE}, so actions cannot be "
             "given in robot units: import an export of a run (`python -m conversion export "
             "--run`), which carries it, or pass statistics=DIR_WITH_NORM_STATS."
         )
@@ -131,9 +134,21 @@ def _with_top_k(config: F1Config, top_k: int | None) -> F1Config:
     )
 
 
+def seed_key(seed: int | Sequence[int]) -> jax.Array:
+    """A step's key: key(seed), or for a seed path (run seed, episode, step, ...) the run
+    seed's key with each further number folded in."""
+    path = (seed,) if isinstance(seed, (int, np.integer)) else tuple(seed)
+    key = jax.random.key(int(path[0]))
+    for n in path[1:]:
+        key = jax.random.fold_in(key, int(n))
+    return key
+
+
 class Policy:
     """A trained F1 behind the observation contract, with the episode's frame history and
     frame-code cache. `fork()` gives another episode state sharing the weights and programs."""
+
+    backend = "jax"
 
     def __init__(
         self,
@@ -154,12 +169,13 @@ class Policy:
         )
         self._codes: dict[int, np.ndarray] = {}  # episode frame index -> multi-scale codes [L]
         self.encoded_frames = 0  # VQ-VAE encodings run by this policy (the cache's saving)
+        self._calls = 0  # infer calls without a seed
         # One compiled program per value of return_foresight, reused for every call.
         self._infer_fn = jax.jit(self._infer_device, static_argnames="return_foresight")
         self._codes_fn = jax.jit(self._frame_codes_device)
 
     @classmethod
-    def from_checkpoint(
+    def load(
         cls,
         path: str,
         step: int | None = None,
@@ -197,7 +213,7 @@ class Policy:
         if step is not None or use_ema:
             raise ValueError(f"{path} is an {kind} directory: step and use_ema select run steps.")
         if statistics is not None and kind == "import":
-            params, model_config, _ = conversion.load_import(path)
+            params, model_config, _ = loaders.load_import(path)
             contract = transforms.read_deployment_contract(statistics)
         else:
             params, model_config, contract = _load_converted(path, kind)
@@ -214,6 +230,30 @@ class Policy:
         )
         other._codes, other.encoded_frames = {}, 0
         return other
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """What a client sends and gets back (`inference.interface.Policy.metadata`)."""
+        info = self.info
+        return {
+            "backend": self.backend,
+            "source": {"kind": info.kind, "path": str(info.directory), "step": info.step},
+            "dataset": info.dataset_name,
+            **self.transform.metadata(),
+        }
+
+    def skip(self, steps: int) -> None:
+        """Counts `steps` environment steps executed without an observation (a client running a
+        whole chunk): the newest frame stands in for them in the history."""
+        self.transform.history.hold(steps)
+
+    def save_episode(self) -> tuple:
+        return self.transform.history.snapshot(), dict(self._codes)
+
+    def restore_episode(self, state: tuple) -> None:
+        history, codes = state
+        self.transform.history.restore(history)
+        self._codes = dict(codes)
 
     # --- episode state ---------------------------------------------------------------------------
 
@@ -311,11 +351,15 @@ class Policy:
     def infer(
         self,
         observation: Mapping[str, Any],
-        rng: jax.Array,
-        return_foresight: bool = False,
+        *,
+        seed: int | Sequence[int] | None = None,
         noise: np.ndarray | None = None,
+        return_foresight: bool = False,
     ) -> dict[str, np.ndarray]:
         """One control step.
+
+        seed: the step's randomness, an int or a seed path such as (run seed, episode, step)
+          (`seed_key`); None: the n-th call of this episode state uses (0, n).
 
         observation: camera images uint8 [H, W, 3] by standard name ("primary", "wrist", ...) or by
           the dataset's keys ("image", "wrist_image"), "state" [Ds] in robot units, "instruction".
@@ -323,9 +367,11 @@ class Policy:
           "foresight_tokens" int32 [n] and "foresight_image" uint8 [h, w, 3] (the predicted frame
           `target_offsets[0]` steps ahead).
         """
+        if seed is None:
+            seed, self._calls = (0, self._calls), self._calls + 1
         example = self.transform(observation)
         frame_index = example.pop("frame_index")
-        out = self.infer_normalized(example, rng, return_foresight, frame_index, noise)
+        out = self.infer_normalized(example, seed_key(seed), return_foresight, frame_index, noise)
         result = {"actions": self.transform.robot_actions(out["actions"])}
         if return_foresight:
             result["foresight_tokens"] = out["foresight_tokens"]

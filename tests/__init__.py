@@ -1,0 +1,1 @@
+"""The test suite (a package, so that `tests.*` imports cannot resolve to another installed `tests`)."""
