@@ -70,7 +70,9 @@ def load_hooks(config: ml_collections.ConfigDict) -> Any:
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as e:
-        raise recipes.ConfigError(f"config.hooks names {name!r}, which cannot be imported: {e}") from e
+        raise recipes.ConfigError(
+            f"config.hooks names {name!r}, which cannot be imported: {e}"
+        ) from e
 
 
 def _describe_init(params_path: str) -> str | None:
