@@ -25,9 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 
-from f1_jax.models.foresight import level_ids  # noqa: E402
-from f1_jax.models.gemma import ExpertConfig  # noqa: E402
-from f1_jax.models.siglip import SiglipConfig  # noqa: E402
+from f1_common.model_config import ExpertConfig, SiglipConfig, level_ids  # noqa: E402
 from f1_jax.models.sizes import get_model_config  # noqa: E402
 
 

@@ -24,6 +24,7 @@ timeout 330 python -m benchmarks.bench_train_step --sizes full --batch 16 --step
 # in the released dtypes (bf16 where the released F1 is bf16).
 timeout 60 python -m benchmarks.bench_sample_actions --sizes full --batch 1 --repeats 10 \
   | tee "$out/sample_actions.jsonl"
-timeout 150 python -m benchmarks.bench_policy_latency --sizes full --steps 6 --warmup 2 \
-  --torch_dtypes bf16 --device cuda --released_dtypes | tee "$out/policy_latency.jsonl"
+timeout 300 python -m benchmarks.bench_policy_latency --sizes full --steps 6 --warmup 2 \
+  --torch_dtypes bf16,fp16 --torch_attention eager,sdpa --frame_cache on --device cuda \
+  --released_dtypes | tee "$out/policy_latency.jsonl"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt"

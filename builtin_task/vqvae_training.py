@@ -32,8 +32,9 @@ from flax import traverse_util
 from builtin_task.env import SimEnv
 from builtin_task.expert import expert_policy, rollout
 from f1_common import transforms
+from f1_common.model_config import VQVAEConfig
 from f1_jax.models.resize import resize_area, resize_bicubic
-from f1_jax.models.vqvae import VQVAE, VQVAEConfig
+from f1_jax.models.vqvae import VQVAE
 from f1_jax.training import checkpoints
 
 Params = Any
@@ -423,15 +424,6 @@ def _inference_fn(config: VQVAEConfig, num_scales: int) -> Any:
         return m.fhat_to_img(fhat_list[num_scales - 1]), idx_list
 
     return jax.jit(lambda p, x: VQVAE(config).apply({"params": p}, x, method=fn))
-
-
-def reconstruct(
-    config: VQVAEConfig, params: Params, frames_uint8: np.ndarray, num_scales: int | None = None
-) -> np.ndarray:
-    """Inference round trip (encode, quantize, decode f_hat after ``num_scales`` scales; all by
-    default) -> float32 ``[N, S, S, 3]`` in [-1, 1]."""
-    run = _inference_fn(config, num_scales or config.num_scales)
-    return np.asarray(run(params, jnp.asarray(to_float(frames_uint8)))[0])
 
 
 def evaluate_vqvae(

@@ -107,9 +107,14 @@ def write_export(
     params: dict[str, np.ndarray],
     tokenizer: str,
     official_dtypes: bool = False,
+    state_dim: int = STATE_DIM,
+    action_dim: int = ACTION_DIM,
 ) -> str:
     """model.safetensors (official keys, fp32 or with official_dtypes the released file's bf16 /
-    fp32 mix) + config.json + norm_stats.json + tokenizer."""
+    fp32 mix) + config.json + norm_stats.json + tokenizer.
+
+    state_dim, action_dim: the robot's widths in the statistics (LIBERO: 8 and 7); at most the
+    model's padded widths."""
     os.makedirs(directory, exist_ok=True)
     abstract = engine.abstract_params(config)
     vqvae_paths = [k.removeprefix("vqvae/") for k in abstract if k.startswith("vqvae/")]
@@ -130,8 +135,8 @@ def write_export(
     rng = np.random.default_rng(7)
     spec = observation_spec(config, {"max_token_len": 16})
     dataset = {
-        "state": _stats(STATE_DIM, rng),
-        "action": _stats(ACTION_DIM, rng),
+        "state": _stats(state_dim, rng),
+        "action": _stats(action_dim, rng),
         "norm_mode": "mean_std",
         "cameras": CAMERAS,
     }

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from f1_torch.config import ActionConfig
+from f1_common.model_config import ActionConfig
 
 
 def time_embedding(t: np.ndarray, dim: int, min_period: float, max_period: float) -> np.ndarray:
@@ -38,7 +38,7 @@ def time_embedding(t: np.ndarray, dim: int, min_period: float, max_period: float
     return np.concatenate([np.sin(angle), np.cos(angle)], axis=-1).astype(np.float32)
 
 
-class ActionIO(nn.Module):
+class ActionInputs(nn.Module):
     """State token + noisy action tokens fused with the flow time; the velocity read-out."""
 
     def __init__(self, c: ActionConfig):

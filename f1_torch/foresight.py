@@ -18,12 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from f1_torch.config import F1Config
-
-
-def level_ids(patch_nums: tuple[int, ...]) -> np.ndarray:
-    """[sum pn^2] int64: the scale index of each output token (the original's `lvl_1L`)."""
-    return np.concatenate([np.full(pn * pn, i, np.int64) for i, pn in enumerate(patch_nums)])
+from f1_common.model_config import F1Config, level_ids
 
 
 class TemporalConv(nn.Module):
@@ -63,7 +58,8 @@ class ForesightIO(nn.Module):
         # A buffer of the original used only by stage-1 training; loaded so the export is fully
         # accounted for.
         self.register_buffer("mask_embedding", torch.zeros(1, 1, z))
-        self._levels = torch.from_numpy(level_ids(vq.patch_nums))  # not a buffer (meta build)
+        # Not a buffer: the loader builds modules on the meta device and fills only the weights.
+        self._levels = torch.from_numpy(level_ids(vq.patch_nums).astype(np.int64))
 
     def _pos_lvl(self, start: int, stop: int) -> torch.Tensor:
         """Position + level embeddings of output tokens start..stop-1: [1, stop - start, W]."""

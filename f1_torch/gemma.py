@@ -5,6 +5,13 @@ MLP; in every layer the keys and values of all present experts (and of the cache
 attention, whose output is split back per expert (f1_jax/models/gemma.py). Module names follow
 transformers' Gemma (`layers.{i}.self_attn.q_proj`, `mlp.gate_proj`, `input_layernorm`, `norm`),
 so an expert's state-dict keys are the official ones below `...model.`.
+
+Two attention implementations compute the same thing: "eager" (explicit fp32 logits and softmax,
+the reference the parity tests pin to f1_jax) and "sdpa" (torch's fused
+`scaled_dot_product_attention` with the block mask as an additive bias; its kernels keep the
+softmax in fp32 for bf16 / fp16 inputs). Two RoPE angle rules: "reciprocal" (positions times
+the fp32 reciprocal of the timescale: what f1_jax computes on CPUs, and transformers' Gemma) and
+"divide" (positions divided by the timescale: the original F1 code, `rad = pos / timescale`).
 """
 
 from __future__ import annotations
@@ -17,11 +24,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from f1_torch.config import ExpertConfig
+from f1_common.model_config import RMS_NORM_EPS, ROPE_BASE, ExpertConfig
+from f1_torch.precision import stream_dtype
 
 # The fp32 masking constant of the JAX model (and openpi): a masked logit is this value, not -inf,
 # so a row without any visible key (a padding token) gets a uniform softmax instead of NaNs.
 MASK_VALUE = -2.3819763e38
+# fp16 cannot hold MASK_VALUE; half its most negative number stays finite when a logit is added.
+MASK_VALUE_FP16 = -32752.0
+ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")
+ROPE_RULES = ("reciprocal", "divide")
 
 
 class RMSNorm(nn.Module):
@@ -52,11 +64,34 @@ def rope_inverse_timescale(head_dim: int, base: float) -> torch.Tensor:
     return torch.from_numpy(np.float32(1.0) / timescale)
 
 
+def rope_timescale(head_dim: int, base: float) -> torch.Tensor:
+    """fp32 [head_dim / 2]: `base ** ((2 / head_dim) * arange(head_dim / 2))` computed as the
+    original F1 code computes it (torch fp32 arithmetic)."""
+    # On the CPU explicitly: the loader builds modules under a meta-device default.
+    exponents = (2.0 / head_dim) * torch.arange(head_dim // 2, dtype=torch.float32, device="cpu")
+    return base**exponents
+
+
+def rope_table(head_dim: int, base: float, rule: str) -> torch.Tensor:
+    """What `rope_angles` combines positions with: the inverse timescale ("reciprocal") or the
+    timescale ("divide"). fp32 [head_dim / 2]."""
+    if rule not in ROPE_RULES:
+        raise ValueError(f"Unknown RoPE rule {rule!r}; valid: {ROPE_RULES}")
+    if rule == "divide":
+        return rope_timescale(head_dim, base)
+    return rope_inverse_timescale(head_dim, base)
+
+
 def rope_angles(
-    positions: torch.Tensor, inv_timescale: torch.Tensor
+    positions: torch.Tensor, table: torch.Tensor, rule: str = "reciprocal"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """sin and cos of `position / timescale`: positions [B, T] int -> two fp32 [B, T, 1, H/2]."""
-    radians = positions.float()[..., None, None] * inv_timescale.to(positions.device)
+    """sin and cos of `position / timescale`: positions [B, T] int -> two fp32 [B, T, 1, H/2].
+
+    rule "reciprocal": `position * table` (table = `rope_inverse_timescale`); "divide":
+    `position / table` (table = `rope_timescale`), the original's fp32 division."""
+    pos = positions.float()[..., None, None]
+    table = table.to(positions.device)
+    radians = pos / table if rule == "divide" else pos * table
     return torch.sin(radians), torch.cos(radians)
 
 
@@ -74,6 +109,32 @@ def mask_bias(mask: torch.Tensor) -> torch.Tensor:
     """
     zero = torch.zeros((), dtype=torch.float32, device=mask.device)
     return torch.where(mask, zero, MASK_VALUE)[:, None, None]
+
+
+def sdpa_mask_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """bool [B, T, S] -> [B, 1, T, S] in `dtype` (the queries'): 0 where visible, a large
+    negative finite value where not, so a row without any visible key (a padding token) stays
+    finite, as in the eager path."""
+    value = MASK_VALUE_FP16 if dtype == torch.float16 else MASK_VALUE
+    zero = torch.zeros((), dtype=dtype, device=mask.device)
+    return torch.where(mask, zero, torch.tensor(value, dtype=dtype, device=mask.device))[:, None]
+
+
+def sdpa_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
+) -> torch.Tensor:
+    """`joint_attention` through torch's fused kernel (grouped-query, additive mask).
+
+    Args:
+      q: [B, T, N, H] rotated queries; k, v: [B, K, S, H] (N a multiple of K), q's dtype.
+      bias: [B, 1, T, S] from `sdpa_mask_bias`.
+    Returns:
+      [B, T, N, H] in v's dtype.
+    """
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k, v, attn_mask=bias, enable_gqa=q.shape[2] != k.shape[1]
+    )
+    return out.transpose(1, 2)
 
 
 def joint_attention(
@@ -134,15 +195,16 @@ class ExpertLayer(nn.Module):
     def __init__(self, c: ExpertConfig, dtype: torch.dtype):
         super().__init__()
         self.config = c
-        self.input_layernorm = RMSNorm(c.width, c.norm_eps)
+        self.dtype = dtype
+        self.input_layernorm = RMSNorm(c.width, RMS_NORM_EPS)
         self.self_attn = Attention(c, dtype)
-        self.post_attention_layernorm = RMSNorm(c.width, c.norm_eps)
+        self.post_attention_layernorm = RMSNorm(c.width, RMS_NORM_EPS)
         self.mlp = MLP(c, dtype)
 
     def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """[B, T, D] -> q [B, T, N, H], k and v [B, T, K, H] (before RoPE)."""
         c, (batch, length) = self.config, x.shape[:2]
-        h = self.input_layernorm(x)
+        h = self.input_layernorm(x).to(self.dtype)
         q = self.self_attn.q_proj(h).view(batch, length, c.num_heads, c.head_dim)
         k = self.self_attn.k_proj(h).view(batch, length, c.num_kv_heads, c.head_dim)
         v = self.self_attn.v_proj(h).view(batch, length, c.num_kv_heads, c.head_dim)
@@ -151,7 +213,7 @@ class ExpertLayer(nn.Module):
     def finish(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
         """Output projection + residual, then the MLP + residual. [B, T, D], [B, T, N, H]."""
         x = x + self.self_attn.o_proj(attended.flatten(2)).to(x.dtype)
-        return x + self.mlp(self.post_attention_layernorm(x)).to(x.dtype)
+        return x + self.mlp(self.post_attention_layernorm(x).to(self.dtype)).to(x.dtype)
 
 
 class GemmaExpert(nn.Module):
@@ -160,7 +222,7 @@ class GemmaExpert(nn.Module):
     def __init__(self, c: ExpertConfig, dtype: torch.dtype):
         super().__init__()
         self.layers = nn.ModuleList(ExpertLayer(c, dtype) for _ in range(c.depth))
-        self.norm = RMSNorm(c.width, c.norm_eps)
+        self.norm = RMSNorm(c.width, RMS_NORM_EPS)
 
 
 class KVCache:
@@ -199,14 +261,25 @@ class ExpertStack(nn.Module):
     `paligemma.language_model.model.`, `gemma_wm_expert.model.` and `gemma_expert.model.`.
     """
 
-    def __init__(self, experts: Sequence[ExpertConfig], dtype: torch.dtype):
+    def __init__(
+        self,
+        experts: Sequence[ExpertConfig],
+        dtype: torch.dtype,
+        attention: str = "eager",
+        rope: str = "reciprocal",
+    ):
         super().__init__()
+        if attention not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f"Unknown attention {attention!r}; valid: {ATTENTION_IMPLEMENTATIONS}")
         self.configs = tuple(experts)
         self.dtype = dtype
+        self.stream_dtype = stream_dtype(dtype)
+        self.attention = attention
+        self.rope = rope
         self.und, self.gen, self.act = (GemmaExpert(c, dtype) for c in experts)
         first = self.configs[0]
         # Not a buffer: the loader builds modules on the meta device and fills only the weights.
-        self._inv_timescale = rope_inverse_timescale(first.head_dim, first.rope_base)
+        self._rope_table = rope_table(first.head_dim, ROPE_BASE, rope)
 
     @property
     def experts(self) -> tuple[GemmaExpert, GemmaExpert, GemmaExpert]:
@@ -236,8 +309,8 @@ class ExpertStack(nn.Module):
             of the present experts. Rows nobody reads are skipped in the last layer; the cache
             is unaffected (it holds every layer's keys/values of every new token).
         Returns:
-          per expert the final-normed outputs of the kept rows [B, T_kept, D_e] in the compute
-          dtype, or None.
+          per expert the final-normed outputs of the kept rows [B, T_kept, D_e] in the residual
+          stream's dtype (the compute dtype; fp32 under fp16), or None.
         """
         groups = self._groups(xs, keep)
         num_new = sum(g.length for g in groups)
@@ -247,9 +320,11 @@ class ExpertStack(nn.Module):
                 f"{num_new} new tokens after {start} cached (capacity {cache.capacity}) need a "
                 f"mask [B, {num_new}, {end}], got {tuple(mask.shape)}."
             )
-        hs = [None if x is None else x.to(self.dtype) for x in xs]
-        sin, cos = rope_angles(positions, self._inv_timescale)
-        bias = mask_bias(mask)
+        hs = [None if x is None else x.to(self.stream_dtype) for x in xs]
+        sin, cos = rope_angles(positions, self._rope_table, self.rope)
+        sdpa = self.attention == "sdpa"
+        bias = sdpa_mask_bias(mask, self.dtype) if sdpa else mask_bias(mask)
+        attend = sdpa_attention if sdpa else joint_attention
         depth = self.configs[0].depth
         for i in range(depth):
             layers = [self.experts[g.index].layers[i] for g in groups]
@@ -271,9 +346,7 @@ class ExpertStack(nn.Module):
             ]
             q = torch.cat([apply_rope(q_, sin[:, sp], cos[:, sp]) for q_, sp in picks], dim=1)
             q_bias = torch.cat([bias[..., sp, :] for _, sp in picks], dim=-2)
-            attended = joint_attention(
-                q, cache.keys[i, :, :, :end], cache.values[i, :, :, :end], q_bias
-            )
+            attended = attend(q, cache.keys[i, :, :, :end], cache.values[i, :, :, :end], q_bias)
             offset = 0
             for layer, g, r in zip(layers, groups, rows):
                 if r is None:

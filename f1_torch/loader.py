@@ -1,4 +1,4 @@
-"""An exported model directory -> F1Model: strict, tensor by tensor.
+"""An exported model directory -> F1: strict, tensor by tensor.
 
 The export (`python -m conversion export`) writes the official F1 `model.safetensors`: PyTorch
 layouts (Linear [out, in], Conv [O, I, kh, kw]) under the official key names, which are the
@@ -17,10 +17,9 @@ import torch
 from safetensors import safe_open
 
 from f1_common.export_layout import MODEL_FILE, verify_manifest
+from f1_common.model_config import F1Config, level_ids, read_config
 from f1_common.official_config import key_problems
-from f1_torch.config import F1Config, read_config
-from f1_torch.foresight import level_ids
-from f1_torch.model import F1Model
+from f1_torch.model import F1
 
 WEIGHTS_FILE = MODEL_FILE
 P = "model.paligemma_with_expert."
@@ -153,8 +152,13 @@ def load_model(
     dtype: str | torch.dtype = "fp32",
     device: str | torch.device = "cpu",
     config: F1Config | None = None,
-) -> F1Model:
-    """Builds F1Model(config.json of `directory`, dtype) and fills it from model.safetensors.
+    *,
+    attention: str = "eager",
+    rope: str = "reciprocal",
+    compile: bool = False,
+) -> F1:
+    """Builds F1(config.json of `directory`, dtype, attention, rope) and fills it from
+    model.safetensors; `compile`: then `F1.compile_parts()` (torch.compile).
 
     Modules are created on the meta device, so host memory holds about one copy of the model
     (in the target dtypes) at the peak. The model is in eval mode without gradients.
@@ -166,7 +170,7 @@ def load_model(
         raise FileNotFoundError(f"{directory} has no {WEIGHTS_FILE}.")
     verify_manifest(directory)  # a flipped bit is named by file, not loaded silently
     with torch.device("meta"):
-        model = F1Model(config, dtype)
+        model = F1(config, dtype, attention=attention, rope=rope)
     sd = model.state_dict()
     targets = {name: t.dtype for name, t in sd.items()}
     if model.dtype == torch.bfloat16:
@@ -195,4 +199,7 @@ def load_model(
                     "the config's table is used (as the JAX model does)."
                 )
     model.load_state_dict(state, strict=True, assign=True)
-    return model.eval().requires_grad_(False)
+    model = model.eval().requires_grad_(False)
+    if compile:
+        model.compile_parts()
+    return model

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from f1_common.model_config import F1Config, action_block_starts
 from f1_torch import masks
-from f1_torch.action import ActionIO, euler_sample
-from f1_torch.config import F1Config
+from f1_torch.action import ActionInputs, euler_sample
 from f1_torch.foresight import ForesightIO, sample_codes
 from f1_torch.gemma import ExpertStack, KVCache
 from f1_torch.precision import compute_dtype, exact_fp32
@@ -38,27 +38,49 @@ def to_unit_range(images: torch.Tensor) -> torch.Tensor:
     return x.movedim(-1, -3)
 
 
-class F1Model(nn.Module):
+class F1(nn.Module):
     """SigLIP + projector, word embedding, the three-expert stack, foresight and action I/O, and
-    the VQ-VAE. `dtype` ('fp32' / 'bf16') is the matmul dtype of SigLIP and the experts
-    (f1_torch/precision.py lists what stays fp32)."""
+    the VQ-VAE.
 
-    def __init__(self, config: F1Config, dtype: str | torch.dtype = "fp32"):
+    dtype: 'fp32' / 'bf16' / 'fp16', the matmul dtype of SigLIP and the experts
+      (f1_torch/precision.py lists what stays fp32).
+    attention: 'eager' (explicit fp32 logits and softmax; the parity reference) or 'sdpa'
+      (torch's fused scaled_dot_product_attention) in SigLIP and the experts; the VQ-VAE's
+      attention stays eager, so frame codes do not depend on it.
+    rope: 'reciprocal' (positions times the fp32 reciprocal of the timescale, as f1_jax) or
+      'divide' (positions / timescale, as the original F1 code: the exact-fp32 mode).
+    """
+
+    def __init__(
+        self,
+        config: F1Config,
+        dtype: str | torch.dtype = "fp32",
+        attention: str = "eager",
+        rope: str = "reciprocal",
+    ):
         super().__init__()
         self.config = config
         self.dtype = compute_dtype(dtype)
         c = config
-        self.siglip = SiglipVision(c.siglip, self.dtype)
+        self.siglip = SiglipVision(c.siglip, self.dtype, attention)
         self.projector = nn.Linear(c.siglip.width, c.siglip.out_width, dtype=self.dtype)
         self.embed_tokens = nn.Embedding(c.vocab_size, c.und.width)
-        self.stack = ExpertStack(c.experts, self.dtype)
+        self.stack = ExpertStack(c.experts, self.dtype, attention, rope)
         self.foresight = ForesightIO(c)
-        self.action_io = ActionIO(c.action)
+        self.action_io = ActionInputs(c.action)
         self.vae = VQVAE(c.vqvae)
 
     @property
     def device(self) -> torch.device:
         return self.foresight.wm_out_proj.weight.device
+
+    def compile_parts(self) -> None:
+        """torch.compile (in place) the parts that run on every call: SigLIP and the expert
+        stack. Shapes are static per call site (prefix pass, each foresight scale, the
+        denoising step), so each compiles once; the VQ-VAE stays eager (its codes must not
+        depend on kernel choices)."""
+        self.siglip.compile(dynamic=False)
+        self.stack.compile(dynamic=False)
 
     # --- token groups ----------------------------------------------------------------------
 
@@ -68,24 +90,24 @@ class F1Model(nn.Module):
         inputs: images [B, C, S, S, 3] (uint8, or float in [-1, 1]), image_mask [B, C] bool,
           tokens [B, Lt] int, token_mask [B, Lt] bool.
         Returns:
-          tokens [B, C * P + Lt, und.width] in the compute dtype, pad [B, C * P + Lt] bool.
+          tokens [B, C * P + Lt, und.width] in the residual stream's dtype, pad [B, C * P + Lt]
+          bool.
         """
         images, present = inputs["images"], inputs["image_mask"].bool()
         batch, cams = images.shape[:2]
         num_patches, width = self.config.siglip.num_patches, self.config.und.width
         flat = present.reshape(-1)
-        patches = torch.zeros(
-            batch * cams, num_patches, width, dtype=self.dtype, device=images.device
-        )
+        stream = self.stack.stream_dtype
+        patches = torch.zeros(batch * cams, num_patches, width, dtype=stream, device=images.device)
         if flat.any():
             # Absent cameras are masked out of attention (keys and queries), so their tokens can
             # be anything finite: skip SigLIP for them, the result is the same.
             chosen = to_unit_range(images.reshape(batch * cams, *images.shape[2:])[flat])
-            patches[flat] = self.projector(self.siglip(chosen)).to(self.dtype)
+            patches[flat] = self.projector(self.siglip(chosen)).to(stream)
         patches = patches.view(batch, cams * num_patches, width)
         image_pad = present.repeat_interleave(num_patches, dim=1)
         scale = float(np.sqrt(np.float32(width)))
-        words = (self.embed_tokens(inputs["tokens"].long()).float() * scale).to(self.dtype)
+        words = (self.embed_tokens(inputs["tokens"].long()).float() * scale).to(stream)
         tokens = torch.cat([patches, words], dim=1)
         return tokens, torch.cat([image_pad, inputs["token_mask"].bool()], dim=1)
 
@@ -128,9 +150,10 @@ class F1Model(nn.Module):
             suffix) and the prefix's pad mask [B, P].
         """
         c, vq = self.config, self.vae.quantize
-        lengths = c.scale_lengths
+        lengths = c.foresight.scale_lengths
         gen_prefix = self.foresight.embed_history(self.history_inputs(history_codes))
-        pad, mask, positions = masks.prefix_layout(und_pad, c.num_cond, lengths)
+        pad, starts = masks.sequence_layout(und_pad, c.foresight)
+        mask, positions = masks.block_attention_mask(pad, starts), masks.positions_from_pad(pad)
         batch, total = pad.shape
         cache = self.stack.new_cache(batch, total + 1 + c.action.chunk_size, pad.device)
         end = und_tokens.shape[1] + gen_prefix.shape[1]
@@ -185,7 +208,11 @@ class F1Model(nn.Module):
 
         state [B, state_dim] (zero-padded), x_t [B, chunk, action_dim], t float32 [B] (host).
         Returns fp32 velocities [B, chunk, action_dim]."""
-        mask, positions = masks.suffix_layout(prefix_pad, x_t.shape[1])
+        batch, chunk = x_t.shape[:2]
+        pad = torch.ones(batch, 1 + chunk, dtype=torch.bool, device=x_t.device)
+        starts = torch.from_numpy(action_block_starts(chunk)).to(x_t.device).expand(batch, -1)
+        mask = masks.suffix_attention_mask(prefix_pad, pad, starts)
+        positions = masks.positions_from_pad(pad, prefix_pad.long().sum(dim=1))
         suffix = self.action_io(state, x_t, t)
         outs = self.stack(
             [None, None, suffix],

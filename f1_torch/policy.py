@@ -23,11 +23,11 @@ import numpy as np
 import torch
 
 from f1_common import transforms
+from f1_common.frame_cache import FrameCodeCache
+from f1_common.model_config import F1Config, read_config, with_sampling
 from f1_common.tokenizer import Tokenizer
-from f1_torch.config import F1Config, read_config, with_sampling
-from f1_torch.frame_cache import FrameCodeCache
 from f1_torch.loader import load_model
-from f1_torch.model import F1Model
+from f1_torch.model import F1
 
 # What the model reads from an example (`ObservationSpec.example_spec(training=False)`).
 MODEL_KEYS = ("images", "image_mask", "tokens", "token_mask", "state")
@@ -53,7 +53,7 @@ class TorchPolicy:
     """An exported F1 behind the observation contract, with the episode's frame history and
     (by default) its frame-code cache.
 
-    model: a loaded F1Model; contract: the export's DeploymentContract; dataset: whose
+    model: a loaded F1; contract: the export's DeploymentContract; dataset: whose
     statistics (un)normalise state and actions (default: the contract's default dataset);
     frame_cache: encode each generation frame once per episode (False: encode the whole history
     window on every call, e.g. to measure the cache's gain).
@@ -61,7 +61,7 @@ class TorchPolicy:
 
     def __init__(
         self,
-        model: F1Model,
+        model: F1,
         contract: transforms.DeploymentContract,
         dataset: str | None = None,
         tokenizer_path: str | None = None,
@@ -76,7 +76,7 @@ class TorchPolicy:
             tokenizer_path or contract.tokenizer_path, contract.spec.max_token_len
         )
         self.transform = contract.transform(self.tokenizer, dataset)
-        self.frame_cache = FrameCodeCache() if frame_cache else None
+        self.frame_cache = FrameCodeCache(enabled=frame_cache)
 
     backend = "torch"
 
@@ -93,12 +93,18 @@ class TorchPolicy:
         top_k: int | None = None,
         top_p: float | None = None,
         num_steps: int | None = None,
+        attention: str = "eager",
+        rope: str = "reciprocal",
+        compile: bool = False,
     ) -> TorchPolicy:
         """Loads `model.safetensors` + `config.json` + `norm_stats.json` (+ `tokenizer.model`).
 
-        device: where the model runs; dtype: 'fp32' (parity with f1_jax) or 'bf16' (as the
-        released model runs). top_k / top_p: the foresight sampling rule (default VAR's 900 /
-        0.95 of the original; top_k 1 is greedy); num_steps: Euler steps (default config.json's).
+        device: where the model runs; dtype: 'fp32' (parity with f1_jax), 'bf16' (as the
+        released model runs) or 'fp16' (GPUs without bf16). attention: 'eager' or 'sdpa' (torch's
+        fused attention); rope: 'reciprocal' (as f1_jax) or 'divide' (as the original F1 code);
+        compile: torch.compile the model's parts (see `F1.compile_parts`). top_k / top_p: the
+        foresight sampling rule (default VAR's 900 / 0.95 of the original; top_k 1 is greedy);
+        num_steps: Euler steps (default config.json's).
         """
         directory = os.fspath(directory)
         if str(device).startswith("cuda") and not torch.cuda.is_available():
@@ -108,19 +114,32 @@ class TorchPolicy:
             read_config(directory), top_k=top_k, top_p=top_p, num_steps=num_steps
         )
         contract = transforms.read_deployment_contract(directory)
-        model = load_model(directory, dtype=dtype, device=device, config=config)
+        model = load_model(
+            directory,
+            dtype=dtype,
+            device=device,
+            config=config,
+            attention=attention,
+            rope=rope,
+            compile=compile,
+        )
         return cls(model, contract, dataset, tokenizer_path, frame_cache)
 
     @property
     def device(self) -> torch.device:
         return self.model.device
 
+    @property
+    def encoded_frames(self) -> int:
+        """VQ-VAE encodings run by this policy (the frame-code cache's saving)."""
+        return self.frame_cache.encoded_frames
+
     def fork(self) -> TorchPolicy:
         """A policy with its own episode state (history, frame codes) sharing the loaded model:
         one per robot or server connection."""
         other = copy.copy(self)
         other.transform = self.contract.transform(self.tokenizer, self.dataset)
-        other.frame_cache = FrameCodeCache() if self.frame_cache is not None else None
+        other.frame_cache = FrameCodeCache(enabled=self.frame_cache.enabled)
         return other
 
     @property
@@ -140,22 +159,19 @@ class TorchPolicy:
 
     def save_episode(self) -> tuple:
         """The episode state (history, cached codes), for `restore_episode`."""
-        codes = None if self.frame_cache is None else dict(self.frame_cache._codes)
-        return self.transform.history.snapshot(), codes
+        return self.transform.history.snapshot(), self.frame_cache.snapshot()
 
     def restore_episode(self, state: tuple) -> None:
         history, codes = state
         self.transform.history.restore(history)
-        if self.frame_cache is not None:
-            self.frame_cache._codes = dict(codes)
+        self.frame_cache.restore(codes)
 
     # --- episode state ---------------------------------------------------------------------
 
     def reset(self) -> None:
         """Starts a new episode: forgets the frame history and the cached frame codes."""
         self.transform.reset()
-        if self.frame_cache is not None:
-            self.frame_cache.clear()
+        self.frame_cache.clear()
 
     def observe(self, observation: Mapping[str, Any]) -> None:
         """Records a step's generation frame without inferring (steps executed open-loop from a
@@ -186,9 +202,7 @@ class TorchPolicy:
         """Codes of the example's history frames [T, sum(pn^2)], through the cache if enabled."""
         frames = example["gen_frames"][: len(self.spec.history_offsets)]
         with torch.inference_mode():
-            if self.frame_cache is None:
-                return self._encode(frames)
-            return self.frame_cache.codes(frames, example["frame_index"], self._encode)
+            return torch.stack(self.frame_cache.codes(frames, example["frame_index"], self._encode))
 
     def _generator(self, seed: int | Sequence[int] | None, generator: torch.Generator | None):
         if generator is not None and seed is not None:

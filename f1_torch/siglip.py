@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from f1_torch.config import SiglipConfig
+from f1_common.model_config import SiglipConfig
+from f1_torch.precision import stream_dtype
 
 
 class LayerNorm32(nn.LayerNorm):
@@ -26,9 +27,10 @@ class LayerNorm32(nn.LayerNorm):
 class SiglipAttention(nn.Module):
     """Bidirectional multi-head self-attention with biased q/k/v/out projections."""
 
-    def __init__(self, c: SiglipConfig, dtype: torch.dtype):
+    def __init__(self, c: SiglipConfig, dtype: torch.dtype, attention: str = "eager"):
         super().__init__()
         self.num_heads = c.num_heads
+        self.attention = attention
         self.q_proj = nn.Linear(c.width, c.width, dtype=dtype)
         self.k_proj = nn.Linear(c.width, c.width, dtype=dtype)
         self.v_proj = nn.Linear(c.width, c.width, dtype=dtype)
@@ -43,10 +45,15 @@ class SiglipAttention(nn.Module):
             return t.view(batch, length, self.num_heads, head_dim).transpose(1, 2)
 
         q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
-        # fp32 logits and softmax (bf16 products are exact in fp32), probabilities in v's dtype.
-        logits = torch.matmul(q.float(), k.float().transpose(-1, -2)) * head_dim**-0.5
-        probs = torch.softmax(logits, dim=-1).to(v.dtype)
-        out = torch.matmul(probs, v).transpose(1, 2).reshape(batch, length, width)
+        if self.attention == "sdpa":
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            # fp32 logits and softmax (bf16 products are exact in fp32), probabilities in v's
+            # dtype.
+            logits = torch.matmul(q.float(), k.float().transpose(-1, -2)) * head_dim**-0.5
+            probs = torch.softmax(logits, dim=-1).to(v.dtype)
+            out = torch.matmul(probs, v)
+        out = out.transpose(1, 2).reshape(batch, length, width)
         return self.out_proj(out)
 
 
@@ -61,18 +68,20 @@ class SiglipMLP(nn.Module):
 
 
 class SiglipEncoderLayer(nn.Module):
-    """Pre-LN: `x += attn(ln1(x)); x += mlp(ln2(x))`, the stream in the compute dtype."""
+    """Pre-LN: `x += attn(ln1(x)); x += mlp(ln2(x))`, the stream in the compute dtype (fp32
+    under fp16, see precision.py)."""
 
-    def __init__(self, c: SiglipConfig, dtype: torch.dtype):
+    def __init__(self, c: SiglipConfig, dtype: torch.dtype, attention: str = "eager"):
         super().__init__()
+        self.dtype = dtype
         self.layer_norm1 = LayerNorm32(c.width, eps=c.eps)
-        self.self_attn = SiglipAttention(c, dtype)
+        self.self_attn = SiglipAttention(c, dtype, attention)
         self.layer_norm2 = LayerNorm32(c.width, eps=c.eps)
         self.mlp = SiglipMLP(c, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.layer_norm1(x).to(x.dtype))
-        return x + self.mlp(self.layer_norm2(x).to(x.dtype))
+        x = x + self.self_attn(self.layer_norm1(x).to(self.dtype)).to(x.dtype)
+        return x + self.mlp(self.layer_norm2(x).to(self.dtype)).to(x.dtype)
 
 
 class SiglipEmbeddings(nn.Module):
@@ -88,20 +97,20 @@ class SiglipEmbeddings(nn.Module):
 
 
 class SiglipEncoder(nn.Module):
-    def __init__(self, c: SiglipConfig, dtype: torch.dtype):
+    def __init__(self, c: SiglipConfig, dtype: torch.dtype, attention: str = "eager"):
         super().__init__()
-        self.layers = nn.ModuleList(SiglipEncoderLayer(c, dtype) for _ in range(c.depth))
+        self.layers = nn.ModuleList(SiglipEncoderLayer(c, dtype, attention) for _ in range(c.depth))
 
 
 class SiglipVision(nn.Module):
     """The official `vision_tower.vision_model` subtree."""
 
-    def __init__(self, c: SiglipConfig, dtype: torch.dtype):
+    def __init__(self, c: SiglipConfig, dtype: torch.dtype, attention: str = "eager"):
         super().__init__()
         self.config = c
         self.dtype = dtype
         self.embeddings = SiglipEmbeddings(c)
-        self.encoder = SiglipEncoder(c, dtype)
+        self.encoder = SiglipEncoder(c, dtype, attention)
         self.post_layernorm = LayerNorm32(c.width, eps=c.eps)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -112,7 +121,7 @@ class SiglipVision(nn.Module):
                 f"SigLIP expects images [B, 3, {c.image_size}, {c.image_size}], got "
                 f"{tuple(images.shape)}."
             )
-        x = self.embeddings(images).to(self.dtype)
+        x = self.embeddings(images).to(stream_dtype(self.dtype))
         for layer in self.encoder.layers:
             x = layer(x)
         return self.post_layernorm(x).to(self.dtype)

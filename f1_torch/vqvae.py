@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from f1_torch.config import VQVAEConfig
+from f1_common.model_config import VQVAEConfig, phi_index
 
 
 def _norm(channels: int, c: VQVAEConfig) -> nn.GroupNorm:
@@ -192,14 +191,6 @@ class Phi(nn.Conv2d):
         return h * (1 - self.ratio) + super().forward(h) * self.ratio
 
 
-def phi_index(si: int, num_scales: int, num_phis: int) -> int:
-    """Which Phi VAR applies at scale `si`: `argmin |ticks - si / (SN - 1)|`, ticks
-    `linspace(1/(3K), 1 - 1/(3K), K)` for K = 4, else `linspace(1/(2K), 1 - 1/(2K), K)`."""
-    margin = 1 / 3 / num_phis if num_phis == 4 else 1 / 2 / num_phis
-    ticks = np.linspace(margin, 1 - margin, num_phis)
-    return int(np.argmin(np.abs(ticks - si / (num_scales - 1))))
-
-
 class QuantResi(nn.Module):
     """The Phi bank: `qresi_ls.{k}` (K Phis) or `qresi` (one shared)."""
 
@@ -222,7 +213,7 @@ class QuantResi(nn.Module):
         return self.qresi_ls[phi_index(si, c.num_scales, c.num_phis)](h)
 
 
-class Quantizer(nn.Module):
+class VectorQuantizer(nn.Module):
     """VAR's `VectorQuantizer2` (inference parts): codebook `embedding` and `quant_resi`."""
 
     def __init__(self, c: VQVAEConfig):
@@ -308,7 +299,7 @@ class VQVAE(nn.Module):
         ks = c.quant_conv_ks
         self.quant_conv = nn.Conv2d(c.z_channels, c.z_channels, ks, padding=ks // 2)
         self.post_quant_conv = nn.Conv2d(c.z_channels, c.z_channels, ks, padding=ks // 2)
-        self.quantize = Quantizer(c)
+        self.quantize = VectorQuantizer(c)
 
     def frame_codes(self, frames: torch.Tensor) -> torch.Tensor:
         """VAR `img_to_idxBl`, scales concatenated: [N, 3, H, W] in [-1, 1] -> [N, sum(pn^2)]."""

@@ -32,6 +32,7 @@ import numpy as np
 from conversion import loaders
 from f1_common import transforms
 from f1_common.export_layout import CONFIG_FILE, MODEL_FILE, NORM_STATS_FILE
+from f1_common.frame_cache import FrameCodeCache
 from f1_common.tokenizer import Tokenizer
 from f1_jax.models.f1 import F1, F1Config, model_inputs, sample_actions, to_unit_range
 from f1_jax.training import checkpoints as ckpt
@@ -162,13 +163,11 @@ class Policy:
         self.params = params
         self.info = info
         self.spec = info.spec
-        self.frame_cache = frame_cache
+        self.frame_cache = FrameCodeCache(enabled=frame_cache)
         self.tokenizer = Tokenizer(tokenizer_path or info.tokenizer_path, info.spec.max_token_len)
         self.transform = transforms.ObservationTransform(
             info.spec, info.cameras, info.dataset_stats, self.tokenizer
         )
-        self._codes: dict[int, np.ndarray] = {}  # episode frame index -> multi-scale codes [L]
-        self.encoded_frames = 0  # VQ-VAE encodings run by this policy (the cache's saving)
         self._calls = 0  # infer calls without a seed
         # One compiled program per value of return_foresight, reused for every call.
         self._infer_fn = jax.jit(self._infer_device, static_argnames="return_foresight")
@@ -228,7 +227,7 @@ class Policy:
         other.transform = transforms.ObservationTransform(
             self.spec, self.info.cameras, self.info.dataset_stats, self.tokenizer
         )
-        other._codes, other.encoded_frames = {}, 0
+        other.frame_cache = FrameCodeCache(enabled=self.frame_cache.enabled)
         return other
 
     @property
@@ -248,12 +247,12 @@ class Policy:
         self.transform.history.hold(steps)
 
     def save_episode(self) -> tuple:
-        return self.transform.history.snapshot(), dict(self._codes)
+        return self.transform.history.snapshot(), self.frame_cache.snapshot()
 
     def restore_episode(self, state: tuple) -> None:
         history, codes = state
         self.transform.history.restore(history)
-        self._codes = dict(codes)
+        self.frame_cache.restore(codes)
 
     # --- episode state ---------------------------------------------------------------------------
 
@@ -264,7 +263,7 @@ class Policy:
     def reset(self) -> None:
         """Starts a new episode: forgets the frame history and the frame codes."""
         self.transform.reset()
-        self._codes = {}
+        self.frame_cache.clear()
 
     def observe(self, observation: Mapping[str, Any]) -> None:
         """Records a step's generation frame without inferring (steps executed open-loop from a
@@ -289,23 +288,19 @@ class Policy:
         codes = self.model.apply({"params": params}, frames, method=F1.frame_codes)
         return codes[0, 0]
 
+    @property
+    def encoded_frames(self) -> int:
+        """VQ-VAE encodings run by this policy (the frame-code cache's saving)."""
+        return self.frame_cache.encoded_frames
+
+    def _encode(self, frames: np.ndarray) -> list[np.ndarray]:
+        # One frame per program call: the compiled program takes one frame.
+        return [np.asarray(self._codes_fn(self.params, jnp.asarray(frame))) for frame in frames]
+
     def history_codes(self, gen_frames: np.ndarray, frame_index: np.ndarray | None) -> np.ndarray:
         """int32 [H, L]: the codes of the history frames uint8 [H, h, w, 3], each encoded once per
         episode when its index is known and the cache is on (every frame otherwise)."""
-        out = []
-        for k, frame in enumerate(gen_frames):
-            key = None if frame_index is None or not self.frame_cache else int(frame_index[k])
-            codes = self._codes.get(key) if key is not None else None
-            if codes is None:
-                codes = np.asarray(self._codes_fn(self.params, jnp.asarray(frame)))
-                self.encoded_frames += 1
-                if key is not None:
-                    self._codes[key] = codes
-            out.append(codes)
-        if frame_index is not None and self._codes:  # older frames are never looked at again
-            oldest = int(np.min(frame_index))
-            self._codes = {k: v for k, v in self._codes.items() if k >= oldest or k < 0}
-        return np.stack(out)
+        return np.stack(self.frame_cache.codes(gen_frames, frame_index, self._encode))
 
     def _infer_device(
         self,

@@ -37,6 +37,7 @@ SLOW_FIRST = (
     "training/test_stage_journey.py",
     "training/test_remote_workdir.py",
     "training/test_train_loop.py",
+    "libero_eval/test_libero_sim.py",
     "training/test_stage_configs.py",
     "models/test_f1.py",
     "training/test_frame_codes.py",

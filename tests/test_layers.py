@@ -30,6 +30,7 @@ ALLOWED: dict[str, set[str]] = {
     "configs": {"f1_jax.training.sharding", "f1_jax.models"},
     "builtin_task": COMMON
     | {"f1_jax", "data_pipelines", "conversion", "f1_torch", "inference", "configs"},
+    "libero_eval": COMMON | {"inference", "data_pipelines"},
     "benchmarks": {"*"},
 }
 PACKAGES = (
@@ -41,6 +42,7 @@ PACKAGES = (
     "inference",
     "configs",
     "builtin_task",
+    "libero_eval",
     "benchmarks",
 )
 

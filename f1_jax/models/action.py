@@ -5,7 +5,6 @@ and the network predicts the velocity u_t = noise - actions. Sampling integrates
 with `num_steps` Euler steps of dt = -1 / num_steps.
 """
 
-import dataclasses
 from typing import Callable
 
 import flax.linen as nn
@@ -13,20 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from f1_common.model_config import ActionConfig
 from f1_jax.models.precision import Precision
-
-
-@dataclasses.dataclass(frozen=True)
-class ActionConfig:
-    """Sizes of the action expert's projections; `width` is the action expert's width."""
-
-    width: int = 1024
-    action_dim: int = 32  # actions are zero-padded to this many dims
-    state_dim: int = 32  # states likewise
-    chunk_size: int = 50
-    num_steps: int = 10
-    min_period: float = 4e-3
-    max_period: float = 4.0
 
 
 def _split_bits(values: np.ndarray, pieces: int) -> list[np.ndarray]:
@@ -142,13 +129,6 @@ class ActionInputs(nn.Module):
     def velocity(self, action_outputs: jax.Array) -> jax.Array:
         """[B, chunk, width] action-expert outputs -> [B, chunk, action_dim] fp32 velocities."""
         return self.action_out_proj(action_outputs.astype(jnp.float32))
-
-
-def suffix_structure(batch: int, chunk_size: int) -> tuple[jax.Array, jax.Array]:
-    """Pad mask and block starts of [state, actions]: state is its own block, actions another."""
-    pad = jnp.ones((batch, 1 + chunk_size), bool)
-    block_start = jnp.zeros((batch, 1 + chunk_size), jnp.int32).at[:, :2].set(1)
-    return pad, block_start
 
 
 def sample_flow_time(rng: jax.Array, batch: int) -> jax.Array:

@@ -19,10 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from f1_common import transforms
+from f1_common import model_config, transforms
+from f1_common.model_config import ForesightConfig
 from f1_jax.models import masks
 from f1_jax.models.action import (
-    ActionConfig,
     ActionInputs,
     euler_sample,
     flow_matching_loss,
@@ -30,32 +30,25 @@ from f1_jax.models.action import (
     sample_flow_time,
 )
 from f1_jax.models.foresight import (
-    ForesightConfig,
     ForesightIO,
     mix_mask_embedding,
     sample_top_k_top_p,
 )
-from f1_jax.models.gemma import Embedder, ExpertConfig, ExpertStack, KVCache
+from f1_jax.models.gemma import Embedder, ExpertStack, KVCache, initializer
 from f1_jax.models.precision import get_precision
-from f1_jax.models.siglip import SiglipConfig, SiglipEncoder
-from f1_jax.models.vqvae import VQVAE, VQVAEConfig
+from f1_jax.models.siglip import SiglipEncoder
+from f1_jax.models.vqvae import VQVAE
 
 FORESIGHT_TRAINING_MODES = ("sampled", "teacher_forcing")
 Batch = dict[str, jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
-class F1Config:
-    """Every size and switch of the model. `f1_jax/models/sizes.py` holds the named sizes."""
+class F1Config(model_config.F1Config):
+    """The model's sizes (`f1_common.model_config.F1Config`, shared with the PyTorch runtime) and
+    the JAX model's training and precision switches. `f1_jax/models/sizes.py` holds the named
+    sizes."""
 
-    siglip: SiglipConfig
-    und: ExpertConfig
-    gen: ExpertConfig
-    act: ExpertConfig
-    vocab_size: int
-    vqvae: VQVAEConfig
-    foresight: ForesightConfig
-    action: ActionConfig
     precision: str = "default"
     remat_policy: str = "none"
     # "sampled": the original stage-2/3 path, coarser scales are sampled from the model's own logits.
@@ -73,43 +66,16 @@ class F1Config:
     foresight_loss_weight: float = 0.1
 
     def __post_init__(self):
-        checks = {
-            "siglip.out_width == und.width": self.siglip.out_width == self.und.width,
-            "foresight.width == gen.width": self.foresight.width == self.gen.width,
-            "action.width == act.width": self.action.width == self.act.width,
-            "foresight.patch_nums == vqvae.patch_nums": tuple(self.foresight.patch_nums)
-            == tuple(self.vqvae.patch_nums),
-            "foresight.z_channels == vqvae.z_channels": self.foresight.z_channels
-            == self.vqvae.z_channels,
-            "foresight.vocab_size == vqvae.vocab_size": self.foresight.vocab_size
-            == self.vqvae.vocab_size,
-            "expert names are und, gen, act": (self.und.name, self.gen.name, self.act.name)
-            == ("und", "gen", "act"),
-        }
-        broken = [name for name, ok in checks.items() if not ok]
-        if broken:
-            raise ValueError(f"Inconsistent F1Config: {broken} must hold.")
+        super().__post_init__()
         if self.foresight_training not in FORESIGHT_TRAINING_MODES:
             raise ValueError(
                 f"foresight_training must be one of {FORESIGHT_TRAINING_MODES}, "
                 f"got {self.foresight_training!r}."
             )
 
-    @property
-    def experts(self) -> tuple[ExpertConfig, ExpertConfig, ExpertConfig]:
-        return (self.und, self.gen, self.act)
-
 
 # ---------------------------------------------------------------------------------------------
 # Sequence layout: which token is real and where each attention block starts.
-
-
-def generation_block_starts(config: ForesightConfig) -> np.ndarray:
-    """Block starts of the generation tokens: the 680-token prefix then scales 1 .. S-1. [709]."""
-    starts = [0] * config.num_cond + [1]
-    for length in config.scale_lengths[1:]:
-        starts += [1] + [0] * (length - 1)
-    return np.asarray(starts, np.int32)
 
 
 def sequence_layout(
@@ -123,15 +89,14 @@ def sequence_layout(
       pad [B, N] bool and block_start [B, N] int32.
     """
     batch = und_pad.shape[0]
-    gen_starts = generation_block_starts(foresight)
+    gen_starts = model_config.generation_block_starts(foresight)
     groups_pad = [und_pad.astype(bool), jnp.ones((batch, gen_starts.size), bool)]
     groups_start = [
         jnp.zeros(und_pad.shape, jnp.int32),
         jnp.broadcast_to(jnp.asarray(gen_starts), (batch, gen_starts.size)),
     ]
     if chunk_size is not None:
-        act_starts = np.zeros(1 + chunk_size, np.int32)
-        act_starts[:2] = 1  # the state token is one block, the action chunk another
+        act_starts = model_config.action_block_starts(chunk_size)
         groups_pad.append(jnp.ones((batch, 1 + chunk_size), bool))
         groups_start.append(jnp.broadcast_to(jnp.asarray(act_starts), (batch, 1 + chunk_size)))
     return jnp.concatenate(groups_pad, axis=1), jnp.concatenate(groups_start, axis=1)
@@ -162,7 +127,7 @@ class F1(nn.Module):
         c = self.config
         precision = get_precision(c.precision)
         self.siglip = SiglipEncoder(c.siglip, precision, c.remat_policy, c.unroll_layers)
-        self.embedder = Embedder(c.vocab_size, c.und.width, c.und.initializer(c.und.width))
+        self.embedder = Embedder(c.vocab_size, c.und.width, initializer(c.und, c.und.width))
         self.stack = ExpertStack(
             c.experts, precision, remat_policy=c.remat_policy, unroll=c.unroll_layers
         )
@@ -312,7 +277,7 @@ class F1(nn.Module):
         batch, chunk = x_t.shape[:2]
         suffix = self.action_io(self._pad_to(state, self.config.action.state_dim), x_t, t)
         pad = jnp.ones((batch, 1 + chunk), bool)
-        starts = jnp.zeros((batch, 1 + chunk), jnp.int32).at[:, :2].set(1)
+        starts = jnp.broadcast_to(model_config.action_block_starts(chunk), (batch, 1 + chunk))
         mask = masks.suffix_attention_mask(prefix_pad, pad, starts)
         positions = masks.positions_from_pad(pad, offset=jnp.sum(prefix_pad, axis=1))
         (_, _, out), _ = self.stack([None, None, suffix], positions, mask, kv_cache=cache)

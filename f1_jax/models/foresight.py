@@ -22,89 +22,15 @@ Parameter names equal the original's module names, so conversion is a rename plu
   mask_embedding [1, 1, z] (a buffer in the original; see `mask_embedding_value`).
 """
 
-import dataclasses
 import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from f1_common.model_config import ForesightConfig, level_ids
 
 _HIGHEST = jax.lax.Precision.HIGHEST
-
-
-@dataclasses.dataclass(frozen=True)
-class ForesightConfig:
-    """Sizes of the foresight input/output modules and the sampling / masking settings."""
-
-    width: int = 1024  # generation expert width
-    z_channels: int = 32  # VQ-VAE latent channels
-    vocab_size: int = 4096
-    patch_nums: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
-    num_scales: int = 4  # scales predicted: 4 at stages 2/3, 10 at stage 1
-    history_frames: int = 4
-    temporal_kernel: int = 4
-    temporal_stride: int = 4
-    top_k: int = 900
-    top_p: float = 0.95
-    mask_sample_prob: float = 0.1  # stage-1 "mixture" masking: per sample ...
-    mask_token_prob: float = 0.15  # ... AND per token
-
-    def __post_init__(self):
-        pns = tuple(self.patch_nums)
-        if not pns or pns[0] != 1 or list(pns) != sorted(set(pns)):
-            # pn[0] = 1: the single scale-0 token is the SOS-style query (VAR's first_l = 1).
-            raise ValueError(f"patch_nums must be strictly increasing and start at 1, got {pns}.")
-        if not 1 <= self.num_scales <= len(pns):
-            raise ValueError(f"num_scales must be in 1..{len(pns)}, got {self.num_scales}.")
-        if (
-            self.history_frames < self.temporal_kernel
-            or self.temporal_stride < 1
-            or ((self.history_frames - self.temporal_kernel) // self.temporal_stride + 1 != 1)
-        ):
-            # The original squeezes the time axis after the conv: exactly one output step.
-            raise ValueError(
-                f"The temporal conv (kernel {self.temporal_kernel}, stride {self.temporal_stride}) must "
-                f"turn {self.history_frames} history frames into exactly one step."
-            )
-        for name in ("mask_sample_prob", "mask_token_prob"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be a probability, got {getattr(self, name)}.")
-
-    @property
-    def num_levels(self) -> int:
-        """Number of scales of the tokenizer (rows of the level embedding table)."""
-        return len(self.patch_nums)
-
-    @property
-    def num_tokens(self) -> int:
-        """Output tokens of all scales, sum(pn^2) (680)."""
-        return sum(pn * pn for pn in self.patch_nums)
-
-    @property
-    def num_cond(self) -> int:
-        """History (cond) tokens = next-scale inputs per frame (679); the prefix has num_cond + 1."""
-        return self.num_tokens - 1
-
-    @property
-    def scale_lengths(self) -> tuple[int, ...]:
-        """pn^2 for each predicted scale."""
-        return tuple(pn * pn for pn in self.patch_nums[: self.num_scales])
-
-    @property
-    def num_predicted(self) -> int:
-        """Output tokens actually predicted (30 at 4 scales)."""
-        return sum(self.scale_lengths)
-
-    @property
-    def scale_starts(self) -> tuple[int, ...]:
-        """Offset of each predicted scale within the output tokens, e.g. (0, 1, 5, 14)."""
-        return tuple(int(s) for s in np.cumsum((0,) + self.scale_lengths[:-1]))
-
-
-def level_ids(patch_nums: tuple[int, ...]) -> np.ndarray:
-    """[sum pn^2] int32: the scale index of each output token (the original's `lvl_1L`)."""
-    return np.concatenate([np.full(pn * pn, i, np.int32) for i, pn in enumerate(patch_nums)])
 
 
 def _torch_trunc_normal(std: float, bound: float = 2.0):

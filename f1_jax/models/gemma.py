@@ -12,13 +12,18 @@ big_vision / openpi so their checkpoints map one-to-one:
   gating_einsum [2, D, F], linear [F, D], pre_attention_norm/scale [D], pre_ffw_norm/scale [D].
 """
 
-import dataclasses
 from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from f1_common.model_config import (
+    RMS_NORM_EPS,
+    ROPE_BASE,
+    ExpertConfig,
+    check_expert_configs,
+)
 from f1_jax.models.precision import Precision
 
 # The fp32 masking constant of the original (and openpi): the most negative value that still
@@ -35,60 +40,13 @@ REMAT_POLICIES = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class ExpertConfig:
-    """One expert of the stack. All experts of a stack must agree on everything but width/mlp."""
-
-    name: str
-    width: int
-    mlp_dim: int
-    depth: int
-    num_heads: int = 8
-    num_kv_heads: int = 1
-    head_dim: int = 256
-    # Initial std of weights trained from scratch. "gemma": normal(0.02) for every projection and
-    # the word embedding (HF Gemma's initializer_range, what the original uses for new weights);
-    # "fan_in": normal(1/sqrt(fan_in)). The two agree at width ~2048; at width 32-64, 0.02 is 6-9x
-    # too small and attention stays uniform for thousands of steps (see docs/builtin_task.md).
-    param_init: str = "gemma"
-
-    def __post_init__(self):
-        if self.param_init not in PARAM_INITS:
-            raise ValueError(
-                f"Expert {self.name!r}: param_init must be one of {PARAM_INITS}, "
-                f"got {self.param_init!r}."
-            )
-
-    def initializer(self, fan_in: int) -> nn.initializers.Initializer:
-        """Initializer of a projection whose output sums over `fan_in` inputs."""
-        return nn.initializers.normal(
-            GEMMA_INIT_STD if self.param_init == "gemma" else fan_in**-0.5
-        )
-
-
-PARAM_INITS = ("gemma", "fan_in")
 GEMMA_INIT_STD = 0.02  # HF Gemma's initializer_range
 
 
-def check_expert_configs(experts: Sequence[ExpertConfig]) -> None:
-    """Raises ValueError unless the experts can share one joint attention."""
-    if not experts:
-        raise ValueError("The expert list is empty; give at least one ExpertConfig.")
-    names = [e.name for e in experts]
-    if len(set(names)) != len(names):
-        raise ValueError(f"Expert names must be unique, got {names}.")
-    first = experts[0]
-    for field in ("depth", "num_heads", "num_kv_heads", "head_dim"):
-        values = {e.name: getattr(e, field) for e in experts}
-        if len(set(values.values())) != 1:
-            raise ValueError(
-                f"All experts must share {field} (one joint attention per layer); got {values}."
-            )
-    if first.num_heads % first.num_kv_heads:
-        raise ValueError(
-            f"num_heads ({first.num_heads}) must be a multiple of num_kv_heads "
-            f"({first.num_kv_heads}) for grouped-query attention."
-        )
+def initializer(config: ExpertConfig, fan_in: int) -> nn.initializers.Initializer:
+    """Initializer of a projection of expert `config` whose output sums over `fan_in` inputs:
+    normal(0.02) ("gemma") or normal(1/sqrt(fan_in)) ("fan_in"), see `ExpertConfig.param_init`."""
+    return nn.initializers.normal(GEMMA_INIT_STD if config.param_init == "gemma" else fan_in**-0.5)
 
 
 def _param(
@@ -114,7 +72,7 @@ def constrain_activations(x: jax.Array) -> jax.Array:
 class RMSNorm(nn.Module):
     """Gemma RMSNorm: `x * rsqrt(mean(x^2) + eps) * (1 + scale)`, computed in fp32."""
 
-    eps: float = 1e-6
+    eps: float = RMS_NORM_EPS
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -124,7 +82,7 @@ class RMSNorm(nn.Module):
         return (normed * (1.0 + scale)).astype(x.dtype)
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, base: float = 10_000.0) -> jax.Array:
+def apply_rope(x: jax.Array, positions: jax.Array, base: float = ROPE_BASE) -> jax.Array:
     """Rotary embedding, rotate-half convention, computed in fp32, as the original.
 
     Args:
@@ -185,7 +143,7 @@ class ExpertLayer(nn.Module):
         c = self.config
         self.pre_attention_norm = RMSNorm()
         self.pre_ffw_norm = RMSNorm()
-        embed_init, mlp_init = c.initializer(c.width), c.initializer(c.mlp_dim)
+        embed_init, mlp_init = initializer(c, c.width), initializer(c, c.mlp_dim)
         self.q_einsum = _param(
             self,
             "q_einsum",
@@ -205,7 +163,7 @@ class ExpertLayer(nn.Module):
             "attn_vec_einsum",
             (c.num_heads, c.head_dim, c.width),
             ("q_heads", "head_dim", "embed"),
-            c.initializer(c.num_heads * c.head_dim),
+            initializer(c, c.num_heads * c.head_dim),
         )
         self.gating_einsum = _param(
             self, "gating_einsum", (2, c.width, c.mlp_dim), (None, "embed", "mlp"), embed_init
@@ -292,7 +250,7 @@ class ExpertStack(nn.Module):
 
     experts: tuple[ExpertConfig, ...]
     precision: Precision
-    rope_base: float = 10_000.0
+    rope_base: float = ROPE_BASE
     remat_policy: str = "none"
     unroll: bool = False  # unroll the layer scan (XLA's FLOP count sees a loop body once)
 

@@ -7,44 +7,15 @@ conversion tables stay short. The patch embedding and position embedding run in 
 does) before the stream is cast to the compute dtype; layer norms and softmax are fp32.
 """
 
-import dataclasses
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from f1_common.model_config import SiglipConfig
 from f1_jax.models.gemma import REMAT_POLICIES, constrain_activations
 from f1_jax.models.precision import Precision
-
-
-@dataclasses.dataclass(frozen=True)
-class SiglipConfig:
-    """SigLIP So400m/14 at 224 px by default."""
-
-    image_size: int = 224
-    patch_size: int = 14
-    width: int = 1152
-    depth: int = 27
-    mlp_dim: int = 4304
-    num_heads: int = 16
-    eps: float = 1e-6
-    out_width: int = 2048
-    # Initial value of the (learned) position embedding: "normal" as SigLIP, or "sincos2d" (plus
-    # the same small normal), whose row and column phases a small model trained from scratch
-    # can read patch positions from within a few hundred steps (a random one takes thousands).
-    posemb_init: str = "normal"
-    posemb_period: float = 100.0  # longest sincos2d wavelength scale (patches)
-
-    def __post_init__(self) -> None:
-        if self.posemb_init not in ("normal", "sincos2d"):
-            raise ValueError(
-                f"posemb_init must be 'normal' or 'sincos2d', got {self.posemb_init!r}"
-            )
-
-    @property
-    def num_patches(self) -> int:
-        return (self.image_size // self.patch_size) ** 2
 
 
 def sincos_2d(side: int, width: int, period: float) -> np.ndarray:

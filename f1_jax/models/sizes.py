@@ -1,22 +1,26 @@
 """Named model sizes beside the model: `full` (the official F1), `small`, `tiny`, `debug`.
 
 `full` reproduces the released F1 (SigLIP So400m/14 at 224 px, Gemma-2B understanding expert,
-two Gemma-300M-like experts, the VAR VQ-VAE ch 160; docs/architecture.md lists the parameter
-counts). `tiny` is what the tests use: same code paths, widths of 32-64, 2 layers, 28 px camera
-images and 32 px foresight frames. `debug` is `tiny` adjusted for the built-in task; `small`
-sits between, for CPU benchmarks. A recipe names a size (`config.model.size`) and its switches;
-`model_config_from` turns that section into an `F1Config`.
+two Gemma-300M-like experts, the VAR VQ-VAE ch 160; docs/model.md, "Parameters", gives the
+parameter counts per part, which tests/models/test_f1.py checks). `tiny` is what the tests use:
+same code paths, widths of 32-64, 2 layers, 28 px camera images and 32 px foresight frames.
+`debug` is `tiny` adjusted for the built-in task; `small` sits between, for CPU benchmarks. A
+recipe names a size (`config.model.size`) and its switches; `model_config_from` turns that
+section into an `F1Config`. The size classes themselves are `f1_common.model_config`'s, shared
+with the PyTorch runtime.
 """
 
 import dataclasses
 from typing import Any, Mapping
 
-from f1_jax.models.action import ActionConfig
+from f1_common.model_config import (
+    ActionConfig,
+    ExpertConfig,
+    ForesightConfig,
+    SiglipConfig,
+    VQVAEConfig,
+)
 from f1_jax.models.f1 import F1Config
-from f1_jax.models.foresight import ForesightConfig
-from f1_jax.models.gemma import ExpertConfig
-from f1_jax.models.siglip import SiglipConfig
-from f1_jax.models.vqvae import VQVAEConfig
 
 PALIGEMMA_VOCAB_SIZE = 257_152  # pi0's PaliGemma vocabulary (the HF original has 257,216)
 

@@ -32,10 +32,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from f1_common.model_config import VQVAEConfig, phi_index
 from f1_jax.models.resize import resize_area, resize_bicubic
 
 __all__ = [
-    "VQVAEConfig",
     "VQVAE",
     "Encoder",
     "Decoder",
@@ -47,7 +47,6 @@ __all__ = [
     "Conv2d",
     "Phi",
     "conv2d",
-    "phi_index",
 ]
 
 Dtype = Any
@@ -57,107 +56,6 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 # --------------------------------------------------------------------------------------
 # Config
 # --------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class VQVAEConfig:
-    """Hyper-parameters of VAR's ``VQVAE`` (defaults = ``vae_ch160v4096z32``)."""
-
-    vocab_size: int = 4096
-    z_channels: int = 32  # "Cvae": codebook / latent width
-    ch: int = 160
-    ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
-    num_res_blocks: int = 2  # encoder blocks per level; the decoder uses one more
-    patch_nums: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
-    quant_resi: float = 0.5  # Phi mixing ratio r in (1 - r) h + r conv(h)
-    share_quant_resi: int = 4  # 0: one Phi per scale, 1: one shared Phi, K>1: K Phis
-    default_qresi_counts: int = 0  # Phi count for share_quant_resi == 0 (0: one per scale)
-    quant_conv_ks: int = 3
-    dropout: float = 0.0
-    in_channels: int = 3
-    using_znorm: bool = False  # True: cosine-similarity lookup (unused by the release)
-    using_sa: bool = True  # attention at the lowest-resolution level
-    using_mid_sa: bool = True  # attention in the middle block
-    norm_groups: int = 32
-    norm_eps: float = 1e-6
-
-    def __post_init__(self) -> None:
-        if self.dropout != 0.0:
-            # VAR builds the tokenizer in test_mode (eval), so dropout is never active.
-            raise ValueError("this inference port supports dropout == 0.0 only")
-        if len(self.patch_nums) < 2 or list(self.patch_nums) != sorted(set(self.patch_nums)):
-            raise ValueError(
-                f"patch_nums must be >= 2 strictly increasing sizes: {self.patch_nums}"
-            )
-        for mult in self.ch_mult:
-            if (self.ch * mult) % self.norm_groups:
-                raise ValueError(
-                    f"channels {self.ch * mult} not divisible by {self.norm_groups} groups"
-                )
-
-    @property
-    def num_scales(self) -> int:
-        return len(self.patch_nums)
-
-    @property
-    def downsample_ratio(self) -> int:
-        return 2 ** (len(self.ch_mult) - 1)
-
-    @property
-    def latent_size(self) -> int:
-        """Spatial size of the encoder output; VAR requires it to equal the last scale."""
-        return self.patch_nums[-1]
-
-    @property
-    def image_size(self) -> int:
-        return self.latent_size * self.downsample_ratio
-
-    @property
-    def num_tokens(self) -> int:
-        """Total tokens over all scales (680 at full size)."""
-        return sum(pn * pn for pn in self.patch_nums)
-
-    @property
-    def var_input_len(self) -> int:
-        """Teacher-forcing input length: every scale but the first (679 at full size)."""
-        return sum(pn * pn for pn in self.patch_nums[1:])
-
-    @property
-    def num_phis(self) -> int:
-        if abs(self.quant_resi) <= 1e-6:
-            return 0  # VAR uses nn.Identity instead of Phi
-        if self.share_quant_resi == 0:
-            return self.default_qresi_counts or self.num_scales
-        return self.share_quant_resi
-
-    @classmethod
-    def full(cls) -> "VQVAEConfig":
-        """The released ``vae_ch160v4096z32`` (256x256 images, 108,948,355 params)."""
-        return cls()
-
-    @classmethod
-    def tiny(cls) -> "VQVAEConfig":
-        """A CPU-test-sized model: 32x32 images -> 16x16x8 latent, the full scale schedule."""
-        return cls(
-            vocab_size=64,
-            z_channels=8,
-            ch=32,
-            ch_mult=(1, 2),
-            num_res_blocks=1,
-            norm_groups=8,
-        )
-
-
-def phi_index(si: int, num_scales: int, num_phis: int) -> int:
-    """Which Phi VAR applies at scale ``si``: ``argmin |ticks - si / (SN - 1)|``.
-
-    ``ticks = linspace(1/(3K), 1 - 1/(3K), K)`` when K == 4, else
-    ``linspace(1/(2K), 1 - 1/(2K), K)``; K=4, SN=10 gives [0,0,1,1,1,2,2,3,3,3].
-    """
-    k = num_phis
-    margin = 1 / 3 / k if k == 4 else 1 / 2 / k
-    ticks = np.linspace(margin, 1 - margin, k)
-    return int(np.argmin(np.abs(ticks - si / (num_scales - 1))))
 
 
 # --------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from conversion import config_io
-from f1_jax.models.foresight import level_ids
+from f1_common.model_config import level_ids
 from f1_jax.models.sizes import get_model_config
 from tests.conversion import official_layout as layout
 

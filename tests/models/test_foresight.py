@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from f1_common import model_config
+from f1_common.model_config import ForesightConfig
 from f1_jax.models import foresight as fs
-from f1_jax.models.foresight import ForesightConfig, ForesightIO
+from f1_jax.models.foresight import ForesightIO
 from tolerances import assert_close
 
 torch = pytest.importorskip("torch", reason="torch is the reference for the parity tests")
@@ -69,8 +71,11 @@ def test_config_derived_sizes():
     c10 = ForesightConfig(num_scales=10)
     assert c10.num_predicted == 680 and c10.scale_starts[-1] == 424
     assert (TINY.num_tokens, TINY.num_cond) == (30, 29)
-    np.testing.assert_array_equal(fs.level_ids((1, 2, 3)), [0] + [1] * 4 + [2] * 9)
-    assert fs.level_ids(c.patch_nums).shape == (680,) and fs.level_ids(c.patch_nums)[-1] == 9
+    np.testing.assert_array_equal(model_config.level_ids((1, 2, 3)), [0] + [1] * 4 + [2] * 9)
+    assert (
+        model_config.level_ids(c.patch_nums).shape == (680,)
+        and model_config.level_ids(c.patch_nums)[-1] == 9
+    )
     for bad in (
         dict(num_scales=0),
         dict(num_scales=11),

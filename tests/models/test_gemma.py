@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from f1_jax.models import masks
-from f1_jax.models.gemma import Embedder, ExpertConfig, ExpertStack
+from f1_common.model_config import ExpertConfig
+from f1_jax.models.gemma import Embedder, ExpertStack, initializer
 from f1_jax.models.precision import get_precision
 from tolerances import assert_close, transformer_terms
 
@@ -362,7 +363,7 @@ def test_param_init_scales(param_init):
     for name, fan in fan_in.items():
         expected = 0.02 if param_init == "gemma" else fan**-0.5
         assert abs(float(np.std(params[name])) / expected - 1) < 0.1, name
-    embedder = Embedder(512, 64, experts[0].initializer(64))
+    embedder = Embedder(512, 64, initializer(experts[0], 64))
     table = embedder.init(jax.random.key(1), jnp.zeros((1, 2), jnp.int32))["params"]
     expected = 0.02 if param_init == "gemma" else 64**-0.5
     assert abs(float(np.std(nn.unbox(table)["input_embedding"])) / expected - 1) < 0.1

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from f1_jax.models.precision import get_precision
-from f1_jax.models.siglip import SiglipConfig, SiglipEncoder, sincos_2d
+from f1_common.model_config import SiglipConfig
+from f1_jax.models.siglip import SiglipEncoder, sincos_2d
 from tolerances import assert_close, transformer_terms
 
 torch = pytest.importorskip("torch", reason="parity tests need the optional torch extra")

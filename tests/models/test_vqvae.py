@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from f1_common import model_config
 from f1_jax.models import vqvae as vq
 from f1_jax.models.resize import area_matrix
-from f1_jax.models.vqvae import VQVAE, VQVAEConfig
+from f1_common.model_config import VQVAEConfig
+from f1_jax.models.vqvae import VQVAE
 from tolerances import assert_close
 
 torch = pytest.importorskip("torch", reason="torch is the reference for the VQ-VAE parity tests")
@@ -301,9 +303,9 @@ def test_upsample() -> None:
 
 
 def test_phi_index_schedule() -> None:
-    assert [vq.phi_index(si, 10, 4) for si in range(10)] == [0, 0, 1, 1, 1, 2, 2, 3, 3, 3]
+    assert [model_config.phi_index(si, 10, 4) for si in range(10)] == [0, 0, 1, 1, 1, 2, 2, 3, 3, 3]
     for k in (1, 3, 6):  # non-4 K uses the 1/(2K) margin
-        assert [vq.phi_index(si, 10, k) for si in range(10)] == [
+        assert [model_config.phi_index(si, 10, k) for si in range(10)] == [
             t_phi_index(si, 10, k) for si in range(10)
         ]
 
@@ -438,7 +440,7 @@ def test_full_config_constants() -> None:
     cfg = VQVAEConfig.full()
     assert cfg.image_size == 256 and cfg.latent_size == 16
     assert cfg.num_tokens == 680 and cfg.var_input_len == 679
-    assert [vq.phi_index(si, cfg.num_scales, cfg.num_phis) for si in range(10)] == [
+    assert [model_config.phi_index(si, cfg.num_scales, cfg.num_phis) for si in range(10)] == [
         0,
         0,
         1,

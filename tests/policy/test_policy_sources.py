@@ -64,7 +64,7 @@ def test_run_export_and_import_give_the_same_robot_actions(sim_run, exported):
 def test_frame_code_cache_is_bit_identical_and_encodes_each_frame_once(sim_run):
     cached = Policy.load(sim_run["workdir"])
     plain = cached.fork()
-    plain.frame_cache = False
+    plain.frame_cache.enabled = False
     with_cache, without = _rollout(cached), _rollout(plain)
     for a, b in zip(with_cache, without):
         np.testing.assert_array_equal(a["actions"], b["actions"])
@@ -74,7 +74,7 @@ def test_frame_code_cache_is_bit_identical_and_encodes_each_frame_once(sim_run):
     assert cached.encoded_frames == steps  # one new frame per step
     assert plain.encoded_frames == 4 * steps  # the 4 history frames every step
     cached.reset()
-    assert not cached._codes
+    assert len(cached.frame_cache) == 0
 
 
 def test_forks_keep_their_own_episodes(sim_run):

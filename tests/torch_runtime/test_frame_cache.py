@@ -7,8 +7,8 @@ import torch
 
 from conversion import synthetic as exports
 from f1_common import transforms
+from f1_common.frame_cache import FrameCodeCache
 from f1_torch import TorchPolicy, load_model
-from f1_torch.frame_cache import FrameCodeCache
 
 # Two episodes: (environment steps, steps that infer; the others only observe). The second one
 # reaches frame indices the first cached, which a missing reset() would serve stale.
@@ -54,7 +54,7 @@ def test_cached_and_uncached_runs_are_bit_identical(tiny_export, policies):
         for key in a:
             np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     # Each distinct frame once with the cache; the whole window on every call without.
-    assert encoded_cached == len(seen) == cached.frame_cache.frames_encoded
+    assert encoded_cached == len(seen) == cached.encoded_frames
     assert encoded_uncached == len(with_cache) * len(cached.spec.history_offsets)
 
 
@@ -68,7 +68,7 @@ def test_the_cache_keeps_only_the_current_window():
 
     frames = np.zeros((4, 2, 2, 3), np.uint8)
     codes = cache.codes(frames, np.array([0, 0, 0, 0]), encode)
-    assert encoded == [1] and codes.shape == (4, 3) and len(cache) == 1
+    assert encoded == [1] and torch.stack(codes).shape == (4, 3) and len(cache) == 1
     cache.codes(frames, np.array([0, 3, 6, 9]), encode)
     assert encoded == [1, 3]
     cache.codes(frames, np.array([3, 6, 9, 12]), encode)

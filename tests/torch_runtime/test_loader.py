@@ -15,7 +15,7 @@ from conversion import config_io
 from conversion import synthetic as exports
 from f1_jax.models.sizes import get_model_config
 from f1_torch import LoadError, load_model
-from f1_torch.config import from_official
+from f1_common.model_config import from_official
 from f1_torch.loader import P
 
 
