@@ -171,7 +171,7 @@ def divisible_spec(
                 f"nor is any other: replicated over {axis}"
             )
     entries = [None if not a else a[0] if len(a) == 1 else tuple(a) for a in dims]
-    while entries and entries[-1] is None:
+    while len(entries) > len(spec) and entries[-1] is None:  # the rules' spec length, as given
         entries.pop()
     return PartitionSpec(*entries), notes
 

@@ -111,7 +111,7 @@ def test_an_indivisible_parameter_axis_moves_or_is_replicated_and_is_named():
     moved, notes = sharding.divisible_spec(
         (14, 14, 3, 32), PartitionSpec(None, None, None, "fsdp"), three
     )
-    assert moved == PartitionSpec(None, None, "fsdp")
+    assert moved == PartitionSpec(None, None, "fsdp", None)
     assert "split over axis 2 (size 3) instead" in notes[0]
 
 
@@ -142,7 +142,7 @@ def test_the_sharding_fallback_trains_exactly_as_one_device():
             assert any("patch_embedding/kernel" in n and "split over axis 2" in n for n in notes)
             assert any("fc1/kernel" in n and "replicated over fsdp" in n for n in notes)
             sh = ts.state_shardings.params["siglip"]["patch_embedding"]["kernel"]
-            assert sh.spec == PartitionSpec(None, None, "fsdp")
+            assert sh.spec == PartitionSpec(None, None, "fsdp", None)
         else:
             assert notes == []
         spec = observation_spec(ts.model_config, config.data)
