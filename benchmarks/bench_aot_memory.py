@@ -22,13 +22,13 @@ def main():
     # deferred: XLA_FLAGS (the simulated device count) must be set before JAX starts.
     import jax  # deferred: XLA_FLAGS must be set before JAX starts
     from benchmarks.common import emit  # deferred: imports JAX
-    from f1_jax import launch  # deferred: imports JAX
+    from f1_jax import recipes  # deferred: with the JAX imports below (XLA_FLAGS first)
     from f1_jax.training import setup, sharding  # deferred: imports JAX
 
     assert jax.device_count() == args.devices, "XLA_FLAGS must be set before JAX starts"
     mesh = sharding.make_mesh((1, -1, 1))
     for name in args.recipes.split(","):
-        config = launch.load_config(name)
+        config = recipes.load_config(name)
         start = time.perf_counter()
         lowered = setup.lower_train_step(config, mesh, args.per_device_batch * args.devices)
         compiled = lowered.compile()

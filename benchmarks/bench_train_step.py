@@ -8,12 +8,8 @@ Each line also carries XLA's FLOPs of the compiled step and the compiler's memor
 step can be sized on a CPU (one device: `--sizes full --batch 16 --compile_only`). On a GPU the
 device's measured peak memory is added.
 
-Model FLOPs per example (analytic, stated here so numbers are comparable across machines):
-  for every transformer (SigLIP, and each expert of the joint stack) 6 x (layer parameters) x
-  (tokens through them) for the forward and backward matmuls, plus 12 x layers x heads x head_dim
-  x queries x keys for the attention score and value products (forward 4, backward 8).
-  The frozen VQ-VAE encoder and the foresight sampling passes that run before the gradient pass are
-  real work but not model FLOPs; XLA's own count of everything is reported beside it.
+Model FLOPs: the project's analytic count, f1_jax/training/flops.py (the same in
+`python -m f1_jax.aot`); XLA's own count (a scanned layer counted once) is reported beside it.
 Peak FLOP/s: the device's bf16 peak where known (H100 989 TFLOP/s dense), else measured here as the
 best throughput of a large fp32 matmul on this machine (stated in the output).
 """
@@ -31,6 +27,7 @@ from benchmarks.common import emit, time_call
 from configs.base import base_config
 from f1_jax.models.f1 import observation_spec
 from f1_jax.training import setup, sharding
+from f1_jax.training.flops import step_flops
 
 PEAK_FLOPS = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H200": 989e12}
 
@@ -40,30 +37,6 @@ def measured_matmul_peak(n: int = 2048) -> float:
     f = jax.jit(lambda x: x @ x)
     median, best = time_call(lambda: f(a), repeats=5)
     return 2 * n**3 / best
-
-
-def model_flops_per_example(model_config, num_und_tokens: int, cams: int = 3) -> float:
-    """Analytic training FLOPs of one example (see module docstring)."""
-    c = model_config
-    fc = c.foresight
-    siglip_layer = 4 * (c.siglip.width**2 + c.siglip.width) + 2 * c.siglip.width * c.siglip.mlp_dim
-    patches = c.siglip.num_patches
-    flops = 6 * siglip_layer * c.siglip.depth * patches * cams
-    flops += 12 * c.siglip.depth * c.siglip.width * patches * patches * cams
-    flops += 6 * c.siglip.width * c.siglip.out_width * patches * cams
-    gen_tokens = fc.num_tokens + fc.num_predicted - fc.scale_lengths[0]
-    act_tokens = 1 + c.action.chunk_size
-    und_tokens = num_und_tokens
-    for expert, tokens in ((c.und, und_tokens), (c.gen, gen_tokens), (c.act, act_tokens)):
-        layer = (
-            2 * expert.num_heads * expert.head_dim * expert.width
-            + 2 * expert.num_kv_heads * expert.head_dim * expert.width
-            + 3 * expert.width * expert.mlp_dim
-        )
-        flops += 6 * layer * expert.depth * tokens
-    total = und_tokens + gen_tokens + act_tokens
-    flops += 12 * c.und.depth * c.und.num_heads * c.und.head_dim * total * total
-    return float(flops)
 
 
 def _set(config, assignment: str) -> str:
@@ -119,8 +92,7 @@ def bench(
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     xla_flops = float(cost.get("flops", float("nan")))
     memory = compiled.memory_analysis()
-    und_tokens = len(spec.cameras) * model_config.siglip.num_patches + spec.max_token_len
-    flops = model_flops_per_example(model_config, und_tokens, len(spec.cameras)) * batch_size
+    flops = step_flops(model_config, spec, batch_size)
     fields = dict(
         benchmark="train_step",
         size=size,

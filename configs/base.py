@@ -74,8 +74,12 @@ def base_config() -> ml_collections.ConfigDict:
         }
     )
     c.eval_data = ml_collections.ConfigDict({"datasets": []})  # held-out episodes; empty: no eval
-    # (data, fsdp, tensor) sizes, one may be -1; num_devices 0 uses every device.
-    c.mesh = ml_collections.ConfigDict({"shape": (1, -1, 1), "num_slices": 1, "num_devices": 0})
+    # (data, fsdp, tensor) sizes, one may be -1; num_devices 0 uses every device. On a TPU torus
+    # each axis is a product of whole physical axes unless allow_split_physical_axes.
+    # `python -m f1_jax.aot` checks a mesh against a TPU topology before the pod is rented.
+    c.mesh = ml_collections.ConfigDict(
+        {"shape": (1, -1, 1), "num_slices": 1, "num_devices": 0, "allow_split_physical_axes": False}
+    )
     c.sharding_rules = [list(rule) for rule in DEFAULT_RULES]
     c.optimizer = ml_collections.ConfigDict(
         {

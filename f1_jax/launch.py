@@ -14,7 +14,6 @@ training on every host (the `debug` recipe's built-in task prepares its data tha
 """
 
 import importlib
-import importlib.util
 import json
 import logging
 import os
@@ -25,19 +24,11 @@ import jax
 import ml_collections
 from absl import app, flags
 from absl import logging as absl_logging
-from ml_collections import config_flags
 
+from f1_jax import recipes
 from f1_jax.training import checkpoints, run_config, sharding, trainer
 
-RECIPES = ("debug", "stage1", "stage2", "stage3_libero", "stage3_bridge", "finetune")
-
-_CONFIG = config_flags.DEFINE_config_file(
-    "config",
-    None,
-    f"Recipe name ({', '.join(RECIPES)}) or path to a .py file with get_config(); "
-    "FILE.py:ARG passes ARG to get_config.",
-    lock_config=False,
-)
+_CONFIG = recipes.define_config_flag()
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run directory, local or a URI (gs://...); a run there is resumed."
 )
@@ -53,94 +44,6 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
 flags.mark_flags_as_required(["config", "workdir"])
 
 log = logging.getLogger("f1_jax")
-
-
-class ConfigError(ValueError):
-    """A bad --config name, path or override."""
-
-
-def recipe_path(name_or_path: str) -> str:
-    """`configs/<name>.py` for a recipe name, else the path itself (with its `:ARG` suffix)."""
-    path, sep, arg = name_or_path.partition(":")
-    if path.endswith(".py") or os.sep in path:
-        if not os.path.isfile(path):
-            raise ConfigError(f"Config file {path!r} does not exist.")
-        return name_or_path
-    spec = importlib.util.find_spec(f"configs.{path}") if path.isidentifier() else None
-    if spec is None or spec.origin is None:
-        raise ConfigError(
-            f"Unknown config {path!r}; recipes: {list(RECIPES)}, "
-            "or give a path to a .py file with get_config()."
-        )
-    return spec.origin + sep + arg
-
-
-def load_config(name_or_path: str) -> ml_collections.ConfigDict:
-    """The recipe or file's `get_config()` (with its `:ARG`), as config_flags would load it."""
-    path, _, arg = recipe_path(name_or_path).partition(":")
-    spec = importlib.util.spec_from_file_location("f1_user_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ConfigError(f"{name_or_path!r} defines no get_config().")
-    return module.get_config(arg) if arg else module.get_config()
-
-
-def check_field(config: ml_collections.ConfigDict, dotted: str) -> None:
-    """Raises ConfigError naming the valid fields if `config.<dotted>` does not exist."""
-    node, parts = config, dotted.split(".")
-    for depth, key in enumerate(parts):
-        here = ".".join(parts[:depth]) or "config"
-        if not isinstance(node, (ml_collections.ConfigDict, dict)) or key not in node:
-            valid = (
-                sorted(node.keys()) if isinstance(node, (ml_collections.ConfigDict, dict)) else []
-            )
-            raise ConfigError(
-                f"Unknown config field {dotted!r}: {here} has no {key!r}. "
-                f"Valid fields of {here}: {valid}"
-            )
-        node = node[key]
-
-
-def _flag_value(argv: Sequence[str], name: str) -> str | None:
-    for i, arg in enumerate(argv):
-        if arg.startswith(f"--{name}="):
-            return arg.split("=", 1)[1]
-        if arg == f"--{name}" and i + 1 < len(argv):
-            return argv[i + 1]
-    return None
-
-
-def resolve_argv(argv: Sequence[str]) -> list[str]:
-    """Rewrites `--config=NAME` to the recipe's file and checks every `--config.FIELD=` override
-    against the loaded config, so a typo stops with the valid names instead of a traceback."""
-    name = _flag_value(argv, "config")
-    if name is None:
-        return list(argv)
-    resolved = recipe_path(name)
-    out = []
-    for arg in argv:
-        if arg == f"--config={name}":
-            arg = f"--config={resolved}"
-        elif arg == name and out and out[-1] == "--config":
-            arg = resolved
-        out.append(arg)
-    fields = [a[len("--config.") :].split("=", 1)[0] for a in argv if a.startswith("--config.")]
-    if fields:
-        config = load_config(name)
-        for field in fields:
-            check_field(config, field)
-    return out
-
-
-def parse_flags(argv: Sequence[str]) -> list[str]:
-    """absl's flag parsing with recipe names and readable errors (exit status 2)."""
-    try:
-        argv = resolve_argv(argv)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    return app.parse_flags_with_usage(argv)
 
 
 def maybe_initialize_distributed() -> None:
@@ -167,7 +70,9 @@ def load_hooks(config: ml_collections.ConfigDict) -> Any:
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as e:
-        raise ConfigError(f"config.hooks names {name!r}, which cannot be imported: {e}") from e
+        raise recipes.ConfigError(
+            f"config.hooks names {name!r}, which cannot be imported: {e}"
+        ) from e
 
 
 def _describe_init(params_path: str) -> str | None:
@@ -214,7 +119,7 @@ def main(argv: Sequence[str]) -> None:
     absl_logging.set_verbosity(absl_logging.WARNING)
     try:
         hooks = load_hooks(config)
-    except ConfigError as e:
+    except recipes.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     if _DRY_RUN.value:
@@ -234,4 +139,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=recipes.parse_flags)

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from f1_jax import launch
+from f1_jax import recipes
 from f1_jax.models.sizes import model_config_from
 from f1_jax.training import setup
 from test_launch import _launch
@@ -22,7 +22,7 @@ MY_ROBOT = {
 
 
 def test_recipe_states_its_start_and_frozen_groups(tmp_path):
-    config = launch.load_config("finetune")
+    config = recipes.load_config("finetune")
     assert config.init.required and config.init.params_path == ""
     assert tuple(config.optimizer.frozen) == ("vqvae",)  # everything else trains, as stage 3
     assert config.model.size == "full" and config.model.chunk_size == 4

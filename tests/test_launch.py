@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from f1_jax import launch
+from f1_jax import recipes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,19 +27,19 @@ def _launch(*args: str, cwd: str = ROOT) -> subprocess.CompletedProcess:
 
 
 def test_recipes_load_and_fields_are_checked():
-    for name in launch.RECIPES:
-        assert launch.load_config(name).model.size in ("full", "debug")
-    config = launch.load_config("stage2")
-    launch.check_field(config, "optimizer.lr.gen")
-    with pytest.raises(launch.ConfigError, match=r"train has no 'stepz'.*'steps'"):
-        launch.check_field(launch.load_config("debug"), "train.stepz")
-    with pytest.raises(launch.ConfigError, match=r"config has no 'trian'"):
-        launch.check_field(config, "trian.steps")
-    with pytest.raises(launch.ConfigError, match=r"Unknown config 'stage9'"):
-        launch.recipe_path("stage9")
-    with pytest.raises(launch.ConfigError, match=r"does not exist"):
-        launch.recipe_path("/no/such/config.py")
-    assert launch.recipe_path("stage2").endswith(os.path.join("configs", "stage2.py"))
+    for name in recipes.RECIPES:
+        assert recipes.load_config(name).model.size in ("full", "debug")
+    config = recipes.load_config("stage2")
+    recipes.check_field(config, "optimizer.lr.gen")
+    with pytest.raises(recipes.ConfigError, match=r"train has no 'stepz'.*'steps'"):
+        recipes.check_field(recipes.load_config("debug"), "train.stepz")
+    with pytest.raises(recipes.ConfigError, match=r"config has no 'trian'"):
+        recipes.check_field(config, "trian.steps")
+    with pytest.raises(recipes.ConfigError, match=r"Unknown config 'stage9'"):
+        recipes.recipe_path("stage9")
+    with pytest.raises(recipes.ConfigError, match=r"does not exist"):
+        recipes.recipe_path("/no/such/config.py")
+    assert recipes.recipe_path("stage2").endswith(os.path.join("configs", "stage2.py"))
 
 
 def test_config_file_with_argument(tmp_path):
@@ -49,7 +49,7 @@ def test_config_file_with_argument(tmp_path):
         "def get_config(name='libero_goal_no_noops'):\n"
         "    return stage3_config(name, 'libero', chunk_size=4)\n"
     )
-    config = launch.load_config(f"{path}:libero_10_no_noops")
+    config = recipes.load_config(f"{path}:libero_10_no_noops")
     assert config.data.datasets[0]["name"] == "libero_10_no_noops"
 
 

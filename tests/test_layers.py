@@ -20,7 +20,10 @@ ALLOWED: dict[str, set[str]] = {
     "f1_jax.models": COMMON,
     "data_pipelines": COMMON,
     "f1_jax.training": COMMON | {"f1_jax.models", "data_pipelines"},
-    "f1_jax.launch": COMMON | {"f1_jax.training", "f1_jax.models", "data_pipelines"},
+    "f1_jax.recipes": set(),
+    "f1_jax.launch": COMMON
+    | {"f1_jax.recipes", "f1_jax.training", "f1_jax.models", "data_pipelines"},
+    "f1_jax.aot": COMMON | {"f1_jax.recipes", "f1_jax.training", "f1_jax.models"},
     "conversion": COMMON | {"f1_jax.models", "f1_jax.training"},
     "f1_torch": COMMON,
     "inference": COMMON | {"f1_jax", "data_pipelines", "conversion", "f1_torch"},

@@ -99,6 +99,13 @@ def train(
             st.count_params(frozen) / 1e6,
             dict(mesh.shape),
         )
+        fallbacks = sharding.sharding_fallbacks(ts.boxed_params, mesh, ts.rules)
+        if fallbacks:  # placement only; python -m f1_jax.aot shows their memory cost
+            log.warning(
+                "%d parameter dimensions are not divisible by their mesh axes: %s",
+                len(fallbacks),
+                "; ".join(fallbacks),
+            )
 
     config_json = config.to_json_best_effort(indent=2)
     start = run_dir.latest_step()

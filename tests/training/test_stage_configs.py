@@ -6,7 +6,7 @@ recipe on a 64-device mesh and records the compiler's memory figures in BENCHMAR
 import flax.linen as nn
 import pytest
 
-from f1_jax import launch
+from f1_jax import recipes
 from f1_jax.models.f1 import F1, observation_spec
 from f1_jax.models.sizes import model_config_from
 from f1_jax.training import optimizer as opt
@@ -24,9 +24,9 @@ INPUTS = {
 }
 
 
-@pytest.mark.parametrize("name", launch.RECIPES)
+@pytest.mark.parametrize("name", recipes.RECIPES)
 def test_recipe_builds(name):
-    config = launch.load_config(name)
+    config = recipes.load_config(name)
     for field, value in INPUTS.get(name, {}).items():
         config.data[field] = value
     model_config = model_config_from(config.model)
@@ -43,7 +43,7 @@ def test_recipe_builds(name):
 
 @pytest.mark.parametrize("name", ["stage1", "stage2"])
 def test_full_size_train_step_lowers_and_compiles(name):
-    config = launch.load_config(name)
+    config = recipes.load_config(name)
     lowered = setup.lower_train_step(config, sharding.make_mesh((1, 8, 1)), batch_size=8)
     if name == "stage2":
         memory = lowered.compile().memory_analysis()
@@ -53,7 +53,7 @@ def test_full_size_train_step_lowers_and_compiles(name):
 
 def test_debug_train_step_lowers_with_its_narrow_state_and_action_widths():
     """abstract_batch follows the model's pad widths (8-dim state, 7-dim actions for `debug`)."""
-    config = launch.load_config("debug")
+    config = recipes.load_config("debug")
     model_config = model_config_from(config.model)
     batch = setup.abstract_batch(observation_spec(model_config, config.data), 8)
     assert batch["state"].shape == (8, model_config.action.state_dim) == (8, 8)

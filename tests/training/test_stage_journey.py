@@ -12,7 +12,7 @@ import pytest
 from builtin_task import SimEnv, writer
 from builtin_task.prepare import all_instructions
 from conversion.cli import main as conversion_main
-from f1_jax import launch
+from f1_jax import recipes
 from f1_jax.models.f1 import F1
 from f1_jax.models.sizes import model_config_from
 from inference.jax_policy import Policy
@@ -22,7 +22,7 @@ from f1_jax.training import checkpoints, state, trainer
 
 def _stage(name: str, data: dict, init: str, steps: int = 2):
     """The recipe `name` at the debug size on the built-in data, for a few steps."""
-    c = launch.load_config(name)
+    c = recipes.load_config(name)
     c.model.size = "debug"
     c.model.precision = "parity"
     c.model.remat_policy = "none"
