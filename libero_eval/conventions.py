@@ -37,13 +37,14 @@ SETTLE_STEPS = 10  # no-op steps at the start: objects are dropped into the scen
 RESOLUTION = 256  # the training sets' render size; the checkpoint's contract resizes from it
 ENV_SEED = 7  # openpi's; the fixed init states decide the layout, the seed only the rest
 EPISODES_PER_TASK = 50  # every suite ships 50 fixed init states per task
-STATE_DIM = libero_source.STATE_DIM  # 8
-ACTION_DIM = libero_source.ACTION_DIM  # 7
+# The training sets' widths, from the LIBERO source's configuration (sources/libero.py SPEC).
+STATE_DIM = sum(part["dims"] for part in libero_source.SPEC["state"])  # 8
+ACTION_DIM = sum(part["dims"] for part in libero_source.SPEC["action"])  # 7
 GRIPPER_OPEN, GRIPPER_CLOSE = -1.0, 1.0  # the action's last dim, as in the datasets
 # Zero motion with the gripper open: what the settle steps send (openpi's and OFT's dummy action).
 NOOP_ACTION = np.array([0.0] * 6 + [GRIPPER_OPEN], np.float32)
 # The datasets' camera keys (`image`, `wrist_image`) by standard camera name.
-CAMERA_KEYS = {name: key for name, key in libero_source.DEFAULT_CAMERAS.items() if key}
+CAMERA_KEYS = {name: key for name, key in libero_source.SPEC["cameras"].items() if key}
 RENDER_KEYS = {"primary": "agentview_image", "wrist": "robot0_eye_in_hand_image"}
 
 

@@ -20,7 +20,7 @@ def make_libero_export(directory: str) -> str:
     """Random weights of the smallest size with LIBERO's contract: `debug` (state 8, action 7,
     primary + wrist cameras by the datasets' keys), written as `conversion export` writes."""
     from conversion import synthetic  # deferred: only the tests that evaluate a model need it
-    from data_pipelines.sources import libero as libero_source  # deferred: as above
+    from libero_eval import conventions  # deferred: as above
 
     config = synthetic.model_config("debug")
     return synthetic.write_export(
@@ -28,6 +28,6 @@ def make_libero_export(directory: str) -> str:
         config,
         synthetic.random_params(config),
         synthetic.make_tokenizer(directory),
-        state_dim=libero_source.STATE_DIM,
-        action_dim=libero_source.ACTION_DIM,
+        state_dim=conventions.STATE_DIM,
+        action_dim=conventions.ACTION_DIM,
     )

@@ -42,7 +42,7 @@ def test_observation_conventions_match_the_training_sets(sim):
     # sizes: the datasets' 256 x 256 uint8 cameras, the 8-dim state, the 7-dim action
     for name, key in conventions.CAMERA_KEYS.items():
         assert obs[name].dtype == np.uint8 and obs[name].shape == features[key].shape
-    assert obs["state"].shape == features["state"].shape == (libero_source.STATE_DIM,)
+    assert obs["state"].shape == features["state"].shape == (conventions.STATE_DIM,)
     assert conventions.NOOP_ACTION.shape == libero_source.feature_spec()["steps"]["action"].shape
     # orientation: the renders rotated by 180 degrees, as the dataset builder stored them
     np.testing.assert_array_equal(obs["primary"], np.rot90(raw["agentview_image"], 2))

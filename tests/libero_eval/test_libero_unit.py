@@ -10,6 +10,7 @@ import pytest
 from builtin_task import evaluate as builtin_evaluate
 from data_pipelines.sources import action_to_native
 from data_pipelines.sources import libero as libero_source
+from data_pipelines.sources.rlds import GRIPPER_CONVENTIONS
 from libero_eval import conventions, results, simulator
 from libero_eval.evaluate import Settings, seed_path
 
@@ -31,7 +32,8 @@ def test_protocol_constants_match_the_community_evaluators():
 def test_gripper_convention_is_the_datasets():
     """-1 opens, +1 closes, as sources/libero.py keeps it; a model trained open_is_positive is
     mapped back to exactly this by the contract (actions_to_native)."""
-    ((dim, (scale, offset)),) = libero_source.GRIPPER_OPEN_POSITIVE.items()
+    (dim,) = libero_source.SPEC["gripper"]["dims"]
+    scale, offset = GRIPPER_CONVENTIONS[libero_source.SPEC["gripper"]["convention"]]
     assert dim == conventions.ACTION_DIM - 1
     assert scale * conventions.GRIPPER_OPEN + offset == 1.0  # open -> 1 in open_is_positive
     assert scale * conventions.GRIPPER_CLOSE + offset == 0.0
