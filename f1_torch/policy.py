@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from f1_common import transforms
+from f1_common.episode import EpisodeState
 from f1_common.frame_cache import FrameCodeCache
 from f1_common.model_config import F1Config, read_config, with_sampling
 from f1_common.tokenizer import Tokenizer
@@ -49,7 +50,7 @@ def check_contract(config: F1Config, spec: transforms.ObservationSpec) -> None:
         raise ValueError(f"norm_stats.json does not fit config.json: {broken} must hold ({spec}).")
 
 
-class TorchPolicy:
+class TorchPolicy(EpisodeState):
     """An exported F1 behind the observation contract, with the episode's frame history and
     (by default) its frame-code cache.
 
@@ -151,33 +152,6 @@ class TorchPolicy:
             "dataset": self.dataset,
             **self.transform.metadata(),
         }
-
-    def skip(self, steps: int) -> None:
-        """Counts `steps` environment steps executed without an observation (a client running a
-        whole chunk): the newest frame stands in for them in the history."""
-        self.transform.history.hold(steps)
-
-    def save_episode(self) -> tuple:
-        """The episode state (history, cached codes), for `restore_episode`."""
-        return self.transform.history.snapshot(), self.frame_cache.snapshot()
-
-    def restore_episode(self, state: tuple) -> None:
-        history, codes = state
-        self.transform.history.restore(history)
-        self.frame_cache.restore(codes)
-
-    # --- episode state ---------------------------------------------------------------------
-
-    def reset(self) -> None:
-        """Starts a new episode: forgets the frame history and the cached frame codes."""
-        self.transform.reset()
-        self.frame_cache.clear()
-
-    def observe(self, observation: Mapping[str, Any]) -> None:
-        """Records a step's generation frame without inferring (steps executed open-loop from a
-        chunk still enter the history, whose offsets count environment steps). The frame is
-        encoded only if a later window uses it."""
-        self.transform.observe(observation)
 
     def preprocess(self, observation: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Observation -> one example (`spec.example_spec(training=False)` keys + "frame_index").

@@ -31,6 +31,7 @@ import numpy as np
 
 from conversion import loaders
 from f1_common import transforms
+from f1_common.episode import EpisodeState
 from f1_common.export_layout import CONFIG_FILE, MODEL_FILE, NORM_STATS_FILE
 from f1_common.frame_cache import FrameCodeCache
 from f1_common.tokenizer import Tokenizer
@@ -145,7 +146,7 @@ def seed_key(seed: int | Sequence[int]) -> jax.Array:
     return key
 
 
-class Policy:
+class Policy(EpisodeState):
     """A trained F1 behind the observation contract, with the episode's frame history and
     frame-code cache. `fork()` gives another episode state sharing the weights and programs."""
 
@@ -241,34 +242,9 @@ class Policy:
             **self.transform.metadata(),
         }
 
-    def skip(self, steps: int) -> None:
-        """Counts `steps` environment steps executed without an observation (a client running a
-        whole chunk): the newest frame stands in for them in the history."""
-        self.transform.history.hold(steps)
-
-    def save_episode(self) -> tuple:
-        return self.transform.history.snapshot(), self.frame_cache.snapshot()
-
-    def restore_episode(self, state: tuple) -> None:
-        history, codes = state
-        self.transform.history.restore(history)
-        self.frame_cache.restore(codes)
-
-    # --- episode state ---------------------------------------------------------------------------
-
     @property
     def history(self) -> transforms.FrameHistory:
         return self.transform.history
-
-    def reset(self) -> None:
-        """Starts a new episode: forgets the frame history and the frame codes."""
-        self.transform.reset()
-        self.frame_cache.clear()
-
-    def observe(self, observation: Mapping[str, Any]) -> None:
-        """Records a step's generation frame without inferring (steps executed open-loop from a
-        chunk must still enter the history, whose offsets count environment steps)."""
-        self.transform.observe(observation)
 
     def preprocess(self, observation: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Observation -> one model example (`spec.example_spec(training=False)` keys).

@@ -43,6 +43,11 @@ SLOW_FIRST = (
     "training/test_frame_codes.py",
     "torch_runtime/test_parity.py",
     "policy/test_policy_sources.py",
+    "training/test_aot.py",
+    "libero_eval/test_libero_sim.py",
+    "serving/test_serve.py",
+    "training/test_frame_codes_two_process.py",
+    "conversion/test_conv_release_stats.py",
 )
 
 

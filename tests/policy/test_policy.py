@@ -108,10 +108,11 @@ def test_actions_are_unnormalised_with_the_training_statistics(policy):
 def test_inference_is_compiled_once(policy):
     ep = _episode(policy)
     policy.reset()
-    before = policy.compiled_count()
-    for t in range(3):
+    policy.infer(_observation(ep, 0), seed=0, return_foresight=True)
+    compiled = policy.compiled_count()  # 1 or 2: the server's warm-up compiles the other mode
+    for t in range(1, 4):
         policy.infer(_observation(ep, t), seed=t, return_foresight=True)
-    assert before <= 1 and policy.compiled_count() == 1  # every test uses return_foresight=True
+    assert compiled <= 2 and policy.compiled_count() == compiled  # no compile per call
     policy.reset()
 
 
