@@ -15,7 +15,16 @@ from libero_eval import conventions, simulator
 from libero_eval.evaluate import Settings, run
 from tests.libero_eval.libero_setup import make_libero_export, requires_libero
 
-pytestmark = requires_libero
+# MuJoCo's EGL context segfaulted when created in a test worker that had already run many other
+# tests (seen once in the full suite; alone, these tests pass): they run in an interpreter of
+# their own, started by test_libero_sim_isolated.py.
+pytestmark = [
+    requires_libero,
+    pytest.mark.skipif(
+        os.environ.get("F1_LIBERO_SIM_PROCESS") != "1",
+        reason="runs in its own interpreter through tests/libero_eval/test_libero_sim_isolated.py",
+    ),
+]
 
 
 @pytest.fixture(scope="module")
