@@ -44,6 +44,8 @@ def base_config() -> ml_collections.ConfigDict:
             # loss and gradients as the original's two passes, one prefix forward less)
             "reuse_prefix": True,
             "unroll_layers": False,  # benchmarks only: XLA counts a loop body's FLOPs once
+            # the joint attention: xla, or splash (TPU splash attention kernel; docs/model.md)
+            "attention": "xla",
             "action_loss_weight": 1.0,
             "foresight_loss_weight": 0.1,
         }

@@ -34,7 +34,7 @@ from f1_jax.models.foresight import (
     mix_mask_embedding,
     sample_top_k_top_p,
 )
-from f1_jax.models.gemma import Embedder, ExpertStack, KVCache, initializer
+from f1_jax.models.gemma import ATTENTION_KINDS, Embedder, ExpertStack, KVCache, initializer
 from f1_jax.models.precision import get_precision
 from f1_jax.models.siglip import SiglipEncoder
 from f1_jax.models.vqvae import VQVAE
@@ -62,6 +62,10 @@ class F1Config(model_config.F1Config):
     # Unroll the layer scans: more compile time; only for XLA's FLOP count, which counts a loop
     # body once (benchmarks/bench_train_step.py).
     unroll_layers: bool = False
+    # The joint attention of the training passes: "xla", or "splash" (TPU splash attention,
+    # skipping the tiles the block mask never attends; f1_jax/models/splash.py), or
+    # "splash_interpret" (the same kernel in Pallas's interpreter: tests on a CPU).
+    attention: str = "xla"
     action_loss_weight: float = 1.0
     foresight_loss_weight: float = 0.1
 
@@ -72,10 +76,23 @@ class F1Config(model_config.F1Config):
                 f"foresight_training must be one of {FORESIGHT_TRAINING_MODES}, "
                 f"got {self.foresight_training!r}."
             )
+        if self.attention not in ATTENTION_KINDS:
+            raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {self.attention!r}.")
 
 
 # ---------------------------------------------------------------------------------------------
 # Sequence layout: which token is real and where each attention block starts.
+
+
+def layout_block_starts(
+    num_und: int, foresight: ForesightConfig, chunk_size: int | None
+) -> np.ndarray:
+    """Block starts of [understanding | generation | action (if chunk_size)]: int32 [N], the
+    same for every example (only which understanding tokens are real differs)."""
+    groups = [np.zeros(num_und, np.int32), model_config.generation_block_starts(foresight)]
+    if chunk_size is not None:
+        groups.append(model_config.action_block_starts(chunk_size))
+    return np.concatenate(groups)
 
 
 def sequence_layout(
@@ -88,18 +105,10 @@ def sequence_layout(
     Returns:
       pad [B, N] bool and block_start [B, N] int32.
     """
-    batch = und_pad.shape[0]
-    gen_starts = model_config.generation_block_starts(foresight)
-    groups_pad = [und_pad.astype(bool), jnp.ones((batch, gen_starts.size), bool)]
-    groups_start = [
-        jnp.zeros(und_pad.shape, jnp.int32),
-        jnp.broadcast_to(jnp.asarray(gen_starts), (batch, gen_starts.size)),
-    ]
-    if chunk_size is not None:
-        act_starts = model_config.action_block_starts(chunk_size)
-        groups_pad.append(jnp.ones((batch, 1 + chunk_size), bool))
-        groups_start.append(jnp.broadcast_to(jnp.asarray(act_starts), (batch, 1 + chunk_size)))
-    return jnp.concatenate(groups_pad, axis=1), jnp.concatenate(groups_start, axis=1)
+    batch, num_und = und_pad.shape
+    starts = layout_block_starts(num_und, foresight, chunk_size)
+    pad = jnp.ones((batch, starts.size), bool).at[:, :num_und].set(und_pad.astype(bool))
+    return pad, jnp.broadcast_to(jnp.asarray(starts), (batch, starts.size))
 
 
 def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -129,7 +138,11 @@ class F1(nn.Module):
         self.siglip = SiglipEncoder(c.siglip, precision, c.remat_policy, c.unroll_layers)
         self.embedder = Embedder(c.vocab_size, c.und.width, initializer(c.und, c.und.width))
         self.stack = ExpertStack(
-            c.experts, precision, remat_policy=c.remat_policy, unroll=c.unroll_layers
+            c.experts,
+            precision,
+            remat_policy=c.remat_policy,
+            unroll=c.unroll_layers,
+            attention=c.attention,
         )
         self.foresight = ForesightIO(c.foresight)
         self.action_io = ActionInputs(c.action, precision)
@@ -137,6 +150,17 @@ class F1(nn.Module):
         self._precision = precision
 
     # --- token groups ----------------------------------------------------------------------------
+
+    def _layout(
+        self, und_pad: jax.Array, chunk_size: int | None
+    ) -> tuple[jax.Array, jax.Array | masks.BlockMask]:
+        """The sequence's pad [B, N] and its block mask: dense for XLA's attention, factored
+        (`masks.BlockMask`) for splash attention."""
+        pad, starts = sequence_layout(und_pad, self.config.foresight, chunk_size)
+        if self.config.attention == "xla":
+            return pad, masks.block_attention_mask(pad, starts)
+        static = layout_block_starts(und_pad.shape[1], self.config.foresight, chunk_size)
+        return pad, masks.BlockMask.from_layout(pad, static)
 
     def embed_understanding(self, obs: Batch) -> tuple[jax.Array, jax.Array]:
         """Camera patch tokens then instruction tokens: [B, U, und.width] and pad [B, U]."""
@@ -182,8 +206,7 @@ class F1(nn.Module):
             next-scale inputs fed back), f_hat [B, L, L, z]; n = tokens of the predicted scales.
           The KV cache over understanding + all generation tokens, and its pad mask [B, P].
         """
-        pad, starts = sequence_layout(und_pad, self.config.foresight, chunk_size=None)
-        mask = masks.block_attention_mask(pad, starts)
+        pad, mask = self._layout(und_pad, chunk_size=None)
         positions = masks.positions_from_pad(pad)
         end = und_tokens.shape[1] + gen_prefix.shape[1]
         (_, gen_out, _), cache = self.stack(
@@ -324,9 +347,8 @@ class F1(nn.Module):
                 noisy_actions(actions, noise, t),
                 t,
             )
-        pad, starts = sequence_layout(und_pad, fc, c.action.chunk_size if with_actions else None)
+        pad, mask = self._layout(und_pad, c.action.chunk_size if with_actions else None)
         positions = masks.positions_from_pad(pad)
-        mask = masks.block_attention_mask(pad, starts)
         gen_prefix = self._precision.cast(gen_prefix)
 
         num_fed = fc.num_predicted - fc.scale_lengths[0]

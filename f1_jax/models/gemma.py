@@ -25,7 +25,9 @@ from f1_common.model_config import (
     check_expert_configs,
 )
 from f1_jax.models import remat
+from f1_jax.models.masks import BlockMask
 from f1_jax.models.precision import Precision
+from f1_jax.models.splash import splash_attention
 
 # The fp32 masking constant of the original (and openpi): the most negative value that still
 # survives the softmax's max-subtraction without overflowing.
@@ -126,6 +128,27 @@ def joint_attention(
     return out.reshape(batch, num_q, num_heads, head_dim)
 
 
+# How the joint attention runs: XLA's einsums, or TPU splash attention (f1_jax/models/splash.py),
+# natively or in Pallas's interpreter (any backend, for tests). Splash needs a `masks.BlockMask`.
+ATTENTION_KINDS = ("xla", "splash", "splash_interpret")
+
+
+def attend(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array | BlockMask,
+    precision: Precision,
+    kind: str = "xla",
+) -> jax.Array:
+    """The joint attention of `kind` (ATTENTION_KINDS); a dense mask always runs on XLA."""
+    if isinstance(mask, BlockMask):
+        if kind != "xla":
+            return splash_attention(q, k, v, mask, interpret=kind == "splash_interpret")
+        mask = mask.dense()
+    return joint_attention(q, k, v, mask, precision)
+
+
 class ExpertLayer(nn.Module):
     """One expert's weights in one layer: the parts before and after the joint attention."""
 
@@ -194,6 +217,7 @@ class Block(nn.Module):
     experts: tuple[ExpertConfig, ...]
     precision: Precision
     rope_base: float
+    attention: str = "xla"
 
     @nn.compact
     def __call__(
@@ -213,7 +237,8 @@ class Block(nn.Module):
         if kv_cache is not None:  # Cached keys come first: they belong to earlier tokens.
             k = jnp.concatenate([kv_cache[0].astype(k.dtype), k], axis=1)
             v = jnp.concatenate([kv_cache[1].astype(v.dtype), v], axis=1)
-        attended = remat.tag(joint_attention(q, k, v, mask, self.precision), "attention_context")
+        attended = attend(q, k, v, mask, self.precision, self.attention)
+        attended = remat.tag(attended, "attention_context")
 
         outs, start = [], 0
         for layer, x in zip(layers, xs):
@@ -250,13 +275,14 @@ class ExpertStack(nn.Module):
     rope_base: float = ROPE_BASE
     remat_policy: str = "none"
     unroll: bool = False  # unroll the layer scan (XLA's FLOP count sees a loop body once)
+    attention: str = "xla"  # ATTENTION_KINDS; splash only where the mask is a BlockMask
 
     @nn.compact
     def __call__(
         self,
         embedded: Sequence[jax.Array | None],
         positions: jax.Array,
-        mask: jax.Array,
+        mask: jax.Array | BlockMask,
         kv_cache: KVCache | None = None,
     ) -> tuple[list[jax.Array | None], KVCache]:
         """Runs all layers over the tokens of the present experts.
@@ -264,7 +290,7 @@ class ExpertStack(nn.Module):
         Args:
           embedded: one [B, T_i, D_i] array per expert, in config order, or None to skip an expert.
           positions: [B, T] int RoPE positions of the T = sum(T_i) new tokens.
-          mask: [B, T, S] bool, S = cached tokens + T.
+          mask: [B, T, S] bool (dense or a `masks.BlockMask`), S = cached tokens + T.
           kv_cache: keys and values [depth, B, S_cache, K, H] of earlier tokens, or None.
         Returns:
           Per-expert outputs after the final norm (None where the input was None), and the KV cache of
@@ -282,9 +308,10 @@ class ExpertStack(nn.Module):
             unroll=self.experts[0].depth if self.unroll else 1,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
-        xs, new_cache = layers(self.experts, self.precision, self.rope_base, name="layers")(
-            xs, kv_cache, positions, mask
-        )
+        if self.attention not in ATTENTION_KINDS:
+            raise ValueError(f"Unknown attention {self.attention!r}; valid: {ATTENTION_KINDS}")
+        stack = layers(self.experts, self.precision, self.rope_base, self.attention, name="layers")
+        xs, new_cache = stack(xs, kv_cache, positions, mask)
         outs = [
             None if x is None else RMSNorm(name=f"final_norm_{c.name}")(x)
             for c, x in zip(self.experts, xs)

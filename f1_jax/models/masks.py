@@ -6,8 +6,11 @@ is not later than i's block and both are real tokens. A block therefore sees eve
 itself bidirectionally: all 0s is a fully bidirectional prefix, all 1s is causal.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def block_attention_mask(pad: jax.Array, block_start: jax.Array) -> jax.Array:
@@ -68,3 +71,62 @@ def positions_from_pad(pad: jax.Array, offset: jax.Array | int = 0) -> jax.Array
     if offset.ndim == 1:
         offset = offset[:, None]
     return offset + jnp.cumsum(pad.astype(jnp.int32), axis=1) - 1
+
+
+@jax.tree_util.register_pytree_node_class
+@dataclasses.dataclass(frozen=True)
+class BlockMask:
+    """`block_attention_mask` kept in its two factors: which tokens are real (per example) and
+    each token's block (the same for every example, so static). A kernel that knows the static
+    part at compile time can skip the tiles it never attends (`f1_jax/models/splash.py`).
+
+    Query i may attend to key j when kv_blocks[j] <= q_blocks[i] and both are real.
+    """
+
+    q_pad: jax.Array  # [B, T] bool
+    kv_pad: jax.Array  # [B, S] bool
+    q_blocks: tuple[int, ...]  # [T] block id of each query (static)
+    kv_blocks: tuple[int, ...]  # [S] block id of each key (static)
+
+    @classmethod
+    def from_layout(cls, pad: jax.Array, block_start: np.ndarray) -> "BlockMask":
+        """The mask of a sequence: pad [B, N] bool and its static block starts [N]."""
+        blocks = tuple(int(b) for b in np.cumsum(np.asarray(block_start, np.int64)))
+        if pad.shape[1:] != (len(blocks),):
+            raise ValueError(f"pad {pad.shape} does not match {len(blocks)} block starts")
+        return cls(pad.astype(bool), pad.astype(bool), blocks, blocks)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.q_pad.shape[0], len(self.q_blocks), len(self.kv_blocks))
+
+    def static_mask(self) -> np.ndarray:
+        """[T, S] bool: the block rule alone (every token real)."""
+        return np.asarray(self.kv_blocks)[None, :] <= np.asarray(self.q_blocks)[:, None]
+
+    def dense(self) -> jax.Array:
+        """[B, T, S] bool, equal to `block_attention_mask` of the same layout."""
+        return (
+            jnp.asarray(self.static_mask())[None] & self.q_pad[:, :, None] & self.kv_pad[:, None, :]
+        )
+
+    def __getitem__(self, index: tuple[slice, ...]) -> "BlockMask":
+        """mask[:, queries, keys] with slices, as on the dense mask."""
+        if not isinstance(index, tuple) or len(index) > 3:
+            raise IndexError(f"BlockMask takes [:, slice, slice], got {index}")
+        batch, queries, keys = (index + (slice(None),) * 3)[:3]
+        if batch != slice(None) or not isinstance(queries, slice) or not isinstance(keys, slice):
+            raise IndexError(f"BlockMask takes [:, slice, slice], got {index}")
+        return BlockMask(
+            self.q_pad[:, queries],
+            self.kv_pad[:, keys],
+            self.q_blocks[queries],
+            self.kv_blocks[keys],
+        )
+
+    def tree_flatten(self):
+        return (self.q_pad, self.kv_pad), (self.q_blocks, self.kv_blocks)
+
+    @classmethod
+    def tree_unflatten(cls, static, arrays):
+        return cls(*arrays, *static)

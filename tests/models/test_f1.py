@@ -12,6 +12,7 @@ import pytest
 from f1_jax.models.sizes import get_model_config
 from f1_jax.models import masks
 from f1_jax.models.f1 import F1, example_batch, sample_actions, sequence_layout
+from f1_jax.training import sharding
 from tolerances import assert_close, transformer_terms
 
 TINY = get_model_config("tiny", precision="parity")
@@ -272,3 +273,29 @@ def test_remat_policy_gives_the_full_remat_loss_and_gradients(tiny_model, policy
         return jax.jit(fn)(params)
 
     _assert_same_loss_and_gradients(loss_and_grads(policy), loss_and_grads("full"), batch)
+
+
+def test_splash_attention_gives_the_xla_loss_and_gradients(tiny_model):
+    """The training step with its joint attention through splash attention (run by Pallas's
+    interpreter on this CPU, on a mesh of 2 devices: each runs the kernel on its example) equals
+    XLA's einsums on one device: loss, metrics and every gradient, in fp32. The prefix, sampling
+    and suffix passes all go through it; a padded instruction token and, in one example, a
+    missing camera make the real keys differ per example (the segment ids)."""
+    _, params, batch = tiny_model
+    batch = dict(batch, image_masks=np.array(batch["image_masks"]))
+    batch["image_masks"][1, -1] = False
+    rng = jax.random.key(4)
+
+    def loss_and_grads_fn(attention: str):
+        model = F1(dataclasses.replace(TINY, attention=attention))
+        return jax.value_and_grad(lambda p: model.apply(p, batch, rng), has_aux=True)
+
+    def loss_and_grads(attention: str):
+        return jax.jit(loss_and_grads_fn(attention))(params)
+
+    mesh = sharding.make_mesh((1, 2, 1), devices=jax.devices()[:2])
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.DEFAULT_RULES):
+        jaxpr = str(jax.make_jaxpr(loss_and_grads_fn("splash_interpret"))(params))
+        assert "shard_map" in jaxpr and "splash" in jaxpr  # the kernel, per device
+        splash = loss_and_grads("splash_interpret")
+    _assert_same_loss_and_gradients(splash, loss_and_grads("xla"), batch)

@@ -42,3 +42,23 @@ def test_positions_skip_padding_and_continue():
 def test_shape_errors():
     with pytest.raises(ValueError, match=r"must both be \[B, N\]"):
         masks.block_attention_mask(jnp.ones((2, 3), bool), jnp.ones((2, 4), jnp.int32))
+
+
+def test_block_mask_factors_equal_the_dense_mask_and_slice_like_it():
+    """`BlockMask` (per-example pad, static blocks: what splash attention takes) is the dense
+    block mask, also sliced as the model slices it (prefix, a sampled scale, the suffix)."""
+    rng = np.random.default_rng(0)
+    starts = np.array([0, 0, 0, 0, 1, 1, 0, 1, 0, 0, 1, 1], np.int32)
+    pad = jnp.asarray(rng.random((3, starts.size)) > 0.3)
+    factored = masks.BlockMask.from_layout(pad, starts)
+    dense = masks.block_attention_mask(pad, jnp.broadcast_to(jnp.asarray(starts), pad.shape))
+    assert factored.shape == dense.shape
+    np.testing.assert_array_equal(factored.dense(), dense)
+    for index in [
+        (slice(None), slice(None, 6), slice(None, 6)),
+        (slice(None), slice(6, 9), slice(None, 9)),
+        (slice(None), slice(9, None)),
+    ]:
+        np.testing.assert_array_equal(factored[index].dense(), dense[index])
+    with pytest.raises(IndexError):
+        factored[0]
