@@ -7,6 +7,7 @@ from typing import Any, Mapping
 
 from data_pipelines.sources import GRIPPER_CONVENTIONS, SOURCE_KINDS, for_dataset
 from data_pipelines.sources.lerobot import LeRobotOptions
+from data_pipelines.sources.lerobot import load_mapping as load_lerobot_mapping
 from data_pipelines.sources.rlds import load_config as load_rlds_config
 from f1_common.transforms import CAMERAS, MAX_DIM, NORM_MODES, ObservationSpec
 
@@ -40,7 +41,8 @@ class DatasetConfig:
       a mapping, JSON text or the path of a JSON file.
     lerobot: for source "lerobot", which features are state and action and the gripper's dims and
       convention (`sources.lerobot.LeRobotOptions` fields; cameras map to feature names such as
-      "observation.images.top").
+      "observation.images.top"), as a mapping, JSON text or a JSON file's path; its optional
+      `cameras` entry sets `cameras`.
     """
 
     name: str
@@ -51,7 +53,7 @@ class DatasetConfig:
     cameras: Mapping[str, str | None] | None = None
     norm_mode: str | None = None
     drop_unlabeled: bool | None = None
-    lerobot: Mapping[str, Any] | None = None
+    lerobot: Mapping[str, Any] | str | None = None
     rlds: Mapping[str, Any] | str | None = None
 
     def __post_init__(self):
@@ -64,6 +66,23 @@ class DatasetConfig:
         # pickled into worker processes and must not reread a file.
         object.__setattr__(self, "rlds", _plain(load_rlds_config(self.rlds, self.name)))
         for_dataset(self)  # checks an rlds configuration, naming this dataset
+        # The lerobot entry as a plain dict ("" = none; JSON text or a JSON file from a command
+        # line); its `cameras` become this dataset's cameras.
+        lerobot = load_lerobot_mapping(self.lerobot, self.name)
+        if lerobot is not None and "cameras" in lerobot:
+            cameras = lerobot.pop("cameras")
+            if not isinstance(cameras, Mapping):
+                raise ValueError(
+                    f"dataset {self.name!r}: lerobot.cameras must map camera names to features, "
+                    f'e.g. {{"primary": "observation.images.top"}}, got {cameras!r}'
+                )
+            if self.cameras is not None and dict(self.cameras) != cameras:
+                raise ValueError(
+                    f"dataset {self.name!r}: cameras given twice, {dict(self.cameras)} and "
+                    f"lerobot.cameras {cameras}"
+                )
+            object.__setattr__(self, "cameras", dict(cameras))
+        object.__setattr__(self, "lerobot", lerobot)
         if self.weight < 0:
             raise ValueError(f"dataset {self.name!r}: negative weight {self.weight}")
         if self.cameras is not None:
@@ -87,7 +106,7 @@ class DatasetConfig:
 
 
 # One dataset given by fields of the data section itself (DataConfig.from_mapping).
-SINGLE_DATASET_FIELDS = ("name", "source", "path", "rlds")
+SINGLE_DATASET_FIELDS = ("name", "source", "path", "rlds", "lerobot")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,7 +215,8 @@ class DataConfig:
         if single and not single.get("path"):
             raise ValueError(
                 f"data.path is empty: set it to dataset {single.get('name')!r}'s TFDS version "
-                "directory (e.g. --config.data.path=/data/my_robot/1.0.0)"
+                "directory (e.g. --config.data.path=/data/my_robot/1.0.0) or, with "
+                "data.source=lerobot, its LeRobot root (the folder holding meta/info.json)"
             )
         if single:
             given = [dict(d.to_dict() if hasattr(d, "to_dict") else d) for d in cfg["datasets"]]
