@@ -62,10 +62,6 @@ class DatasetConfig:
                 f"dataset {self.name!r}: unknown source {self.source!r}; "
                 f"expected one of {SOURCE_KINDS}"
             )
-        # A plain dict (from a JSON file or text, or a ConfigDict; "" = none): the config is
-        # pickled into worker processes and must not reread a file.
-        object.__setattr__(self, "rlds", _plain(load_rlds_config(self.rlds, self.name)))
-        for_dataset(self)  # checks an rlds configuration, naming this dataset
         # The lerobot entry as a plain dict ("" = none; JSON text or a JSON file from a command
         # line); its `cameras` become this dataset's cameras.
         lerobot = load_lerobot_mapping(self.lerobot, self.name)
@@ -83,6 +79,15 @@ class DatasetConfig:
                 )
             object.__setattr__(self, "cameras", dict(cameras))
         object.__setattr__(self, "lerobot", lerobot)
+        if self.lerobot is not None and self.source != "lerobot":
+            raise ValueError(
+                f"dataset {self.name!r}: `lerobot` options given for source {self.source!r} "
+                '(a LeRobot dataset needs source "lerobot", e.g. --config.data.source=lerobot)'
+            )
+        # A plain dict (from a JSON file or text, or a ConfigDict; "" = none): the config is
+        # pickled into worker processes and must not reread a file.
+        object.__setattr__(self, "rlds", _plain(load_rlds_config(self.rlds, self.name)))
+        for_dataset(self)  # checks an rlds configuration, naming this dataset
         if self.weight < 0:
             raise ValueError(f"dataset {self.name!r}: negative weight {self.weight}")
         if self.cameras is not None:
@@ -95,10 +100,6 @@ class DatasetConfig:
         if self.norm_mode is not None and self.norm_mode not in NORM_MODES:
             raise ValueError(f"dataset {self.name!r}: unknown norm_mode {self.norm_mode!r}")
         if self.lerobot is not None:
-            if self.source != "lerobot":
-                raise ValueError(
-                    f"dataset {self.name!r}: `lerobot` options given for source {self.source!r}"
-                )
             try:
                 LeRobotOptions.from_mapping(self.lerobot)
             except (TypeError, ValueError) as e:

@@ -18,7 +18,8 @@ import json
 import logging
 import os
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import ml_collections
@@ -26,7 +27,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from f1_jax import recipes
-from f1_jax.training import checkpoints, run_config, sharding, trainer
+from f1_jax.training import checkpoints, run_config, setup, sharding, trainer
 
 _CONFIG = recipes.define_config_flag()
 _WORKDIR = flags.DEFINE_string(
@@ -104,6 +105,14 @@ def dry_run_report(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
         "processes": jax.process_count(),
         "datasets": datasets,
         "init": {**dict(config.init), "resolved": _describe_init(config.init.params_path)},
+        # A recipe with hooks (debug) prepares its data in before_training: not checked here.
+        "data_check": (
+            f"prepared by {config.hooks}"
+            if config.get("hooks", "")
+            else f"error: {problem}"
+            if (problem := setup.check_data(config))
+            else "ok"
+        ),
         "hooks": config.get("hooks", ""),
     }
 
@@ -128,6 +137,10 @@ def main(argv: Sequence[str]) -> None:
         return
     if hooks is not None:
         hooks.before_training(config, workdir)
+    problem = setup.check_data(config)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
     try:
         metrics = trainer.train(config, workdir, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
     except (run_config.ConfigChangedError, trainer.MissingInitError) as e:

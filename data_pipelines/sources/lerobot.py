@@ -191,27 +191,31 @@ def load_mapping(value: Any, dataset: str = "") -> dict[str, Any] | None:
     if isinstance(value, Mapping) or hasattr(value, "to_dict"):
         return dict(value.to_dict() if hasattr(value, "to_dict") else value)
     if not isinstance(value, str):
-        raise ValueError(
+        raise TypeError(
             f"dataset {dataset!r}: lerobot options must be a mapping, JSON text or a JSON file's "
             f"path, got {type(value).__name__}"
         )
-    text, where = value, "JSON text"
+    text, where = value, "(JSON text)"
     if not text.lstrip().startswith("{"):
-        where = text.strip()
+        where = repr(text.strip())
         try:
-            text = epath.Path(where).read_text()
-        except Exception as e:  # FileNotFoundError, a bucket's own errors
+            text = epath.Path(text.strip()).read_text()
+        except OSError as e:  # FileNotFoundError, IsADirectoryError, a bucket's errors
             raise ValueError(
-                f"dataset {dataset!r}: cannot read the lerobot options file {where!r} ({e}); "
+                f"dataset {dataset!r}: cannot read the lerobot options file {where} ({e}); "
                 "give a JSON file or JSON text such as "
                 '\'{"state": "observation.state", "gripper_dims": [6]}\''
             ) from None
     try:
         mapping = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"dataset {dataset!r}: lerobot options {where} are not JSON: {e}") from None
-    if not isinstance(mapping, dict):
-        raise ValueError(f"dataset {dataset!r}: lerobot options {where} are not a JSON object")
+        raise ValueError(
+            f"dataset {dataset!r}: lerobot options {where} are not JSON: {e}"
+        ) from None
+    if not isinstance(mapping, dict):  # the user's input: a ValueError as the rest
+        raise ValueError(  # noqa: TRY004
+            f"dataset {dataset!r}: lerobot options {where} are not a JSON object"
+        )
     return mapping
 
 
