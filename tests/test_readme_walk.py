@@ -224,7 +224,11 @@ def test_readme_walk_lerobot_to_served_actions(recording, tmp_path):
         served = namespace["out"]["actions"]
     finally:
         process.terminate()
-        process.wait(timeout=30)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
     assert served.shape == (4, W.ACTION_DIM) and served.dtype == np.float32
 
     # Robot units: the in-process PyTorch runtime on the same observation and seed path (the
