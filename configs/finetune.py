@@ -15,8 +15,8 @@ The dataset: `data.path` (its TFDS version directory, or a LeRobot dataset's roo
 ("rlds", with the configuration `data.rlds`: a JSON file, docs/data.md "Any RLDS dataset";
 "lerobot", with the feature mapping `data.lerobot`: a JSON file or text, README "Bring your own
 robot"; or a named source: libero, bridge, fractal, agibot, with both empty), `data.name` (the
-name its statistics and the export's norm_stats.json carry). `init.params_path` is the released F1's import or a stage-2
-(or stage-3) run's workdir, required.
+name its statistics and the export's norm_stats.json carry). `init.params_path` is the released
+F1's import or a stage-2 (or stage-3) run's workdir, required.
 
 What trains: everything but the frozen VQ-VAE, as the official stage 3 does (its LIBERO recipe
 freezes nothing; SigLIP at half the learning rate), with chunk 4. The memory plan for one 80 GB

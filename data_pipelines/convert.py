@@ -217,12 +217,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = {
             k: getattr(args, k) for k in (*names, "frame_stride") if getattr(args, k) is not None
         }
-        if args.lerobot is not None:
-            if options:
-                p.error(f"give --lerobot or --{', --'.join(options)}, not both")
-            options = {"lerobot": args.lerobot}
-        if options and args.source != "lerobot":
-            p.error(f"--{', --'.join(options)} apply to --source lerobot only")
+        if args.lerobot is not None and options:
+            p.error(f"give --lerobot or --{', --'.join(options)}, not both")
+        given = [*options, *(["lerobot"] if args.lerobot is not None else [])]
+        if given and args.source != "lerobot":
+            p.error(f"--{', --'.join(given)} apply to --source lerobot only")
         if args.lerobot is not None:
             options = args.lerobot  # JSON text or a file: DatasetConfig reads it
         cameras = None

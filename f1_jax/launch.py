@@ -87,6 +87,14 @@ def _describe_init(params_path: str) -> str | None:
     return f"run {path} step {step}" if kind == "run" else f"parameters {path}"
 
 
+def _describe_data(config: ml_collections.ConfigDict) -> str:
+    """Why the data section cannot be used ("error: ..."; `setup.check_data`), or "ok"."""
+    if config.get("hooks", ""):  # the debug recipe prepares its data in before_training
+        return f"prepared by {config.hooks}"
+    problem = setup.check_data(config)
+    return f"error: {problem}" if problem else "ok"
+
+
 def dry_run_report(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """What a run with `config` in `workdir` would use: mesh, paths, datasets, starting weights."""
     devices = jax.devices()[: config.mesh.num_devices or None]
@@ -105,14 +113,7 @@ def dry_run_report(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
         "processes": jax.process_count(),
         "datasets": datasets,
         "init": {**dict(config.init), "resolved": _describe_init(config.init.params_path)},
-        # A recipe with hooks (debug) prepares its data in before_training: not checked here.
-        "data_check": (
-            f"prepared by {config.hooks}"
-            if config.get("hooks", "")
-            else f"error: {problem}"
-            if (problem := setup.check_data(config))
-            else "ok"
-        ),
+        "data_check": _describe_data(config),
         "hooks": config.get("hooks", ""),
     }
 
