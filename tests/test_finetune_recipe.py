@@ -62,6 +62,7 @@ def test_dry_run_resolves_the_dataset_and_the_start(tmp_path):
     assert dataset["path"] == str(data) and dataset["rlds"] == str(rlds)
     assert dataset["name"] == "my_robot" and dataset["source"] == "rlds"
     assert report["datasets"] == [{"name": "my_robot", "path": str(data), "exists": True}]
+    assert report["data_check"] == "ok"  # the RLDS configuration (its shards are read in the run)
     assert str(start) in json.dumps(report)
     assert not os.path.exists(tmp_path / "run")
 
