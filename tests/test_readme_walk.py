@@ -28,7 +28,7 @@ import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(HERE, "data_pipelines"))  # the LeRobot fixture machinery
+sys.path.append(os.path.join(HERE, "data_pipelines"))  # the LeRobot fixture machinery
 
 import lerobot_fixtures as lf
 import lerobot_writer as W
