@@ -240,7 +240,7 @@ def test_readme_walk_lerobot_to_served_actions(recording, tmp_path):
         "observation.images.top": top,
         "observation.images.wrist": wrist,
         "state": state,
-        "instruction": "pick up the red block",
+        "instruction": re.search(r'"prompt": "([^"]*)"', walk["client"]).group(1),
     }
     np.testing.assert_array_equal(served, policy.fork().infer(observation, seed=(0, 0))["actions"])
     # ... whose normalised actions, un-normalised with step 1's statistics of the recording, are
