@@ -216,8 +216,7 @@ class DataConfig:
         if single and not single.get("path"):
             raise ValueError(
                 f"data.path is empty: set it to dataset {single.get('name')!r}'s TFDS version "
-                "directory (e.g. --config.data.path=/data/my_robot/1.0.0) or, with "
-                "data.source=lerobot, its LeRobot root (the folder holding meta/info.json)"
+                "directory (e.g. --config.data.path=/data/my_robot/1.0.0)"
             )
         if single:
             given = [dict(d.to_dict() if hasattr(d, "to_dict") else d) for d in cfg["datasets"]]
