@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 from data_pipelines.sources import GRIPPER_CONVENTIONS, SOURCE_KINDS, for_dataset
 from data_pipelines.sources.lerobot import LeRobotOptions
-from data_pipelines.sources.lerobot import load_mapping as load_lerobot_mapping
+from data_pipelines.sources.lerobot import dataset_entry as lerobot_entry
 from data_pipelines.sources.rlds import load_config as load_rlds_config
 from f1_common.transforms import CAMERAS, MAX_DIM, NORM_MODES, ObservationSpec
 
@@ -62,23 +62,11 @@ class DatasetConfig:
                 f"dataset {self.name!r}: unknown source {self.source!r}; "
                 f"expected one of {SOURCE_KINDS}"
             )
-        # The lerobot entry as a plain dict ("" = none; JSON text or a JSON file from a command
-        # line); its `cameras` become this dataset's cameras.
-        lerobot = load_lerobot_mapping(self.lerobot, self.name)
-        if lerobot is not None and "cameras" in lerobot:
-            cameras = lerobot.pop("cameras")
-            if not isinstance(cameras, Mapping):
-                raise ValueError(
-                    f"dataset {self.name!r}: lerobot.cameras must map camera names to features, "
-                    f'e.g. {{"primary": "observation.images.top"}}, got {cameras!r}'
-                )
-            if self.cameras is not None and dict(self.cameras) != cameras:
-                raise ValueError(
-                    f"dataset {self.name!r}: cameras given twice, {dict(self.cameras)} and "
-                    f"lerobot.cameras {cameras}"
-                )
-            object.__setattr__(self, "cameras", dict(cameras))
+        # The lerobot entry as a plain dict ("" = none; JSON text or a file from a command line);
+        # its `cameras` become this dataset's cameras.
+        lerobot, cameras = lerobot_entry(self.lerobot, self.cameras, self.name)
         object.__setattr__(self, "lerobot", lerobot)
+        object.__setattr__(self, "cameras", cameras)
         if self.lerobot is not None and self.source != "lerobot":
             raise ValueError(
                 f"dataset {self.name!r}: `lerobot` options given for source {self.source!r} "

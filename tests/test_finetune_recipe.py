@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from data_pipelines.config import DatasetConfig
 from f1_jax import recipes
 from f1_jax.models.sizes import model_config_from
 from f1_jax.training import setup
@@ -125,6 +126,9 @@ def test_a_lerobot_dataset_from_the_command_line(tmp_path):
     assert "unknown lerobot options ['gripper_dim']" in problem(lerobot='{"gripper_dim": [6]}')
     assert "--config.data.source=lerobot" in problem(source="rlds", lerobot=str(mapping))
     assert "unknown cameras ['front']" in problem(lerobot='{"cameras": {"front": "x"}}')
+    assert "must map camera names" in problem(lerobot='{"cameras": ["observation.images.top"]}')
+    with pytest.raises(ValueError, match="cameras given twice"):
+        DatasetConfig("r", "lerobot", "/d", cameras={"primary": "a"}, lerobot=json.dumps(LEROBOT))
     missing = problem(lerobot='{"cameras": {"primary": "observation.images.front"}}')
     assert "'observation.images.front' is not in meta/info.json" in missing
     assert "state feature 'state' is not in" in problem(lerobot='{"state": "state"}')

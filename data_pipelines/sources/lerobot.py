@@ -219,6 +219,28 @@ def load_mapping(value: Any, dataset: str = "") -> dict[str, Any] | None:
     return mapping
 
 
+def dataset_entry(
+    value: Any, cameras: Mapping[str, str | None] | None, dataset: str = ""
+) -> tuple[dict[str, Any] | None, Mapping[str, str | None] | None]:
+    """(options, cameras) of a dataset entry (`DatasetConfig`): its `lerobot` value read by
+    `load_mapping`, with the mapping's `cameras` moved out to the entry's own (given once)."""
+    options = load_mapping(value, dataset)
+    if options is None or "cameras" not in options:
+        return options, cameras
+    mapped = options.pop("cameras")
+    if not isinstance(mapped, Mapping):  # the user's input: a ValueError as the rest
+        raise ValueError(  # noqa: TRY004
+            f"dataset {dataset!r}: lerobot.cameras must map camera names to features, "
+            f'e.g. {{"primary": "observation.images.top"}}, got {mapped!r}'
+        )
+    if cameras is not None and dict(cameras) != dict(mapped):
+        raise ValueError(
+            f"dataset {dataset!r}: cameras given twice, {dict(cameras)} and lerobot.cameras "
+            f"{dict(mapped)}"
+        )
+    return options, dict(mapped)
+
+
 def gripper_open_positive(options: Mapping[str, Any] | None) -> dict[int, tuple[float, float]]:
     """The dataset's gripper map (sources.apply_gripper_convention) from its lerobot options."""
     return LeRobotOptions.from_mapping(options).gripper_open_positive()
