@@ -11,11 +11,12 @@
         --config.data.tokenizer_path=paligemma/tokenizer.model [--dry_run]
     python -m conversion export --run runs/my_robot --output f1_my_robot/
 
-The dataset: `data.path` (its TFDS version directory), `data.source` ("rlds", with the
-configuration `data.rlds`: a JSON file, docs/data.md "Any RLDS dataset"; or a named source:
-libero, bridge, fractal, agibot, with `data.rlds` empty), `data.name` (the name its statistics and
-the export's norm_stats.json carry). `init.params_path` is the released F1's import or a stage-2
-(or stage-3) run's workdir, required.
+The dataset: `data.path` (its TFDS version directory, or a LeRobot dataset's root), `data.source`
+("rlds", with the configuration `data.rlds`: a JSON file, docs/data.md "Any RLDS dataset";
+"lerobot", with the feature mapping `data.lerobot`: a JSON file or text, README "Bring your own
+robot"; or a named source: libero, bridge, fractal, agibot, with both empty), `data.name` (the
+name its statistics and the export's norm_stats.json carry). `init.params_path` is the released
+F1's import or a stage-2 (or stage-3) run's workdir, required.
 
 What trains: everything but the frozen VQ-VAE, as the official stage 3 does (its LIBERO recipe
 freezes nothing; SigLIP at half the learning rate), with chunk 4. The memory plan for one 80 GB
@@ -41,6 +42,9 @@ def get_config():
     c.data.source = "rlds"
     c.data.path = ""
     c.data.rlds = ""  # a JSON file (or JSON text) with the RLDS configuration
+    # source "lerobot": a JSON file (or JSON text) naming the cameras, state, action and gripper
+    # (sources/lerobot.py LeRobotOptions, plus "cameras"); empty: none (the source's defaults)
+    c.data.lerobot = ""
     c.data.datasets = [
         ml_collections.ConfigDict(
             {
@@ -48,6 +52,7 @@ def get_config():
                 "source": c.data.get_ref("source"),
                 "path": c.data.get_ref("path"),
                 "rlds": c.data.get_ref("rlds"),
+                "lerobot": c.data.get_ref("lerobot"),
                 "weight": 1.0,
             }
         )

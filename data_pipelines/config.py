@@ -7,6 +7,7 @@ from typing import Any, Mapping
 
 from data_pipelines.sources import GRIPPER_CONVENTIONS, SOURCE_KINDS, for_dataset
 from data_pipelines.sources.lerobot import LeRobotOptions
+from data_pipelines.sources.lerobot import dataset_entry as lerobot_entry
 from data_pipelines.sources.rlds import load_config as load_rlds_config
 from f1_common.transforms import CAMERAS, MAX_DIM, NORM_MODES, ObservationSpec
 
@@ -40,7 +41,8 @@ class DatasetConfig:
       a mapping, JSON text or the path of a JSON file.
     lerobot: for source "lerobot", which features are state and action and the gripper's dims and
       convention (`sources.lerobot.LeRobotOptions` fields; cameras map to feature names such as
-      "observation.images.top").
+      "observation.images.top"), as a mapping, JSON text or a JSON file's path; its optional
+      `cameras` entry sets `cameras`.
     """
 
     name: str
@@ -51,7 +53,7 @@ class DatasetConfig:
     cameras: Mapping[str, str | None] | None = None
     norm_mode: str | None = None
     drop_unlabeled: bool | None = None
-    lerobot: Mapping[str, Any] | None = None
+    lerobot: Mapping[str, Any] | str | None = None
     rlds: Mapping[str, Any] | str | None = None
 
     def __post_init__(self):
@@ -59,6 +61,16 @@ class DatasetConfig:
             raise ValueError(
                 f"dataset {self.name!r}: unknown source {self.source!r}; "
                 f"expected one of {SOURCE_KINDS}"
+            )
+        # The lerobot entry as a plain dict ("" = none; JSON text or a file from a command line);
+        # its `cameras` become this dataset's cameras.
+        lerobot, cameras = lerobot_entry(self.lerobot, self.cameras, self.name)
+        object.__setattr__(self, "lerobot", lerobot)
+        object.__setattr__(self, "cameras", cameras)
+        if self.lerobot is not None and self.source != "lerobot":
+            raise ValueError(
+                f"dataset {self.name!r}: `lerobot` options given for source {self.source!r} "
+                '(a LeRobot dataset needs source "lerobot", e.g. --config.data.source=lerobot)'
             )
         # A plain dict (from a JSON file or text, or a ConfigDict; "" = none): the config is
         # pickled into worker processes and must not reread a file.
@@ -76,10 +88,6 @@ class DatasetConfig:
         if self.norm_mode is not None and self.norm_mode not in NORM_MODES:
             raise ValueError(f"dataset {self.name!r}: unknown norm_mode {self.norm_mode!r}")
         if self.lerobot is not None:
-            if self.source != "lerobot":
-                raise ValueError(
-                    f"dataset {self.name!r}: `lerobot` options given for source {self.source!r}"
-                )
             try:
                 LeRobotOptions.from_mapping(self.lerobot)
             except (TypeError, ValueError) as e:
@@ -87,7 +95,7 @@ class DatasetConfig:
 
 
 # One dataset given by fields of the data section itself (DataConfig.from_mapping).
-SINGLE_DATASET_FIELDS = ("name", "source", "path", "rlds")
+SINGLE_DATASET_FIELDS = ("name", "source", "path", "rlds", "lerobot")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,9 @@ python -m data_pipelines.convert stats --source bridge --path DIR/bridge_orig/1.
 python -m data_pipelines.convert stats --source lerobot --path LEROBOT_ROOT [--state KEY ...]
     [--action KEY ...] [--gripper_dims 6 --gripper_open -1 --gripper_closed 1] [--fps 10]
     [--cameras primary=observation.images.top wrist=observation.images.wrist]
-    The same for a LeRobot v2.x / v3.0 dataset (skipped episodes named by episode).
+    The same for a LeRobot v2.x / v3.0 dataset (skipped episodes named by episode); or
+    --lerobot my_robot.json: the same mapping as a JSON file or text, as the fine-tune's
+    data.lerobot takes it (with "cameras"), so both find the same cached statistics.
 
 Every DIR may be a gs:// URI (the `gcs` extra), except agibot's --raw_root: array-record reads a
 bucket's shards with ranged reads and uploads what it writes; agibot converts into a local
@@ -195,6 +197,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="standard camera -> dataset image key, e.g. primary=observation.images.top",
     )
     lr = s.add_argument_group("lerobot source (DatasetConfig.lerobot)")
+    lr.add_argument(
+        "--lerobot",
+        default=None,
+        metavar="JSON",
+        help="the whole mapping as a JSON file or text (the fine-tune's data.lerobot: cameras, "
+        "state, action, gripper_dims, ...), instead of the options below",
+    )
     lr.add_argument("--state", nargs="+", default=None, help="state feature(s), concatenated")
     lr.add_argument("--action", nargs="+", default=None, help="action feature(s), concatenated")
     lr.add_argument("--gripper_dims", type=int, nargs="*", default=None)
@@ -208,23 +217,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = {
             k: getattr(args, k) for k in (*names, "frame_stride") if getattr(args, k) is not None
         }
-        if options and args.source != "lerobot":
-            p.error(f"--{', --'.join(options)} apply to --source lerobot only")
+        if args.lerobot is not None and options:
+            p.error(f"give --lerobot or --{', --'.join(options)}, not both")
+        given = [*options, *(["lerobot"] if args.lerobot is not None else [])]
+        if given and args.source != "lerobot":
+            p.error(f"--{', --'.join(given)} apply to --source lerobot only")
+        if args.lerobot is not None:
+            options = args.lerobot  # JSON text or a file: DatasetConfig reads it
         cameras = None
         if args.cameras is not None:
             try:
                 cameras = dict(c.split("=", 1) for c in args.cameras)
             except ValueError:
                 p.error(f"--cameras takes NAME=KEY pairs, got {args.cameras}")
-        ds = DatasetConfig(
-            args.name or args.source,
-            args.source,
-            args.path,
-            split=args.split,
-            cameras=cameras,
-            lerobot=options or None,
-            rlds=read_rlds_config(args.rlds_config) if args.rlds_config else None,
-        )
+        try:
+            ds = DatasetConfig(
+                args.name or args.source,
+                args.source,
+                args.path,
+                split=args.split,
+                cameras=cameras,
+                lerobot=options or None,
+                rlds=read_rlds_config(args.rlds_config) if args.rlds_config else None,
+            )
+        except ValueError as e:
+            p.error(str(e))
         reader = open_reader(ds)
         summ = load_or_compute(
             reader,

@@ -18,7 +18,8 @@ import json
 import logging
 import os
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import ml_collections
@@ -26,7 +27,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from f1_jax import recipes
-from f1_jax.training import checkpoints, run_config, sharding, trainer
+from f1_jax.training import checkpoints, run_config, setup, sharding, trainer
 
 _CONFIG = recipes.define_config_flag()
 _WORKDIR = flags.DEFINE_string(
@@ -86,6 +87,14 @@ def _describe_init(params_path: str) -> str | None:
     return f"run {path} step {step}" if kind == "run" else f"parameters {path}"
 
 
+def _describe_data(config: ml_collections.ConfigDict) -> str:
+    """Why the data section cannot be used ("error: ..."; `setup.check_data`), or "ok"."""
+    if config.get("hooks", ""):  # the debug recipe prepares its data in before_training
+        return f"prepared by {config.hooks}"
+    problem = setup.check_data(config)
+    return f"error: {problem}" if problem else "ok"
+
+
 def dry_run_report(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """What a run with `config` in `workdir` would use: mesh, paths, datasets, starting weights."""
     devices = jax.devices()[: config.mesh.num_devices or None]
@@ -104,6 +113,7 @@ def dry_run_report(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
         "processes": jax.process_count(),
         "datasets": datasets,
         "init": {**dict(config.init), "resolved": _describe_init(config.init.params_path)},
+        "data_check": _describe_data(config),
         "hooks": config.get("hooks", ""),
     }
 
@@ -128,6 +138,10 @@ def main(argv: Sequence[str]) -> None:
         return
     if hooks is not None:
         hooks.before_training(config, workdir)
+    problem = setup.check_data(config)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
     try:
         metrics = trainer.train(config, workdir, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
     except (run_config.ConfigChangedError, trainer.MissingInitError) as e:

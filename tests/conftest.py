@@ -35,6 +35,7 @@ from run_fixtures import policy, sim_run  # noqa: E402,F401  (session fixtures f
 SLOW_FIRST = (
     "training/test_two_process_preemption.py",
     "training/test_stage_journey.py",
+    "test_readme_walk.py",
     "training/test_remote_workdir.py",
     "training/test_train_loop.py",
     "libero_eval/test_libero_sim_isolated.py",

@@ -178,6 +178,69 @@ class LeRobotOptions:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
 
+def load_mapping(value: Any, dataset: str = "") -> dict[str, Any] | None:
+    """A dataset's `lerobot` entry given as a mapping, JSON text or the path of a JSON file (local
+    or a URI); None or "" for none. The entry holds `LeRobotOptions` fields and optionally
+    `cameras` ({camera: feature}), which `DatasetConfig` moves to its own `cameras`. A recipe's
+    command line gives it as text: `--config.data.lerobot='{"gripper_dims": [6], ...}'` or
+    `--config.data.lerobot=my_robot.json`."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, LeRobotOptions):
+        return dataclasses.asdict(value)
+    if isinstance(value, Mapping) or hasattr(value, "to_dict"):
+        return dict(value.to_dict() if hasattr(value, "to_dict") else value)
+    if not isinstance(value, str):
+        raise TypeError(
+            f"dataset {dataset!r}: lerobot options must be a mapping, JSON text or a JSON file's "
+            f"path, got {type(value).__name__}"
+        )
+    text, where = value, "(JSON text)"
+    if not text.lstrip().startswith("{"):
+        where = repr(text.strip())
+        try:
+            text = epath.Path(text.strip()).read_text()
+        except OSError as e:  # FileNotFoundError, IsADirectoryError, a bucket's errors
+            raise ValueError(
+                f"dataset {dataset!r}: cannot read the lerobot options file {where} ({e}); "
+                "give a JSON file or JSON text such as "
+                '\'{"state": "observation.state", "gripper_dims": [6]}\''
+            ) from None
+    try:
+        mapping = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"dataset {dataset!r}: lerobot options {where} are not JSON: {e}"
+        ) from None
+    if not isinstance(mapping, dict):  # the user's input: a ValueError as the rest
+        raise ValueError(  # noqa: TRY004
+            f"dataset {dataset!r}: lerobot options {where} are not a JSON object"
+        )
+    return mapping
+
+
+def dataset_entry(
+    value: Any, cameras: Mapping[str, str | None] | None, dataset: str = ""
+) -> tuple[dict[str, Any] | None, Mapping[str, str | None] | None]:
+    """(options, cameras) of a dataset entry (`DatasetConfig`): its `lerobot` value read by
+    `load_mapping`, with the mapping's `cameras` moved out to the entry's own (given once)."""
+    options = load_mapping(value, dataset)
+    if options is None or "cameras" not in options:
+        return options, cameras
+    mapped = options.pop("cameras")
+    if not isinstance(mapped, Mapping):  # the user's input: a ValueError as the rest
+        raise ValueError(  # noqa: TRY004
+            f"dataset {dataset!r}: lerobot.cameras must map camera names to features, "
+            f'e.g. {{"primary": "observation.images.top"}}, got {mapped!r}'
+        )
+    if cameras is not None and dict(cameras) != dict(mapped):
+        raise ValueError(
+            f"dataset {dataset!r}: cameras given twice, {dict(cameras)} and lerobot.cameras "
+            f"{dict(mapped)}"
+        )
+    return options, dict(mapped)
+
+
 def gripper_open_positive(options: Mapping[str, Any] | None) -> dict[int, tuple[float, float]]:
     """The dataset's gripper map (sources.apply_gripper_convention) from its lerobot options."""
     return LeRobotOptions.from_mapping(options).gripper_open_positive()

@@ -16,6 +16,7 @@ import optax
 from jax.sharding import Mesh
 
 from data_pipelines import HOST_ONLY_KEYS, DataConfig
+from data_pipelines.sources import open_reader
 from f1_common import transforms
 from f1_jax.models.f1 import F1, F1Config, observation_spec
 from f1_jax.models.sizes import model_config_from
@@ -33,6 +34,24 @@ def data_config_from(data: ml_collections.ConfigDict, model_config: F1Config) ->
     fields["stats_dir"] = fields.get("stats_dir") or None
     fields.update(dataclasses.asdict(spec))
     return DataConfig.from_mapping(fields)
+
+
+def check_data(config: ml_collections.ConfigDict) -> str | None:
+    """Why the recipe's data section cannot be used, or None: the datasets as the trainer builds
+    them (their fields, a LeRobot mapping or an RLDS configuration and the files they name), and
+    each LeRobot dataset's layout against its mapping (meta/ only: cameras, state and action
+    features, fps). Nothing is compiled or sampled, so the launcher names bad input before a run
+    starts (and in --dry_run's report)."""
+    try:
+        data = data_config_from(config.data, model_config_from(config.model))
+        for ds in data.datasets:
+            if ds.source == "lerobot":
+                open_reader(ds)
+    except KeyError as e:  # a missing split: KeyError quotes its message
+        return str(e.args[0]) if e.args else repr(e)
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        return str(e)
+    return None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -139,6 +139,20 @@ def test_stats_cli(lerobot_v3_dir, tmp_path):
                       "--stats_dir", str(tmp_path), "--cameras",
                       *(f"{k}={v}" for k, v in V3_CAMERAS.items())])  # fmt: skip
     assert json.loads(again.getvalue())["key"] == report["key"]
+    # The same mapping as one JSON (the fine-tune's data.lerobot, cameras included): the same key.
+    mapping = tmp_path / "my_robot.json"
+    mapping.write_text(json.dumps({"cameras": V3_CAMERAS, "state": "observation.state"}))
+    as_json = io.StringIO()
+    with contextlib.redirect_stdout(as_json):
+        convert.main(["stats", "--source", "lerobot", "--path", lerobot_v3_dir,
+                      "--stats_dir", str(tmp_path), "--lerobot", str(mapping)])  # fmt: skip
+    assert json.loads(as_json.getvalue())["key"] == report["key"]
+    with pytest.raises(SystemExit):  # the mapping or its options one by one, not both
+        convert.main(["stats", "--source", "lerobot", "--path", lerobot_v3_dir,
+                      "--lerobot", str(mapping), "--fps", "10"])  # fmt: skip
+    with pytest.raises(SystemExit):  # an unknown option: a usage error, not a traceback
+        convert.main(["stats", "--source", "lerobot", "--path", lerobot_v3_dir,
+                      "--lerobot", '{"gripper_dim": [6]}'])  # fmt: skip
     with pytest.raises(SystemExit):  # lerobot options are refused for other sources
         convert.main(["stats", "--source", "libero", "--path", lerobot_v3_dir, "--fps", "10"])
 
