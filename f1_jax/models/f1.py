@@ -453,7 +453,13 @@ def sample_actions(
 # Inputs: the observation contract's sizes for this model, and the batch -> model-input step.
 
 # Fields of a recipe's `data` section that shape the model's inputs beyond the model's own sizes.
-OBSERVATION_FIELDS = ("cameras", "gen_camera", "history_offsets", "target_offsets", "max_token_len")
+RECIPE_OBSERVATION_FIELDS = (
+    "cameras",
+    "gen_camera",
+    "history_offsets",
+    "target_offsets",
+    "max_token_len",
+)
 
 
 def observation_spec(
@@ -461,9 +467,9 @@ def observation_spec(
 ) -> transforms.ObservationSpec:
     """The observation contract of this model: image sizes, chunk and padding widths come from
     the model; cameras, frame offsets and token budget from `data` (a recipe's data section, or
-    any mapping with some of OBSERVATION_FIELDS; the others keep their defaults), and whether
+    any mapping with some of RECIPE_OBSERVATION_FIELDS; the others keep their defaults), and whether
     training batches carry frames as VQ-VAE codes (`data.frame_codes`, a bool there)."""
-    fields = {k: data[k] for k in OBSERVATION_FIELDS if data is not None and k in data}
+    fields = {k: data[k] for k in RECIPE_OBSERVATION_FIELDS if data is not None and k in data}
     if data is not None and data.get("frame_codes"):
         fields["frame_codes"] = config.vqvae.num_tokens
     for k in ("cameras", "history_offsets", "target_offsets"):
