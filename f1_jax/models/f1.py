@@ -472,18 +472,17 @@ def observation_spec(
     fields = {k: data[k] for k in RECIPE_OBSERVATION_FIELDS if data is not None and k in data}
     if data is not None and data.get("frame_codes"):
         fields["frame_codes"] = config.vqvae.num_tokens
-    for k in ("cameras", "history_offsets", "target_offsets"):
-        if k in fields:
-            fields[k] = tuple(fields[k])
     frame = config.vqvae.image_size
-    spec = transforms.ObservationSpec(
-        und_image_size=config.siglip.image_size,
-        gen_resize=int(round(1.125 * frame)),  # the original's 288 / 256
-        gen_crop=frame,
-        chunk_size=config.action.chunk_size,
-        state_dim=config.action.state_dim,
-        action_dim=config.action.action_dim,
-        **fields,
+    spec = transforms.ObservationSpec.from_mapping(
+        {
+            "und_image_size": config.siglip.image_size,
+            "gen_resize": int(round(1.125 * frame)),  # the original's 288 / 256
+            "gen_crop": frame,
+            "chunk_size": config.action.chunk_size,
+            "state_dim": config.action.state_dim,
+            "action_dim": config.action.action_dim,
+            **fields,
+        }
     )
     if len(spec.history_offsets) != config.foresight.history_frames:
         raise ValueError(
