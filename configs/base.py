@@ -36,7 +36,7 @@ def base_config() -> ml_collections.ConfigDict:
         {
             "size": "full",  # f1_jax/models/sizes.py: full, small, tiny, debug
             "precision": "default",  # default (bf16 matmuls) or parity (fp32)
-            "remat_policy": "full",  # none, full, dots, dots_no_batch
+            "remat_policy": "full",  # f1_jax/models/remat.py names them (none, full, save_qkv, ...)
             "num_scales": 4,  # foresight scales predicted (10 at stage 1)
             "chunk_size": 30,
             "foresight_training": "sampled",  # sampled (original stage 2/3) or teacher_forcing

@@ -209,6 +209,13 @@ def describe(report: dict[str, Any]) -> str:
             f"(peak {report['peak_bf16_tflops_per_chip']:.0f} TFLOP/s bf16 per chip: "
             f"{report['peak_source']})"
         )
+    headroom = report["hbm_capacity_gib"] - report["hbm_total_gib"]
+    if report["fits"] and report["remat_policy"] == "full" and headroom > 1:
+        lines.append(
+            f"  {headroom:.1f} GiB per chip to spare: --config.model.remat_policy=save_qkv or "
+            "save_attention keeps more of each layer and recomputes less (compile again to see "
+            "whether it fits)"
+        )
     notes = report["sharding_fallbacks"]
     for note in notes[:6]:
         lines.append(f"  sharding fallback: {note}")

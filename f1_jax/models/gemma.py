@@ -24,6 +24,7 @@ from f1_common.model_config import (
     ExpertConfig,
     check_expert_configs,
 )
+from f1_jax.models import remat
 from f1_jax.models.precision import Precision
 
 # The fp32 masking constant of the original (and openpi): the most negative value that still
@@ -31,14 +32,6 @@ from f1_jax.models.precision import Precision
 MASK_VALUE = -2.3819763e38
 
 KVCache = tuple[jax.Array, jax.Array]  # keys, values: [layers, B, S, K, H] each
-
-REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.dots_saveable,
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
-
 
 GEMMA_INIT_STD = 0.02  # HF Gemma's initializer_range
 
@@ -184,7 +177,10 @@ class ExpertLayer(nn.Module):
 
     def finish(self, x: jax.Array, attended: jax.Array) -> jax.Array:
         """Output projection, residual, pre-FFW norm, GeGLU MLP, residual. [B, T, D] -> [B, T, D]."""
-        x = x + self._einsum("BTNH,NHD->BTD", attended, self.attn_vec_einsum).astype(x.dtype)
+        out = remat.tag(
+            self._einsum("BTNH,NHD->BTD", attended, self.attn_vec_einsum), "attention_out"
+        )
+        x = x + out.astype(x.dtype)
         h = self.pre_ffw_norm(x)
         gate = self._einsum("BTD,DF->BTF", h, self.gating_einsum[0])
         up = self._einsum("BTD,DF->BTF", h, self.gating_einsum[1])
@@ -211,12 +207,13 @@ class Block(nn.Module):
         xs = [None if x is None else constrain_activations(x) for x in xs]
         projected = [layer.qkv(x) for layer, x in zip(layers, xs) if x is not None]
         q, k, v = (jnp.concatenate(parts, axis=1) for parts in zip(*projected))
-        q = apply_rope(q, positions, self.rope_base)
-        k = apply_rope(k, positions, self.rope_base)
+        q = remat.tag(apply_rope(q, positions, self.rope_base), "query_proj")
+        k = remat.tag(apply_rope(k, positions, self.rope_base), "key_proj")
+        v = remat.tag(v, "value_proj")
         if kv_cache is not None:  # Cached keys come first: they belong to earlier tokens.
             k = jnp.concatenate([kv_cache[0].astype(k.dtype), k], axis=1)
             v = jnp.concatenate([kv_cache[1].astype(v.dtype), v], axis=1)
-        attended = joint_attention(q, k, v, mask, self.precision)
+        attended = remat.tag(joint_attention(q, k, v, mask, self.precision), "attention_context")
 
         outs, start = [], 0
         for layer, x in zip(layers, xs):
@@ -274,15 +271,8 @@ class ExpertStack(nn.Module):
           cached + new tokens. Keep it to append later tokens; ignore it to read the cache unchanged.
         """
         check_expert_configs(self.experts)
-        if self.remat_policy not in REMAT_POLICIES:
-            raise ValueError(
-                f"Unknown remat policy {self.remat_policy!r}; valid: {sorted(REMAT_POLICIES)}"
-            )
+        block = remat.remat_layer(Block, self.remat_policy)
         xs = self._check_inputs(embedded, positions, mask, kv_cache)
-        block = Block
-        policy = REMAT_POLICIES[self.remat_policy]
-        if policy is not None:
-            block = nn.remat(Block, prevent_cse=False, policy=policy)
         layers = nn.scan(
             block,
             variable_axes={"params": 0},

@@ -7,14 +7,14 @@ conversion tables stay short. The patch embedding and position embedding run in 
 does) before the stream is cast to the compute dtype; layer norms and softmax are fp32.
 """
 
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from f1_common.model_config import SiglipConfig
-from f1_jax.models.gemma import REMAT_POLICIES, constrain_activations
+from f1_jax.models import remat
+from f1_jax.models.gemma import constrain_activations
 from f1_jax.models.precision import Precision
 
 
@@ -79,9 +79,9 @@ class SiglipAttention(nn.Module):
         c, p = self.config, self.precision
         head_dim = c.width // c.num_heads
         split = lambda t: t.reshape(*t.shape[:-1], c.num_heads, head_dim)
-        q = split(_dense(c.width, ("embed", "heads"), p, "q_proj")(x))
-        k = split(_dense(c.width, ("embed", "heads"), p, "k_proj")(x))
-        v = split(_dense(c.width, ("embed", "heads"), p, "v_proj")(x))
+        q = remat.tag(split(_dense(c.width, ("embed", "heads"), p, "q_proj")(x)), "query_proj")
+        k = remat.tag(split(_dense(c.width, ("embed", "heads"), p, "k_proj")(x)), "key_proj")
+        v = remat.tag(split(_dense(c.width, ("embed", "heads"), p, "v_proj")(x)), "value_proj")
         logits = (
             jnp.einsum(
                 "BTNH,BSNH->BNTS",
@@ -94,9 +94,8 @@ class SiglipAttention(nn.Module):
         )
         probs = p.cast(jax.nn.softmax(logits, axis=-1))
         out = jnp.einsum("BNTS,BSNH->BTNH", probs, v, precision=p.matmul_precision)
-        return _dense(c.width, ("heads", "embed"), p, "out_proj")(
-            out.reshape(*x.shape[:-1], c.width)
-        )
+        out = remat.tag(out.reshape(*x.shape[:-1], c.width), "attention_context")
+        return remat.tag(_dense(c.width, ("heads", "embed"), p, "out_proj")(out), "attention_out")
 
 
 class SiglipBlock(nn.Module):
@@ -156,11 +155,7 @@ class SiglipEncoder(nn.Module):
         )
         x = p.cast(tokens + position_embedding[None])
 
-        block = SiglipBlock
-        if REMAT_POLICIES[self.remat_policy] is not None:
-            block = nn.remat(
-                SiglipBlock, prevent_cse=False, policy=REMAT_POLICIES[self.remat_policy]
-            )
+        block = remat.remat_layer(SiglipBlock, self.remat_policy)
         x, _ = nn.scan(
             block,
             variable_axes={"params": 0},

@@ -35,6 +35,30 @@ def _stack_terms(batch) -> int:
     )
 
 
+def _assert_same_loss_and_gradients(new, old, batch) -> None:
+    """Two fp32 passes of the same step ((loss, metrics), gradients) within the stack's rounding
+    bound (see `_stack_terms`)."""
+    (loss_new, metrics_new), grads_new = new
+    (loss_old, metrics_old), grads_old = old
+    terms = _stack_terms(batch)
+    for name in metrics_old:
+        assert_close(metrics_new[name], metrics_old[name], terms=terms, scale=1.0)
+    assert_close(loss_new, loss_old, terms=terms, scale=abs(float(loss_old)))
+    flat_new = jax.tree_util.tree_leaves_with_path(grads_new)
+    flat_old = dict(jax.tree_util.tree_leaves_with_path(grads_old))
+    moved = 0
+    # Backward through the stack: the forward's reduction lengths again. Scale: the parameter's
+    # largest gradient entry, but at least 1e-6 of the largest gradient anywhere (a gradient
+    # that cancels to ~0, e.g. of a bias under a norm, is noise at the size of its summands).
+    largest = max(float(jnp.abs(g).max()) for _, g in flat_new)
+    for path, g_new in flat_new:
+        g_old = flat_old[path]
+        scale = max(float(jnp.abs(g_old).max()), 1e-6 * largest)
+        assert_close(g_new, g_old, terms=2 * terms, scale=scale, err_msg=jax.tree_util.keystr(path))
+        moved += int(float(jnp.abs(g_old).max()) > 1e-6 * largest)
+    assert moved > 50  # the gradients compared are real, not all zeros
+
+
 GROUPS = ["img", "lang", "hist", "q0", "s1", "s2", "s3", "state", "act"]
 # VISIBLE[query][key]: may a token of group `query` attend to a token of group `key`?
 VISIBLE = {
@@ -230,22 +254,21 @@ def test_prefix_reuse_gives_the_joint_pass_loss_and_gradients(tiny_model, num_sc
         fn = jax.value_and_grad(lambda p: model.apply(p, batch, rng), has_aux=True)
         return jax.jit(fn)(params)
 
-    (loss_new, metrics_new), grads_new = loss_and_grads(True)
-    (loss_old, metrics_old), grads_old = loss_and_grads(False)
-    terms = _stack_terms(batch)
-    for name in metrics_old:
-        assert_close(metrics_new[name], metrics_old[name], terms=terms, scale=1.0)
-    assert_close(loss_new, loss_old, terms=terms, scale=abs(float(loss_old)))
-    flat_new = jax.tree_util.tree_leaves_with_path(grads_new)
-    flat_old = dict(jax.tree_util.tree_leaves_with_path(grads_old))
-    moved = 0
-    # Backward through the stack: the forward's reduction lengths again. Scale: the parameter's
-    # largest gradient entry, but at least 1e-6 of the largest gradient anywhere (a gradient
-    # that cancels to ~0, e.g. of a bias under a norm, is noise at the size of its summands).
-    largest = max(float(jnp.abs(g).max()) for _, g in flat_new)
-    for path, g_new in flat_new:
-        g_old = flat_old[path]
-        scale = max(float(jnp.abs(g_old).max()), 1e-6 * largest)
-        assert_close(g_new, g_old, terms=2 * terms, scale=scale, err_msg=jax.tree_util.keystr(path))
-        moved += int(float(jnp.abs(g_old).max()) > 1e-6 * largest)
-    assert moved > 50  # the gradients compared are real, not all zeros
+    _assert_same_loss_and_gradients(loss_and_grads(True), loss_and_grads(False), batch)
+
+
+@pytest.mark.parametrize("policy", ["save_qkv", "save_attention"])
+def test_remat_policy_gives_the_full_remat_loss_and_gradients(tiny_model, policy):
+    """A remat policy changes what the backward pass keeps, not what it computes: one sampled
+    training step's loss, metrics and gradients under each named policy equal those under full
+    remat (the recipes' policy), in fp32. The compiler may sum in another order where it
+    recomputes, hence the rounding bound rather than bit equality."""
+    _, params, batch = tiny_model
+    rng = jax.random.key(4)
+
+    def loss_and_grads(policy: str):
+        model = F1(dataclasses.replace(TINY, remat_policy=policy))
+        fn = jax.value_and_grad(lambda p: model.apply(p, batch, rng), has_aux=True)
+        return jax.jit(fn)(params)
+
+    _assert_same_loss_and_gradients(loss_and_grads(policy), loss_and_grads("full"), batch)

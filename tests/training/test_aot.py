@@ -220,3 +220,32 @@ def test_the_debug_recipe_compiles_for_a_v5e_slice():
     assert report["model_flops_per_step"] == pytest.approx(expected, rel=1e-12)
     assert report["mfu"] == pytest.approx(expected / (0.01 * 4 * 197e12), rel=1e-9)
     assert "fits" in out.stdout and "HBM per chip" in out.stdout
+
+
+def test_the_report_suggests_keeping_more_when_full_remat_leaves_room():
+    report = {
+        "mesh": {"data": 1, "fsdp": 64, "tensor": 1},
+        "num_slices": 1,
+        "accelerator_type": "v5p-128",
+        "topology": "v5p:4x4x4",
+        "chips": 64,
+        "chip": "TPU v5",
+        "remat_policy": "full",
+        "global_batch": 2880,
+        "per_chip_batch": 45,
+        "hbm_argument_gib": 1.14,
+        "hbm_temp_gib": 30.88,
+        "hbm_output_gib": 1.07,
+        "hbm_alias_gib": 1.07,
+        "hbm_total_gib": 32.02,
+        "hbm_capacity_gib": 95.0,
+        "fits": True,
+        "model_flops_per_step": 6.35e14,
+        "sharding_fallbacks": [],
+        "compile_s": 1380.0,
+    }
+    assert "63.0 GiB per chip to spare: --config.model.remat_policy=save_qkv" in aot.describe(
+        report
+    )
+    report.update(remat_policy="save_attention")
+    assert "to spare" not in aot.describe(report)
