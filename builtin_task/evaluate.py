@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from typing import Any, Callable, Sequence
@@ -25,40 +24,17 @@ from PIL import Image
 
 from builtin_task import MAX_STEPS, SimEnv, eval_seeds, make_policy
 from f1_common import transforms
+from f1_common.success_rates import success_stats
 from inference.interface import backends, load_policy
-
-WILSON_Z = 1.959963984540054  # 95% two-sided
-
-
-def wilson_interval(successes: int, n: int, z: float = WILSON_Z) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (sensible at 0 and n successes, unlike the
-    normal approximation; n = 0 gives the uninformative [0, 1])."""
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def summarize(outcomes: Sequence[tuple[str, bool]]) -> dict[str, Any]:
     """[(task, success)] -> {"overall": stats, "per_task": {task: stats}}; stats = successes,
-    episodes, rate, ci95 [lo, hi]."""
-
-    def stats(values: list[bool]) -> dict[str, Any]:
-        k, n = int(sum(values)), len(values)
-        return {
-            "successes": k,
-            "episodes": n,
-            "rate": k / n if n else 0.0,
-            "ci95": list(wilson_interval(k, n)),
-        }
-
+    episodes, rate, ci95 [lo, hi] (`f1_common.success_rates.success_stats`)."""
     tasks = sorted({t for t, _ in outcomes})
     return {
-        "overall": stats([s for _, s in outcomes]),
-        "per_task": {t: stats([s for u, s in outcomes if u == t]) for t in tasks},
+        "overall": success_stats(s for _, s in outcomes),
+        "per_task": {t: success_stats(s for u, s in outcomes if u == t) for t in tasks},
     }
 
 
@@ -255,8 +231,9 @@ def run(
     top_k = 1 if greedy_foresight else None
     run_options = {"step": step, "use_ema": use_ema or None}  # a run's options (JAX backend)
     if backend != "jax" and any(v is not None for v in run_options.values()):
-        raise ValueError(f"step and use_ema select a run's checkpoint: the {backend} backend "
-                         "loads an export")
+        raise ValueError(
+            f"step and use_ema select a run's checkpoint: the {backend} backend loads an export"
+        )
     policy = load_policy(checkpoint, backend, dataset=dataset, top_k=top_k, **run_options)
     # A run records its recipe, and with it the simulator image size it was trained at.
     config = getattr(getattr(policy, "info", None), "config", None)

@@ -13,13 +13,15 @@ from typing import Any
 
 from etils import epath
 
-from f1_common import official_config
-from f1_jax.models.action import ActionConfig
+from f1_common import model_config, official_config
+from f1_common.model_config import (
+    ActionConfig,
+    ExpertConfig,
+    ForesightConfig,
+    SiglipConfig,
+    VQVAEConfig,
+)
 from f1_jax.models.f1 import F1Config
-from f1_jax.models.foresight import ForesightConfig
-from f1_jax.models.gemma import ExpertConfig
-from f1_jax.models.siglip import SiglipConfig
-from f1_jax.models.vqvae import VQVAEConfig
 
 SIDECAR = "model_config.json"
 SIDECAR_FORMAT = "f1_jax.conversion/1"
@@ -69,10 +71,9 @@ def from_official(official: dict) -> F1Config:
     (settings the official format has no field for: precision, sampling, initialisers, ...);
     it is used when the official fields agree with it, and refused when they do not.
     """
-    derived = _from_official_fields(official)
     ours = official_config.read_sizes(official)["embedded"]
     if ours is None:
-        return derived
+        return _from_sizes(official)
     try:
         full = config_from_dict(ours)
     except (TypeError, KeyError, ValueError) as e:
@@ -80,7 +81,8 @@ def from_official(official: dict) -> F1Config:
             f"config.json: f1_jax.config is not an F1Config of this version ({e}); delete the "
             "key to use the official fields alone."
         ) from None
-    check = _from_official_fields(to_official(full, embed_config=False))
+    # Both read the sampling rule from the embedded config: the sizes are what is compared.
+    derived, check = _from_sizes(official), _from_sizes(to_official(full))
     if check != derived:
         diffs = _differences(config_to_dict(derived), config_to_dict(check))
         raise ValueError(
@@ -90,25 +92,11 @@ def from_official(official: dict) -> F1Config:
     return full
 
 
-def _from_official_fields(official: dict) -> F1Config:
-    sizes = official_config.read_sizes(official)
-    vqvae = VQVAEConfig(**sizes["vqvae"])
-    experts = {name: ExpertConfig(name, **e) for name, e in sizes["experts"].items()}
-    return F1Config(
-        siglip=SiglipConfig(**sizes["siglip"]),
-        und=experts["und"],
-        gen=experts["gen"],
-        act=experts["act"],
-        vocab_size=sizes["vocab_size"],
-        vqvae=vqvae,
-        foresight=ForesightConfig(
-            z_channels=vqvae.z_channels,
-            vocab_size=vqvae.vocab_size,
-            patch_nums=vqvae.patch_nums,
-            **sizes["foresight"],
-        ),
-        action=ActionConfig(**sizes["action"]),
-    )
+def _from_sizes(official: dict) -> F1Config:
+    """`f1_common.model_config.from_official` (the sizes) with the JAX model's switches at their
+    defaults."""
+    sizes = model_config.from_official(official)
+    return F1Config(**{f.name: getattr(sizes, f.name) for f in dataclasses.fields(sizes)})
 
 
 def _gemma(expert: ExpertConfig, vocab: int) -> dict:

@@ -9,7 +9,7 @@ from data_pipelines.sources import GRIPPER_CONVENTIONS, SOURCE_KINDS, for_datase
 from data_pipelines.sources.lerobot import LeRobotOptions
 from data_pipelines.sources.lerobot import dataset_entry as lerobot_entry
 from data_pipelines.sources.rlds import load_config as load_rlds_config
-from f1_common.transforms import CAMERAS, MAX_DIM, NORM_MODES, ObservationSpec
+from f1_common.transforms import CAMERAS, NORM_MODES, ObservationSpec
 
 
 def _plain(m: Any) -> Any:
@@ -96,6 +96,8 @@ class DatasetConfig:
 
 # One dataset given by fields of the data section itself (DataConfig.from_mapping).
 SINGLE_DATASET_FIELDS = ("name", "source", "path", "rlds", "lerobot")
+# The observation's fields, which a data section may give flat (DataConfig.from_mapping).
+OBSERVATION_FIELDS = tuple(f.name for f in dataclasses.fields(ObservationSpec))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,11 +105,11 @@ class DataConfig:
     """A data mixture and how to turn it into training batches.
 
     batch_size is global; each of process_count hosts yields batch_size // process_count.
-    The fields from `cameras` to `frame_codes` are those of `f1_common.transforms.ObservationSpec`
-    (the `observation` property): camera slots, image sizes, frame offsets of the generation
-    expert's history and predicted frames (taken from `gen_camera`), chunk and padding widths,
-    and whether those frames travel as stored VQ-VAE codes (`data_pipelines.frame_codes`: the
-    centred crop only, no crop augmentation).
+    `observation` (`f1_common.transforms.ObservationSpec`) is what the pipeline produces: camera
+    slots, image sizes, frame offsets of the generation expert's history and predicted frames
+    (taken from `gen_camera`), chunk and padding widths, and whether those frames travel as
+    stored VQ-VAE codes (`data_pipelines.frame_codes`: the centred crop only, no crop
+    augmentation). A recipe's data section gives its fields flat (`from_mapping`).
 
     Data quirks (docs/data.md "Data integrity"): drop_unlabeled leaves episodes with an empty
     instruction out of sampling (OpenVLA does; the default keeps them with an empty prompt);
@@ -119,18 +121,7 @@ class DataConfig:
     datasets: tuple[DatasetConfig, ...]
     tokenizer_path: str
     batch_size: int = 32
-    cameras: tuple[str, ...] = CAMERAS
-    und_image_size: int = 224
-    gen_camera: str = "primary"
-    gen_resize: int = 288
-    gen_crop: int = 256
-    history_offsets: tuple[int, ...] = (-9, -6, -3, 0)
-    target_offsets: tuple[int, ...] = (3,)
-    chunk_size: int = 50
-    state_dim: int = MAX_DIM  # states and actions are zero-padded to these widths
-    action_dim: int = MAX_DIM
-    max_token_len: int = 48
-    frame_codes: int = 0  # > 0: ship generation frames as this many VQ-VAE codes each
+    observation: ObservationSpec = dataclasses.field(default_factory=ObservationSpec)
     norm_mode: str = "mean_std"
     color_augment: bool = True
     brightness: tuple[float, float] = (0.8, 1.2)
@@ -169,27 +160,19 @@ class DataConfig:
             )
         if not 0.0 <= self.max_bad_fraction <= 1.0:
             raise ValueError(f"max_bad_fraction {self.max_bad_fraction} outside [0, 1]")
-        self.observation  # validates the observation fields
+        if not isinstance(self.observation, ObservationSpec):
+            raise TypeError(
+                f"DataConfig.observation must be an ObservationSpec, got {self.observation!r}"
+            )
         if self.frame_code_stores and len(self.frame_code_stores) != len(self.datasets):
             raise ValueError(
                 f"{len(self.frame_code_stores)} frame-code stores for {len(self.datasets)} datasets"
             )
 
-    @property
-    def observation(self) -> ObservationSpec:
-        """The model-input sizes and offsets this pipeline produces."""
-        return ObservationSpec(
-            **{f.name: getattr(self, f.name) for f in dataclasses.fields(ObservationSpec)}
-        )
-
     def drop_unlabeled_for(self, d: int) -> bool:
         """Whether dataset d leaves its empty-instruction episodes out of sampling."""
         own = self.datasets[d].drop_unlabeled
         return self.drop_unlabeled if own is None else own
-
-    @property
-    def frame_offsets(self) -> tuple[int, ...]:
-        return self.observation.frame_offsets
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any]) -> "DataConfig":
@@ -198,7 +181,11 @@ class DataConfig:
         A one-dataset recipe (configs/finetune.py) may give that dataset as the fields
         SINGLE_DATASET_FIELDS (name, source, path, rlds) beside `datasets`: with `datasets`
         empty they are the dataset; otherwise a dataset must have that path (the recipe's
-        datasets refer to them), so an override is never silently unused."""
+        datasets refer to them), so an override is never silently unused. The observation is
+        either `observation` (an ObservationSpec or a mapping of its fields) or its fields flat
+        in the section (OBSERVATION_FIELDS: `cameras`, `history_offsets`, `max_token_len`, ...),
+        as recipes and `--config.data.max_token_len=...` give them; unset ones keep the spec's
+        defaults."""
         cfg = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
         single = {k: cfg.pop(k) for k in SINGLE_DATASET_FIELDS if k in cfg}
         if single and not single.get("path"):
@@ -215,6 +202,14 @@ class DataConfig:
                     f"data.path {single['path']!r} is used by no dataset of data.datasets "
                     f"({[d.get('name') for d in given]})"
                 )
+        flat = {k: cfg.pop(k) for k in OBSERVATION_FIELDS if k in cfg}
+        observation = cfg.pop("observation", None)
+        if flat and observation is not None:
+            raise ValueError(
+                f"data.observation and its fields {sorted(flat)} given side by side: give one"
+            )
+        if not isinstance(observation, ObservationSpec):
+            observation = ObservationSpec.from_mapping(observation or flat)
         unknown = set(cfg) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"unknown DataConfig fields {sorted(unknown)}")
@@ -222,16 +217,7 @@ class DataConfig:
         for d in cfg.pop("datasets"):
             d = dict(d.to_dict() if hasattr(d, "to_dict") else d)
             datasets.append(d if isinstance(d, DatasetConfig) else DatasetConfig(**d))
-        tuple_fields = (
-            "frame_code_stores",
-            "cameras",
-            "history_offsets",
-            "target_offsets",
-            "brightness",
-            "contrast",
-            "saturation",
-        )
-        for k in tuple_fields:
+        for k in ("frame_code_stores", "brightness", "contrast", "saturation"):
             if k in cfg:
                 cfg[k] = tuple(cfg[k])
-        return cls(datasets=tuple(datasets), **cfg)
+        return cls(datasets=tuple(datasets), observation=observation, **cfg)

@@ -72,7 +72,7 @@ def load_summaries(
     integrity.DataIntegrityError, naming the worst shards, when more than
     `config.max_bad_fraction` of a dataset's records are bad.
     """
-    tokenizer = Tokenizer(config.tokenizer_path, config.max_token_len)
+    tokenizer = Tokenizer(config.tokenizer_path, config.observation.max_token_len)
     readers, summaries = [], []
     for ds in config.datasets:
         reader = sources.open_reader(ds)

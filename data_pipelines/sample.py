@@ -55,7 +55,7 @@ class SampleBuilder:
         self.config = config
         self.readers = list(readers)
         self.summaries = list(summaries)
-        self.tokenizer = Tokenizer(config.tokenizer_path, config.max_token_len)
+        self.tokenizer = Tokenizer(config.tokenizer_path, config.observation.max_token_len)
         # Drawable [lo, hi) per record (replacements come from these).
         self._ranges = [
             s.sampling_ranges(config.drop_unlabeled_for(d)) for d, s in enumerate(self.summaries)

@@ -5,9 +5,9 @@ Gemma `text_config`) and two Gemma configs (`gen_expert_config`, which also carr
 scales `pn`, the temporal conv and the `vae` dict, and `act_expert_config`). The VQ-VAE sizes the
 official class cannot express (channel multipliers, blocks, norm groups of a smaller tokenizer)
 sit under the extra key `f1_jax`, beside `f1_jax.config`, the whole config an f1-jax export
-embeds. `read_sizes` returns plain values; `f1_common.model_config.from_official` (the sizes both
-runtimes use) and `conversion.config_io` (the JAX F1Config with its switches) build configs
-from them. Standard library only.
+embeds. `read_sizes` returns plain values; `f1_common.model_config.from_official` builds from
+them the sizes both runtimes use (`conversion.config_io` adds the JAX F1Config's switches).
+Standard library only.
 """
 
 from __future__ import annotations

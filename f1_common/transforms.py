@@ -42,7 +42,7 @@ class ObservationSpec:
     """Sizes and frame offsets of the model's inputs (see the module docstring).
 
     Built from a model config and a recipe's data section by `f1_jax.models.f1.observation_spec`;
-    the data pipeline's `DataConfig` carries the same fields.
+    the data pipeline's `DataConfig.observation` is one.
     """
 
     cameras: tuple[str, ...] = CAMERAS
@@ -77,6 +77,14 @@ class ObservationSpec:
             raise ValueError(f"gen_crop {self.gen_crop} larger than gen_resize {self.gen_resize}")
         if not self.history_offsets or max(self.history_offsets) > 0:
             raise ValueError(f"history_offsets must be <= 0, got {self.history_offsets}")
+
+    @classmethod
+    def from_mapping(cls, fields: Mapping[str, Any]) -> ObservationSpec:
+        """From plain fields (JSON, a recipe's data section): sequences become tuples; the fields
+        not given keep their defaults."""
+        return cls(
+            **{k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in fields.items()}
+        )
 
     @property
     def frame_offsets(self) -> tuple[int, ...]:
@@ -492,9 +500,8 @@ class DeploymentContract:
                 f"{directory}/{NORM_STATS_FILE} has format {data.get('format')!r}, "
                 f"expected {NORM_STATS_FORMAT!r}."
             )
-        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in data["observation"].items()}
         return cls(
-            spec=ObservationSpec(**fields),
+            spec=ObservationSpec.from_mapping(data["observation"]),
             datasets=data["datasets"],
             default_dataset=data["default_dataset"],
             tokenizer_path=f"{directory}/{data.get('tokenizer', TOKENIZER_FILE)}",

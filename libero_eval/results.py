@@ -5,12 +5,12 @@ intervals, rewritten atomically after each episode so that a killed run resumes 
 from __future__ import annotations
 
 import json
-import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-WILSON_Z = 1.959963984540054  # 95 %, two-sided
+from f1_common.success_rates import success_stats
+
 RESULTS_FILE = "results.json"
 # Settings that change what an episode is; a resumed run must agree on all of them.
 PROTOCOL_KEYS = (
@@ -25,37 +25,14 @@ PROTOCOL_KEYS = (
 )
 
 
-def wilson_interval(successes: int, n: int, z: float = WILSON_Z) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion ([0, 1] for n = 0). The same formula as
-    builtin_task.evaluate's, kept here so that evaluating a server imports no JAX."""
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def stats(outcomes: Iterable[bool]) -> dict[str, Any]:
-    values = [bool(v) for v in outcomes]
-    k, n = sum(values), len(values)
-    return {
-        "successes": k,
-        "episodes": n,
-        "rate": k / n if n else 0.0,
-        "ci95": list(wilson_interval(k, n)),
-    }
-
-
 def summarize(episodes: list[Mapping[str, Any]], instructions: Mapping[int, str]) -> dict:
     """{"suite": stats, "per_task": {task id: stats + instruction}} over finished episodes."""
     per_task = {}
     for task in sorted({int(e["task"]) for e in episodes}):
-        row = stats(e["success"] for e in episodes if int(e["task"]) == task)
+        row = success_stats(e["success"] for e in episodes if int(e["task"]) == task)
         row["instruction"] = instructions.get(task, "")
         per_task[str(task)] = row
-    return {"suite": stats(e["success"] for e in episodes), "per_task": per_task}
+    return {"suite": success_stats(e["success"] for e in episodes), "per_task": per_task}
 
 
 def load(output_dir: str, meta: Mapping[str, Any]) -> list[dict]:

@@ -475,7 +475,13 @@ def sample_actions(
 # Inputs: the observation contract's sizes for this model, and the batch -> model-input step.
 
 # Fields of a recipe's `data` section that shape the model's inputs beyond the model's own sizes.
-OBSERVATION_FIELDS = ("cameras", "gen_camera", "history_offsets", "target_offsets", "max_token_len")
+RECIPE_OBSERVATION_FIELDS = (
+    "cameras",
+    "gen_camera",
+    "history_offsets",
+    "target_offsets",
+    "max_token_len",
+)
 
 
 def observation_spec(
@@ -483,23 +489,22 @@ def observation_spec(
 ) -> transforms.ObservationSpec:
     """The observation contract of this model: image sizes, chunk and padding widths come from
     the model; cameras, frame offsets and token budget from `data` (a recipe's data section, or
-    any mapping with some of OBSERVATION_FIELDS; the others keep their defaults), and whether
+    any mapping with some of RECIPE_OBSERVATION_FIELDS; the others keep their defaults), and whether
     training batches carry frames as VQ-VAE codes (`data.frame_codes`, a bool there)."""
-    fields = {k: data[k] for k in OBSERVATION_FIELDS if data is not None and k in data}
+    fields = {k: data[k] for k in RECIPE_OBSERVATION_FIELDS if data is not None and k in data}
     if data is not None and data.get("frame_codes"):
         fields["frame_codes"] = config.vqvae.num_tokens
-    for k in ("cameras", "history_offsets", "target_offsets"):
-        if k in fields:
-            fields[k] = tuple(fields[k])
     frame = config.vqvae.image_size
-    spec = transforms.ObservationSpec(
-        und_image_size=config.siglip.image_size,
-        gen_resize=int(round(1.125 * frame)),  # the original's 288 / 256
-        gen_crop=frame,
-        chunk_size=config.action.chunk_size,
-        state_dim=config.action.state_dim,
-        action_dim=config.action.action_dim,
-        **fields,
+    spec = transforms.ObservationSpec.from_mapping(
+        {
+            "und_image_size": config.siglip.image_size,
+            "gen_resize": int(round(1.125 * frame)),  # the original's 288 / 256
+            "gen_crop": frame,
+            "chunk_size": config.action.chunk_size,
+            "state_dim": config.action.state_dim,
+            "action_dim": config.action.action_dim,
+            **fields,
+        }
     )
     if len(spec.history_offsets) != config.foresight.history_frames:
         raise ValueError(

@@ -16,6 +16,7 @@ import optax
 from jax.sharding import Mesh
 
 from data_pipelines import HOST_ONLY_KEYS, DataConfig
+from data_pipelines.config import OBSERVATION_FIELDS
 from data_pipelines.sources import open_reader
 from f1_common import transforms
 from f1_jax.models.f1 import F1, F1Config, observation_spec
@@ -29,10 +30,9 @@ from f1_jax.training import step as steps
 def data_config_from(data: ml_collections.ConfigDict, model_config: F1Config) -> DataConfig:
     """A recipe's data section, with the observation sizes the model dictates (image sizes,
     chunk, padding widths; see `f1_jax.models.f1.observation_spec`)."""
-    spec = observation_spec(model_config, data)
-    fields = dict(data.to_dict())
+    fields = {k: v for k, v in data.to_dict().items() if k not in OBSERVATION_FIELDS}
     fields["stats_dir"] = fields.get("stats_dir") or None
-    fields.update(dataclasses.asdict(spec))
+    fields["observation"] = observation_spec(model_config, data)
     return DataConfig.from_mapping(fields)
 
 

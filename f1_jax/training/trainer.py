@@ -134,7 +134,8 @@ def train(
         state = checkpoints.restore_state(start, ts.abstract_state)
     else:
         state = _initial_state(config, ts)
-    if data_config.frame_codes:  # the frozen VQ-VAE encodes every frame once, before the loop
+    # The frozen VQ-VAE encodes every frame once, before the loop.
+    if data_config.observation.frame_codes:
         vqvae = state.params["vqvae"]
         data_config = frame_codes.ensure_frame_codes(data_config, ts.model, vqvae)
         if eval_data is not None:

@@ -9,16 +9,18 @@ from PIL import Image
 
 from builtin_task import eval_seeds, evaluate, task_for_seed
 from conversion.cli import main as conversion_main
+from f1_common.success_rates import wilson_interval
 
 
 def test_wilson_interval():
-    lo, hi = evaluate.wilson_interval(5, 10)
+    lo, hi = wilson_interval(5, 10)
     assert lo == pytest.approx(0.2366, abs=1e-4) and hi == pytest.approx(0.7634, abs=1e-4)
-    lo, hi = evaluate.wilson_interval(0, 10)
+    lo, hi = wilson_interval(0, 10)
     assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)
-    assert evaluate.wilson_interval(0, 0) == (0.0, 1.0)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
     summary = evaluate.summarize([("reach", True), ("push", False), ("reach", False)])
     assert summary["overall"]["successes"] == 1 and summary["per_task"]["reach"]["episodes"] == 2
+    assert summary["overall"]["ci95"] == list(wilson_interval(1, 3))
 
 
 def test_run_writes_results_strips_and_gif(sim_run, tmp_path):

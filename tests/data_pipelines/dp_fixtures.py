@@ -310,17 +310,18 @@ def fractal_episode(i: int) -> dict:
 
 
 def small_config(datasets, tokenizer_path, **overrides):
-    """A DataConfig with tiny image sizes so tests stay fast on 2 cores."""
-    from data_pipelines.config import DataConfig
+    """A DataConfig with tiny image sizes so tests stay fast on 2 cores; `overrides` are DataConfig
+    fields or, flat, the observation's (chunk_size, gen_crop, ...)."""
+    from data_pipelines.config import OBSERVATION_FIELDS, DataConfig
+    from f1_common.transforms import ObservationSpec
 
+    spec = {"chunk_size": 4, "und_image_size": 24, "gen_resize": 20, "gen_crop": 16}
+    spec.update({k: overrides.pop(k) for k in OBSERVATION_FIELDS if k in overrides})
     kw = dict(
         datasets=tuple(datasets),
         tokenizer_path=tokenizer_path,
         batch_size=4,
-        chunk_size=4,
-        und_image_size=24,
-        gen_resize=20,
-        gen_crop=16,
+        observation=ObservationSpec(**spec),
         read_threads=1,
         prefetch_buffer_size=4,
     )

@@ -41,8 +41,9 @@ def assert_batches_equal(a, b):
 def test_batch_keys_shapes_dtypes(mixture):
     it = pipeline.make_train_iterator(mixture, seed=0)
     b = next(it)
-    B, H, F = 4, mixture.chunk_size, len(mixture.frame_offsets)
-    und, crop = mixture.und_image_size, mixture.gen_crop
+    obs = mixture.observation
+    B, H, F = 4, obs.chunk_size, len(obs.frame_offsets)
+    und, crop = obs.und_image_size, obs.gen_crop
     expected = {
         "images": ((B, 3, und, und, 3), np.uint8),
         "image_mask": ((B, 3), bool),
@@ -198,7 +199,13 @@ def test_bad_config_errors(libero_dir, tokenizer_path):
             "history_offsets": [-2, 0],
         }
     )
-    assert cfg.frame_offsets == (-2, 0, 3)
+    assert cfg.observation.frame_offsets == (-2, 0, 3)
+    given = {"datasets": [{"name": "a", "source": "libero", "path": libero_dir}]}
+    given["tokenizer_path"] = tokenizer_path
+    as_one = DataConfig.from_mapping({**given, "observation": {"history_offsets": [-2, 0]}})
+    assert as_one == cfg
+    with pytest.raises(ValueError, match="side by side"):
+        DataConfig.from_mapping({**given, "observation": cfg.observation, "max_token_len": 8})
     with pytest.raises(ValueError, match="not divisible"):
         pipeline.make_train_iterator(
             small_config([DatasetConfig("a", "libero", libero_dir)], tokenizer_path), 0, 0, 3

@@ -201,7 +201,7 @@ def test_pipeline_batches_are_deterministic_resumable_and_hold_the_data(lerobot_
     )
     # What the batches hold is what lerobot wrote (un-normalised with the run's statistics).
     stats = pipeline.dataset_statistics(cfg)
-    names = [d.name for d in cfg.datasets]
+    names, chunk = [d.name for d in cfg.datasets], cfg.observation.chunk_size
     seen = set()
     for b in reference:
         assert (b["replaced"] == [-1, -1, 0]).all()
@@ -213,7 +213,7 @@ def test_pipeline_batches_are_deterministic_resumable_and_hold_the_data(lerobot_
             np.testing.assert_allclose(state, W.state(e, t), rtol=1e-5, atol=1e-4)
             n = LEROBOT_LENGTHS["v3.0" if d == 0 else "v2.1"][e]
             actions = transforms.unnormalize(b["actions"][row], st["action"])
-            expect = written_actions(e, n)[np.minimum(np.arange(t, t + cfg.chunk_size), n - 1)]
+            expect = written_actions(e, n)[np.minimum(np.arange(t, t + chunk), n - 1)]
             np.testing.assert_allclose(actions, expect, rtol=1e-5, atol=1e-4)
             np.testing.assert_array_equal(b["action_is_pad"][row], np.arange(t, t + 4) >= n)
             assert b["image_mask"][row].tolist() == [True, d == 0, True]

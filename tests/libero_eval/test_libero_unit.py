@@ -1,5 +1,5 @@
 """The parts of the harness that need no simulator: the protocol table, the state's rotation
-part, Wilson intervals, resuming and the asset check."""
+part, the success summary, resuming and the asset check."""
 
 import json
 import os
@@ -56,11 +56,16 @@ def test_axis_angle_matches_robosuite_convention():
     assert conventions.quat_to_axis_angle(np.array([0, 0, 0, 1.0])).tolist() == [0, 0, 0]
 
 
-def test_wilson_interval_equals_the_builtin_tasks():
-    for k, n in ((0, 1), (5, 10), (50, 50), (0, 0), (37, 50)):
-        assert results.wilson_interval(k, n) == pytest.approx(
-            builtin_evaluate.wilson_interval(k, n)
-        )
+def test_summary_rows_are_the_builtin_tasks():
+    """results.json counts as the built-in task's evaluation does (one `success_stats`), per task
+    with its instruction."""
+    episodes = [{"task": t, "success": s} for t, s in ((0, True), (1, False), (0, False))]
+    summary = results.summarize(episodes, {0: "open the top drawer"})
+    builtin = builtin_evaluate.summarize([(e["task"], e["success"]) for e in episodes])
+    assert summary["suite"] == builtin["overall"] and summary["suite"]["successes"] == 1
+    row = dict(summary["per_task"]["0"])
+    assert row.pop("instruction") == "open the top drawer" and row == builtin["per_task"][0]
+    assert summary["per_task"]["1"]["instruction"] == ""
 
 
 def test_check_actions_names_the_problem():
