@@ -153,6 +153,7 @@ def compile_for_topology(
     )
     spec = observation_spec(ts.model_config, config.data)
     step_flops = flops.step_flops(ts.model_config, spec, global_batch)
+    recomputed = flops.step_recomputed_flops(ts.model_config, spec, global_batch)
     params, labels = jax.tree.leaves(ts.abstract_state.params), jax.tree.leaves(ts.labels)
     trainable = st.count_params([p for p, label in zip(params, labels) if label != "frozen"])
     # Adam's first moment, fp32, split over the devices a parameter is split over (at most all).
@@ -175,6 +176,7 @@ def compile_for_topology(
         "hbm_total_gib": _gib(total),
         "hbm_capacity_gib": hbm_gib if hbm_gib is not None else topo.chip.hbm_gib,
         "model_flops_per_step": step_flops,
+        "recomputed_flops_per_step": recomputed,
         "peak_bf16_tflops_per_chip": topo.chip.peak_bf16_flops / 1e12,
         "peak_source": topology.PEAK_SOURCE,
         "adam_mu_gib": round(mu_gib, 3),
@@ -201,7 +203,9 @@ def describe(report: dict[str, Any]) -> str:
         f"{report['hbm_alias_gib']:.2f} = {report['hbm_total_gib']:.2f} GiB of "
         f"{report['hbm_capacity_gib']:.1f}: " + ("fits" if report["fits"] else "DOES NOT FIT"),
         f"  model FLOPs per step: {report['model_flops_per_step'] / 1e12:.4g} TFLOP "
-        "(f1_jax/training/flops.py; the compiler counts a scanned layer once)",
+        "(f1_jax/training/flops.py; the compiler counts a scanned layer once), and "
+        f"{report['recomputed_flops_per_step'] / 1e12:.4g} TFLOP recomputed under remat "
+        f"{report['remat_policy']!r}",
     ]
     if "mfu" in report:
         lines.append(

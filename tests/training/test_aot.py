@@ -218,6 +218,7 @@ def test_the_debug_recipe_compiles_for_a_v5e_slice():
     model_config = model_config_from(config.model)
     expected = flops.step_flops(model_config, observation_spec(model_config, config.data), 8)
     assert report["model_flops_per_step"] == pytest.approx(expected, rel=1e-12)
+    assert report["recomputed_flops_per_step"] == 0  # the debug recipe: remat "none"
     assert report["mfu"] == pytest.approx(expected / (0.01 * 4 * 197e12), rel=1e-9)
     assert "fits" in out.stdout and "HBM per chip" in out.stdout
 
@@ -241,6 +242,7 @@ def test_the_report_suggests_keeping_more_when_full_remat_leaves_room():
         "hbm_capacity_gib": 95.0,
         "fits": True,
         "model_flops_per_step": 6.35e14,
+        "recomputed_flops_per_step": 2.1e14,
         "sharding_fallbacks": [],
         "compile_s": 1380.0,
     }
