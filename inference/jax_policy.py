@@ -128,7 +128,10 @@ def _load_converted(path: str, kind: str):
     return params, config, contract
 
 
-def _with_top_k(config: F1Config, top_k: int | None) -> F1Config:
+def serving_config(config: F1Config, top_k: int | None) -> F1Config:
+    """The model config the policy runs: a run's, with XLA's attention (a run trained with TPU
+    splash attention is served anywhere; the two compute the same) and, if given, top-k."""
+    config = dataclasses.replace(config, attention="xla")
     if top_k is None:
         return config
     return dataclasses.replace(
@@ -203,7 +206,7 @@ class Policy(EpisodeState):
         sharding = jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])
         if kind == "run":
             info = read_checkpoint_info(path, step, dataset)
-            model = F1(_with_top_k(info.model_config, top_k))
+            model = F1(serving_config(info.model_config, top_k))
             abstract = jax.tree.map(
                 lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
                 nn.unbox(st.abstract_params(model)),
@@ -219,7 +222,9 @@ class Policy(EpisodeState):
             params, model_config, contract = _load_converted(path, kind)
         info = _info(kind, contract, model_config, dataset, str(path))
         params = jax.device_put(params, sharding)
-        return cls(F1(_with_top_k(model_config, top_k)), params, info, tokenizer_path, frame_cache)
+        return cls(
+            F1(serving_config(model_config, top_k)), params, info, tokenizer_path, frame_cache
+        )
 
     def fork(self) -> "Policy":
         """A policy with its own episode state (history, frame-code cache) sharing the weights

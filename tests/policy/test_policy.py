@@ -10,7 +10,7 @@ from data_pipelines import make_train_iterator
 from data_pipelines.pipeline import eval_config, load_summaries
 from data_pipelines.sample import SampleBuilder
 from f1_common import image_tools, transforms
-from inference.jax_policy import Policy, read_checkpoint_info
+from inference.jax_policy import Policy, read_checkpoint_info, serving_config
 from f1_jax.training import setup
 
 
@@ -156,3 +156,12 @@ def test_frame_history_clamps_like_training_windows():
     history.reset()
     with pytest.raises(RuntimeError):
         history.window()
+
+
+def test_a_run_trained_with_splash_attention_is_served_with_xla_attention(policy):
+    """Splash attention is a TPU training kernel; the policy computes the same with XLA's
+    attention on any backend, so a run's `model.attention` never reaches serving."""
+    trained = dataclasses.replace(policy.info.model_config, attention="splash")
+    served = serving_config(trained, top_k=5)
+    assert served.attention == "xla" and served.foresight.top_k == 5
+    assert dataclasses.replace(served, attention="splash", foresight=trained.foresight) == trained
