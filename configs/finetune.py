@@ -20,11 +20,13 @@ F1's import or a stage-2 (or stage-3) run's workdir, required.
 
 What trains: everything but the frozen VQ-VAE, as the official stage 3 does (its LIBERO recipe
 freezes nothing; SigLIP at half the learning rate), with chunk 4. The memory plan for one 80 GB
-GPU (docs/architecture.md "Fine-tuning on one GPU", from benchmarks/bench_aot_memory.py at full
-size) sets `data.batch_size` 16 and Adam's first moment in bf16: 66.8 GiB at the peak (run with
+GPU (docs/architecture.md "Fine-tuning on one GPU or a small TPU slice", from
+benchmarks/bench_aot_memory.py at full size) sets `data.batch_size` 16 and Adam's first moment in bf16: 66.8 GiB at the peak (run with
 XLA_PYTHON_CLIENT_MEM_FRACTION=0.95: JAX takes 75 % of the GPU by default).
 `--config.optimizer.frozen="('vqvae','vision','und')"` trains only the generation and action
-experts (51.9 GiB at batch 32).
+experts (51.9 GiB at batch 32). On a TPU slice: `python -m f1_jax.aot --config=finetune
+--topology=v5litepod-8` (libtpu on any CPU machine) gives 7.9 GiB per chip of 16 at batch 16,
+12.4 GiB at batch 64 (docs/architecture.md "Fine-tuning on one GPU or a small TPU slice").
 """
 
 import ml_collections
