@@ -32,14 +32,20 @@ import json
 import os
 import sys
 import tempfile
-from typing import Any, Sequence
+from typing import Sequence
 
 from data_pipelines import storage
 
 from data_pipelines.config import DatasetConfig
 from data_pipelines.integrity import masked_crc32c
 from data_pipelines.reader import scan_tfrecord
-from data_pipelines.sources import GRIPPER_CONVENTIONS, SOURCE_KINDS, agibot, for_dataset, open_reader
+from data_pipelines.sources import (
+    GRIPPER_CONVENTIONS,
+    SOURCE_KINDS,
+    agibot,
+    for_dataset,
+    open_reader,
+)
 from data_pipelines.summary import load_or_compute
 from f1_common.export_layout import official_stats, official_stats_file
 from f1_common.tokenizer import Tokenizer
@@ -54,7 +60,9 @@ def tfrecord_to_array_record(src: str, dst: str) -> dict:
     {"written_shards": [paths], "dropped": [[shard, position, reason], ...]}, and the shard
     lengths in the copy's dataset_info.json say what was actually written.
     """
-    from array_record.python import array_record_module  # deferred: array_record ships with tensorflow-datasets; the array_record layout only
+    from array_record.python import (
+        array_record_module,
+    )  # deferred: array_record ships with tensorflow-datasets; the array_record layout only
 
     try:
         info = json.loads(storage.read_bytes(storage.join(src, "dataset_info.json")))
@@ -121,23 +129,6 @@ def _fix_shard_length(split: dict, shard_name: str, n: int) -> None:
         return
     shard_index = int(shard_name.rsplit("-", 3)[-3])
     split["shardLengths"][shard_index] = str(n)
-
-
-def read_rlds_config(value: str) -> dict[str, Any]:
-    """--rlds_config: a JSON file, or the JSON text itself."""
-    text = value
-    if not value.lstrip().startswith("{"):
-        if not os.path.exists(value):
-            raise FileNotFoundError(f"--rlds_config {value!r}: no such file (or JSON text)")
-        with open(value) as f:
-            text = f.read()
-    try:
-        config = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"--rlds_config {value!r} is not JSON: {e}") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"--rlds_config {value!r}: expected a JSON object")
-    return config
 
 
 def write_official_stats(directory: str, name: str, state: dict, action: dict) -> str:
@@ -238,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 split=args.split,
                 cameras=cameras,
                 lerobot=options or None,
-                rlds=read_rlds_config(args.rlds_config) if args.rlds_config else None,
+                rlds=args.rlds_config or None,  # a JSON file or text: DatasetConfig reads it
             )
         except ValueError as e:
             p.error(str(e))

@@ -186,7 +186,9 @@ def _skip_image_decoders(feature: Any) -> Any:
 
 def _decode_tree(x: Any) -> Any:
     """Stacks nested TFDS `Dataset` features (lazy per-step sources) into arrays [T, ...]."""
-    from tensorflow_datasets.core.data_sources.python import PythonDataSource  # deferred: TensorFlow loads in seconds; only where RLDS shards are written or read
+    from tensorflow_datasets.core.data_sources.python import (
+        PythonDataSource,
+    )  # deferred: TensorFlow loads in seconds; only where RLDS shards are written or read
 
     if isinstance(x, dict):
         return {k: _decode_tree(v) for k, v in x.items()}
@@ -451,7 +453,9 @@ class EpisodeReader:
         if self.file_format == "array_record":
             with self._lock:
                 if self._array_source is None:
-                    from array_record.python import array_record_data_source  # deferred: array_record ships with tensorflow-datasets; the array_record layout only
+                    from array_record.python import (
+                        array_record_data_source,
+                    )  # deferred: array_record ships with tensorflow-datasets; the array_record layout only
 
                     self._array_source = array_record_data_source.ArrayRecordDataSource(self.paths)
             try:
@@ -474,10 +478,14 @@ class EpisodeReader:
         # Separate reads keep `data` uncopied (the CRC library takes bytes, not memoryviews).
         header = os.pread(fd, _HEADER, off - _HEADER)
         footer = os.pread(fd, _FOOTER, off + n)
+        return self._checked(i, header, data, footer)
+
+    def _checked(self, i: int, header: bytes, data: bytes, footer: bytes) -> bytes:
+        """`data` of record i if its framing and checksums hold (and match the index)."""
         if len(footer) != _FOOTER:
             raise self._error(i, "the shard ends inside the record: it shrank since indexing")
         length, length_crc = struct.unpack("<QI", header)
-        if length != n or masked_crc32c(header[:8]) != length_crc:
+        if length != len(data) or masked_crc32c(header[:8]) != length_crc:
             raise self._error(i, "record header changed or fails its checksum since indexing")
         (stored,) = struct.unpack("<I", footer)
         computed = masked_crc32c(data)
@@ -504,20 +512,7 @@ class EpisodeReader:
         data = blob[_HEADER : _HEADER + n]
         if not self.verify_checksums:
             return data
-        if len(blob) != _HEADER + n + _FOOTER:
-            raise self._error(i, "the shard ends inside the record: it shrank since indexing")
-        length, length_crc = struct.unpack("<QI", blob[:_HEADER])
-        if length != n or masked_crc32c(blob[:8]) != length_crc:
-            raise self._error(i, "record header changed or fails its checksum since indexing")
-        (stored,) = struct.unpack("<I", blob[_HEADER + n :])
-        computed = masked_crc32c(data)
-        if computed != stored:
-            raise self._error(
-                i, f"data fails its checksum (stored {stored:#010x}, computed {computed:#010x})"
-            )
-        if stored != self._crc[i]:
-            raise self._error(i, "the shard was rewritten since it was indexed")
-        return data
+        return self._checked(i, blob[:_HEADER], data, blob[_HEADER + n :])
 
     @property
     def features(self):
