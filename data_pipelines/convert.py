@@ -39,13 +39,7 @@ from data_pipelines import storage
 from data_pipelines.config import DatasetConfig
 from data_pipelines.integrity import masked_crc32c
 from data_pipelines.reader import scan_tfrecord
-from data_pipelines.sources import (
-    GRIPPER_CONVENTIONS,
-    SOURCE_KINDS,
-    agibot,
-    for_dataset,
-    open_reader,
-)
+from data_pipelines.sources import GRIPPER_CONVENTIONS, SOURCE_KINDS, agibot, for_dataset, open_reader
 from data_pipelines.summary import load_or_compute
 from f1_common.export_layout import official_stats, official_stats_file
 from f1_common.tokenizer import Tokenizer
@@ -60,9 +54,7 @@ def tfrecord_to_array_record(src: str, dst: str) -> dict:
     {"written_shards": [paths], "dropped": [[shard, position, reason], ...]}, and the shard
     lengths in the copy's dataset_info.json say what was actually written.
     """
-    from array_record.python import (
-        array_record_module,
-    )  # deferred: array_record ships with tensorflow-datasets; the array_record layout only
+    from array_record.python import array_record_module  # deferred: array_record ships with tensorflow-datasets; the array_record layout only
 
     try:
         info = json.loads(storage.read_bytes(storage.join(src, "dataset_info.json")))

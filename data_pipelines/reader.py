@@ -186,9 +186,7 @@ def _skip_image_decoders(feature: Any) -> Any:
 
 def _decode_tree(x: Any) -> Any:
     """Stacks nested TFDS `Dataset` features (lazy per-step sources) into arrays [T, ...]."""
-    from tensorflow_datasets.core.data_sources.python import (
-        PythonDataSource,
-    )  # deferred: TensorFlow loads in seconds; only where RLDS shards are written or read
+    from tensorflow_datasets.core.data_sources.python import PythonDataSource  # deferred: TensorFlow loads in seconds; only where RLDS shards are written or read
 
     if isinstance(x, dict):
         return {k: _decode_tree(v) for k, v in x.items()}
@@ -453,9 +451,7 @@ class EpisodeReader:
         if self.file_format == "array_record":
             with self._lock:
                 if self._array_source is None:
-                    from array_record.python import (
-                        array_record_data_source,
-                    )  # deferred: array_record ships with tensorflow-datasets; the array_record layout only
+                    from array_record.python import array_record_data_source  # deferred: array_record ships with tensorflow-datasets; the array_record layout only
 
                     self._array_source = array_record_data_source.ArrayRecordDataSource(self.paths)
             try:
