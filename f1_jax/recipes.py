@@ -54,7 +54,10 @@ def load_config(name_or_path: str) -> ml_collections.ConfigDict:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
-        raise ConfigError(f"{name_or_path!r} defines no get_config().")
+        raise ConfigError(
+            f"{name_or_path!r} defines no get_config(), so it is not a recipe; "
+            f"recipes: {list(RECIPES)}."
+        )
     return module.get_config(arg) if arg else module.get_config()
 
 
@@ -84,8 +87,9 @@ def _flag_value(argv: Sequence[str], name: str) -> str | None:
 
 
 def resolve_argv(argv: Sequence[str]) -> list[str]:
-    """Rewrites `--config=NAME` to the recipe's file and checks every `--config.FIELD=` override
-    against the loaded config, so a typo stops with the valid names instead of a traceback."""
+    """Rewrites `--config=NAME` to the recipe's file, loads it once and checks every
+    `--config.FIELD=` override against it, so a typo or a module that is not a recipe stops with
+    the valid names instead of a traceback."""
     name = _flag_value(argv, "config")
     if name is None:
         return list(argv)
@@ -97,11 +101,10 @@ def resolve_argv(argv: Sequence[str]) -> list[str]:
         elif arg == name and out and out[-1] == "--config":
             arg = resolved
         out.append(arg)
-    fields = [a[len("--config.") :].split("=", 1)[0] for a in argv if a.startswith("--config.")]
-    if fields:
-        config = load_config(name)
-        for field in fields:
-            check_field(config, field)
+    config = load_config(name)
+    for arg in argv:
+        if arg.startswith("--config."):
+            check_field(config, arg[len("--config.") :].split("=", 1)[0])
     return out
 
 

@@ -81,6 +81,10 @@ def test_bad_arguments_are_named_without_a_traceback(tmp_path):
     assert missing.returncode != 0 and "workdir" in missing.stderr
     recipe = _launch("--config=stage9", f"--workdir={tmp_path}")
     assert recipe.returncode == 2 and "Unknown config 'stage9'" in recipe.stderr
+    # configs/stage3.py holds the stage-3 recipes' shared body, not a get_config()
+    helper = _launch("--config=stage3", f"--workdir={tmp_path}")
+    assert helper.returncode == 2 and "not a recipe" in helper.stderr
+    assert "stage3_libero" in helper.stderr and "Traceback" not in helper.stderr
     typed = _launch("--config=debug", f"--workdir={tmp_path}", "--config.train.steps=many")
     assert typed.returncode != 0 and "train.steps" in typed.stderr
 

@@ -30,7 +30,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from f1_common.model_config import VQVAEConfig, phi_index
 from f1_jax.models.resize import resize_area, resize_bicubic
