@@ -46,6 +46,9 @@ def base_config() -> ml_collections.ConfigDict:
             "unroll_layers": False,  # benchmarks only: XLA counts a loop body's FLOPs once
             # the joint attention: xla, or splash (TPU splash attention kernel; docs/model.md)
             "attention": "xla",
+            # the frozen VQ-VAE encodes the frames one time step at a time: T-fold smaller
+            # activations, the same codes (docs/model.md)
+            "encode_frames_by_step": True,
             "action_loss_weight": 1.0,
             "foresight_loss_weight": 0.1,
         }

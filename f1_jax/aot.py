@@ -10,12 +10,15 @@ capacity, the per-chip batch, the model FLOPs per step (f1_jax/training/flops.py
 `--step_time`, the MFU that step time would mean. TOPOLOGY: a Cloud TPU accelerator type
 (`v5p-128`, `v5litepod-256`, `v6e-256`, `v4-128`) or `GENERATION:SHAPE` (`v5e:16x16`).
 
-Exit status: 0 it fits, 1 it compiles but does not fit, 2 it cannot be compiled as configured
-(unknown topology, a batch or mesh the topology does not take); each says what would.
+Exit status: 0 it fits, 1 it does not fit (the compiler's plan exceeds the chip's HBM, or the
+compiler stops with its out-of-memory error: both say by how much and which levers to try), 2 it
+cannot be compiled as configured (unknown topology, a batch or mesh the topology does not take);
+each says what would.
 """
 
 import json
 import os
+import re
 import sys
 import time
 from typing import Any, Sequence
@@ -44,6 +47,12 @@ _STEP_TIME = flags.DEFINE_float(
 )
 _HBM_GIB = flags.DEFINE_float(
     "hbm_gib", None, "Per-chip memory budget in GiB (default: the chip's HBM capacity)."
+)
+_HLO_OUT = flags.DEFINE_string(
+    "hlo_out",
+    None,
+    "Write the compiled program's text (the TPU compiler's optimised HLO, with its buffers) to "
+    "this file: what sets the memory peak.",
 )
 flags.mark_flags_as_required(["config", "topology"])
 
@@ -75,10 +84,62 @@ def check_batch(global_batch: int, data_parallel: int, grad_accum: int) -> None:
     )
 
 
+_UNITS = {"B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def _bytes(size: str) -> float:
+    """'15.76G' (the TPU compiler's sizes, in binary units) -> bytes."""
+    return float(size[:-1]) * _UNITS[size[-1]] if size[-1] in _UNITS else float(size)
+
+
+def compiler_oom(message: str) -> dict[str, Any] | None:
+    """The TPU compiler's out-of-memory error (CompileTimeHbmOom) read into the report's memory
+    fields, or None if `message` is another error. The compiler stops there instead of returning
+    a memory analysis, when the step exceeds the HBM it can use (a little less than the chip's)."""
+    used = re.search(r"Used (\S+) of (\S+) hbm\. Exceeded hbm capacity by (\S+)\.", message)
+    if "CompileTimeHbmOom" not in message or used is None:
+        return None
+
+    def field(pattern: str) -> float:
+        found = re.search(pattern, message)
+        return _bytes(found.group(1)) if found else 0.0
+
+    output = re.search(r"Output size (\S+); shares (\S+) with arguments", message)
+    out_bytes, alias_bytes = map(_bytes, output.groups()) if output else (0.0, 0.0)
+    largest = [
+        f"{size} {shape} at {op}"
+        for size, op, shape in re.findall(
+            r"Size: (\S+)\n\s+Operator: op_name=\"([^\"]+)\"\n\s+Shape: (\S+)", message
+        )
+    ]
+    return {
+        "argument": field(r"\n\s+arguments\s+(\S+)"),
+        "temp": field(r"\n\s+program\s+(\S+)"),
+        "output": out_bytes,
+        "alias": alias_bytes,
+        "compiler_oom": {
+            "used_gib": _gib(_bytes(used.group(1))),
+            "usable_gib": _gib(_bytes(used.group(2))),
+            "over_gib": _gib(_bytes(used.group(3))),
+            "largest_allocations": largest[:3],
+        },
+    }
+
+
 def fit_levers(config: ml_collections.ConfigDict, report: dict[str, Any]) -> list[str]:
     """What to try when the step does not fit, most effective first."""
     per_chip_batch, mesh = report["per_chip_batch"], report["mesh"]
     levers = []
+    if not config.data.get("frame_codes", False):
+        levers.append(
+            "--config.data.frame_codes=true: the frozen VQ-VAE encodes the generation frames "
+            "once into a code store instead of in every step (its activations leave the step)"
+        )
+    if config.model.get("attention", "xla") == "xla":
+        levers.append(
+            "--config.model.attention=splash: TPU splash attention does not materialise the "
+            "attention's logits and probabilities"
+        )
     if config.model.remat_policy != "full":
         levers.append(
             f"--config.model.remat_policy=full (now {config.model.remat_policy!r}): "
@@ -105,15 +166,40 @@ def fit_levers(config: ml_collections.ConfigDict, report: dict[str, Any]) -> lis
 def check_fits(report: dict[str, Any], config: ml_collections.ConfigDict) -> str | None:
     """None if the step fits the per-chip budget, else what it lacks and which levers to try."""
     need, have = report["hbm_total_gib"], report["hbm_capacity_gib"]
-    if need <= have:
+    oom = report.get("compiler_oom")
+    if report.get("fits", need <= have):
         return None
+    if oom:
+        shortfall = (
+            f"The TPU compiler stopped: the step needs {oom['used_gib']:.2f} GiB per chip, "
+            f"{oom['over_gib'] * 1024:.0f} MiB more than the {oom['usable_gib']:.2f} GiB it can "
+            f"use of a {report['chip']} chip ({have:.1f} GiB)"
+        )
+        if oom["largest_allocations"]:
+            shortfall += ". Largest: " + "; ".join(oom["largest_allocations"])
+    else:
+        shortfall = (
+            f"The step needs {need:.2f} GiB per chip, {need - have:.2f} GiB more than the "
+            f"{have:.1f} GiB of a {report['chip']} chip"
+        )
     levers = fit_levers(config, report)
     return (
-        f"The step needs {need:.2f} GiB per chip, {need - have:.2f} GiB more than the "
-        f"{have:.1f} GiB of a {report['chip']} chip. Levers: "
+        shortfall
+        + ". Levers: "
         + "; ".join(levers or ["more chips (a larger topology) or a smaller model"])
         + "."
     )
+
+
+def _memory(compiled: Any) -> dict[str, float]:
+    """The compiled step's planned HBM per chip, in bytes."""
+    analysis = compiled.memory_analysis()
+    return {
+        "argument": analysis.argument_size_in_bytes,
+        "temp": analysis.temp_size_in_bytes,
+        "output": analysis.output_size_in_bytes,
+        "alias": analysis.alias_size_in_bytes,
+    }
 
 
 def compile_for_topology(
@@ -122,8 +208,10 @@ def compile_for_topology(
     num_slices: int,
     step_time: float | None = None,
     hbm_gib: float | None = None,
+    hlo_out: str | None = None,
 ) -> dict[str, Any]:
-    """Compiles `config`'s train step for `num_slices` x `topo`; the report as a dict."""
+    """Compiles `config`'s train step for `num_slices` x `topo`; the report as a dict (and the
+    compiled program's text in the file `hlo_out`, if given)."""
     config = ml_collections.ConfigDict(config.to_dict())
     config.mesh.num_slices = num_slices
     devices = topo.devices(num_slices)[: config.mesh.num_devices or None]
@@ -142,15 +230,18 @@ def compile_for_topology(
     ts = setup.train_setup(config, mesh)
     fallbacks = sharding.sharding_fallbacks(ts.boxed_params, mesh, ts.rules)
     start = time.perf_counter()
-    compiled = setup.lower_train_step(config, mesh, global_batch).compile()
+    try:
+        compiled = setup.lower_train_step(config, mesh, global_batch).compile()
+        memory = _memory(compiled)
+        if hlo_out:
+            with open(hlo_out, "w") as f:
+                f.write(compiled.as_text())
+    except jax.errors.JaxRuntimeError as e:
+        memory = compiler_oom(str(e))
+        if memory is None:
+            raise
     compile_s = time.perf_counter() - start
-    memory = compiled.memory_analysis()
-    total = (
-        memory.argument_size_in_bytes
-        + memory.temp_size_in_bytes
-        + memory.output_size_in_bytes
-        - memory.alias_size_in_bytes
-    )
+    total = memory["argument"] + memory["temp"] + memory["output"] - memory["alias"]
     spec = observation_spec(ts.model_config, config.data)
     step_flops = flops.step_flops(ts.model_config, spec, global_batch)
     recomputed = flops.step_recomputed_flops(ts.model_config, spec, global_batch)
@@ -169,10 +260,10 @@ def compile_for_topology(
         "remat_policy": config.model.remat_policy,
         "global_batch": global_batch,
         "per_chip_batch": global_batch // data_parallel,
-        "hbm_argument_gib": _gib(memory.argument_size_in_bytes),
-        "hbm_temp_gib": _gib(memory.temp_size_in_bytes),
-        "hbm_output_gib": _gib(memory.output_size_in_bytes),
-        "hbm_alias_gib": _gib(memory.alias_size_in_bytes),
+        "hbm_argument_gib": _gib(memory["argument"]),
+        "hbm_temp_gib": _gib(memory["temp"]),
+        "hbm_output_gib": _gib(memory["output"]),
+        "hbm_alias_gib": _gib(memory["alias"]),
         "hbm_total_gib": _gib(total),
         "hbm_capacity_gib": hbm_gib if hbm_gib is not None else topo.chip.hbm_gib,
         "model_flops_per_step": step_flops,
@@ -183,7 +274,11 @@ def compile_for_topology(
         "sharding_fallbacks": fallbacks,
         "compile_s": round(compile_s, 1),
     }
-    report["fits"] = report["hbm_total_gib"] <= report["hbm_capacity_gib"]
+    report["fits"] = "compiler_oom" not in memory and (
+        report["hbm_total_gib"] <= report["hbm_capacity_gib"]
+    )
+    if "compiler_oom" in memory:
+        report["compiler_oom"] = memory["compiler_oom"]
     if step_time:
         report["step_time_s"] = step_time
         report["mfu"] = step_flops / (step_time * len(devices) * topo.chip.peak_bf16_flops)
@@ -207,6 +302,12 @@ def describe(report: dict[str, Any]) -> str:
         f"{report['recomputed_flops_per_step'] / 1e12:.4g} TFLOP recomputed under remat "
         f"{report['remat_policy']!r}",
     ]
+    if "compiler_oom" in report:
+        oom = report["compiler_oom"]
+        lines.append(
+            f"  the TPU compiler stopped: {oom['used_gib']:.2f} GiB needed of the "
+            f"{oom['usable_gib']:.2f} GiB it can use"
+        )
     if "mfu" in report:
         lines.append(
             f"  a step of {report['step_time_s']} s would be {100 * report['mfu']:.3g} % MFU "
@@ -238,7 +339,9 @@ def main(argv: Sequence[str]) -> None:
     try:
         topo = topology.parse(_TOPOLOGY.value)
         num_slices = _NUM_SLICES.value or config.mesh.num_slices
-        report = compile_for_topology(config, topo, num_slices, _STEP_TIME.value, _HBM_GIB.value)
+        report = compile_for_topology(
+            config, topo, num_slices, _STEP_TIME.value, _HBM_GIB.value, _HLO_OUT.value
+        )
     except (AotError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -66,6 +66,10 @@ class F1Config(model_config.F1Config):
     # skipping the tiles the block mask never attends; f1_jax/models/splash.py), or
     # "splash_interpret" (the same kernel in Pallas's interpreter: tests on a CPU).
     attention: str = "xla"
+    # The frozen VQ-VAE encodes the frames one time step at a time (a loop over the T frames of
+    # [B, T, h, w, 3]) instead of all B x T at once: its full-resolution activations, the step's
+    # memory peak when frames are encoded in the step, shrink T-fold. The same codes (tested).
+    encode_frames_by_step: bool = True
     action_loss_weight: float = 1.0
     foresight_loss_weight: float = 0.1
 
@@ -103,12 +107,18 @@ def sequence_layout(
     Args:
       und_pad: [B, U] bool, the understanding tokens' pad mask.
     Returns:
-      pad [B, N] bool and block_start [B, N] int32.
+      pad [B, N] bool and block_start [1, N] int32 (the same for every example: kept [1, N], a
+      [B, N] copy of it would be a constant the size of the global batch on every device).
     """
     batch, num_und = und_pad.shape
     starts = layout_block_starts(num_und, foresight, chunk_size)
     pad = jnp.ones((batch, starts.size), bool).at[:, :num_und].set(und_pad.astype(bool))
-    return pad, jnp.broadcast_to(jnp.asarray(starts), (batch, starts.size))
+    return pad, jnp.asarray(starts)[None]
+
+
+def _codes_of_step(vqvae: VQVAE, carry: None, frames: jax.Array) -> tuple[None, jax.Array]:
+    """The loop body of `F1.frame_codes`: codes [B, L] of one time step's frames [B, h, w, 3]."""
+    return carry, jnp.concatenate(vqvae.img_to_idx_list(frames), axis=1)
 
 
 def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -177,6 +187,10 @@ class F1(nn.Module):
         """The frozen VQ-VAE's multi-scale codes of [B, T, h, w, 3] frames: int32 [B, T, L],
         each frame's per-scale index maps concatenated (L = sum(pn^2), 680 at full size)."""
         batch, steps = frames.shape[:2]
+        if self.config.encode_frames_by_step and steps > 1:
+            scan = nn.scan(_codes_of_step, variable_broadcast="params", split_rngs={"params": False})
+            _, codes = scan(self.vqvae, None, jnp.moveaxis(frames, 1, 0))  # [T, B, L]
+            return jnp.moveaxis(codes, 0, 1)
         idx_list = self.vqvae.img_to_idx_list(frames.reshape(batch * steps, *frames.shape[2:]))
         return jnp.concatenate(idx_list, axis=1).reshape(batch, steps, -1)
 
@@ -300,7 +314,7 @@ class F1(nn.Module):
         batch, chunk = x_t.shape[:2]
         suffix = self.action_io(self._pad_to(state, self.config.action.state_dim), x_t, t)
         pad = jnp.ones((batch, 1 + chunk), bool)
-        starts = jnp.broadcast_to(model_config.action_block_starts(chunk), (batch, 1 + chunk))
+        starts = jnp.asarray(model_config.action_block_starts(chunk))[None]
         mask = masks.suffix_attention_mask(prefix_pad, pad, starts)
         positions = masks.positions_from_pad(pad, offset=jnp.sum(prefix_pad, axis=1))
         (_, _, out), _ = self.stack([None, None, suffix], positions, mask, kv_cache=cache)

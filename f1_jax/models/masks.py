@@ -18,13 +18,20 @@ def block_attention_mask(pad: jax.Array, block_start: jax.Array) -> jax.Array:
 
     Args:
       pad: [B, N] bool, True for real tokens.
-      block_start: [B, N] int or bool, 1 where a new block starts.
+      block_start: [B, N] or [1, N] (the same layout for every example) int or bool, 1 where a
+        new block starts.
     Returns:
       [B, N, N] bool, entry [b, i, j] says whether query i may attend to key j.
     """
-    if pad.shape != block_start.shape or pad.ndim != 2:
+    if (
+        pad.ndim != 2
+        or block_start.ndim != 2
+        or block_start.shape[0] not in (1, pad.shape[0])
+        or block_start.shape[1] != pad.shape[1]
+    ):
         raise ValueError(
-            f"pad and block_start must both be [B, N]; got {pad.shape} and {block_start.shape}"
+            f"pad must be [B, N] and block_start [B, N] or [1, N]; got {pad.shape} and "
+            f"{block_start.shape}"
         )
     blocks = jnp.cumsum(block_start.astype(jnp.int32), axis=1)
     allowed = blocks[:, None, :] <= blocks[:, :, None]
@@ -43,7 +50,7 @@ def suffix_attention_mask(
     Args:
       prefix_pad: [B, P] bool.
       suffix_pad: [B, S] bool.
-      suffix_block_start: [B, S] int.
+      suffix_block_start: [B, S] or [1, S] int.
     Returns:
       [B, S, P + S] bool.
     """

@@ -154,8 +154,8 @@ def get_model_config(
 
 def model_config_from(model: Mapping[str, Any]) -> F1Config:
     """A recipe's `model` section (size, precision, remat_policy, num_scales, chunk_size,
-    foresight_training, reuse_prefix, unroll_layers, attention, action_loss_weight,
-    foresight_loss_weight)
+    foresight_training, reuse_prefix, unroll_layers, attention, encode_frames_by_step,
+    action_loss_weight, foresight_loss_weight)
     -> F1Config. Fields a recorded config predates keep their defaults."""
     return dataclasses.replace(
         get_model_config(
@@ -171,4 +171,5 @@ def model_config_from(model: Mapping[str, Any]) -> F1Config:
         reuse_prefix=model.get("reuse_prefix", True),
         unroll_layers=model.get("unroll_layers", False),
         attention=model.get("attention", "xla"),
+        encode_frames_by_step=model.get("encode_frames_by_step", True),
     )

@@ -28,6 +28,7 @@ RESUMABLE_PREFIXES = (
     "init",  # read only when a run starts
     "model.unroll_layers",  # the same program, unrolled
     "model.reuse_prefix",  # the same loss and gradients (tested), computed once
+    "model.encode_frames_by_step",  # the same codes (tested), in less memory
     "data.num_workers",
     "data.read_threads",
     "data.prefetch_buffer_size",

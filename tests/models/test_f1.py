@@ -299,3 +299,35 @@ def test_splash_attention_gives_the_xla_loss_and_gradients(tiny_model):
         assert "shard_map" in jaxpr and "splash" in jaxpr  # the kernel, per device
         splash = loss_and_grads("splash_interpret")
     _assert_same_loss_and_gradients(splash, loss_and_grads("xla"), batch)
+
+
+def test_frames_encoded_by_step_give_the_same_codes_loss_and_gradients(tiny_model):
+    """`encode_frames_by_step` loops the frozen VQ-VAE over the frames' time steps instead of
+    encoding all B x T at once (less memory): the same parameters, the same codes bit for bit,
+    and the same training step (loss, metrics, gradients) in fp32."""
+    _, params, batch = tiny_model
+    by_step, at_once = (
+        F1(dataclasses.replace(TINY, encode_frames_by_step=flag)) for flag in (True, False)
+    )
+    frames = jnp.concatenate([batch["history"], batch["target_frame"][:, None]], axis=1)
+    assert frames.shape[1] > 1
+    codes = [
+        jax.jit(nn.apply(lambda m: m.frame_codes(frames), model))(params)
+        for model in (by_step, at_once)
+    ]
+    assert codes[0].shape == (2, frames.shape[1], sum(p * p for p in TINY.vqvae.patch_nums))
+    np.testing.assert_array_equal(codes[0], codes[1])
+    init = [
+        jax.tree_util.tree_structure(
+            jax.eval_shape(model.init, jax.random.key(0), batch, jax.random.key(1))
+        )
+        for model in (by_step, at_once)
+    ]
+    assert init[0] == init[1]
+    rng = jax.random.key(4)
+
+    def loss_and_grads(model):
+        fn = jax.value_and_grad(lambda p: model.apply(p, batch, rng), has_aux=True)
+        return jax.jit(fn)(params)
+
+    _assert_same_loss_and_gradients(loss_and_grads(by_step), loss_and_grads(at_once), batch)

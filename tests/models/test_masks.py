@@ -40,8 +40,21 @@ def test_positions_skip_padding_and_continue():
 
 
 def test_shape_errors():
-    with pytest.raises(ValueError, match=r"must both be \[B, N\]"):
+    with pytest.raises(ValueError, match=r"pad must be \[B, N\] and block_start"):
         masks.block_attention_mask(jnp.ones((2, 3), bool), jnp.ones((2, 4), jnp.int32))
+    with pytest.raises(ValueError, match=r"\[B, N\] or \[1, N\]"):
+        masks.block_attention_mask(jnp.ones((2, 3), bool), jnp.ones((3, 3), jnp.int32))
+
+
+def test_one_layout_for_the_batch_equals_its_copy_per_example():
+    """block_start [1, N] (what the model passes: one layout for every example) gives the mask of
+    the same starts copied per example."""
+    pad = jnp.asarray([[1, 1, 0, 1, 1], [1, 0, 1, 1, 1]], bool)
+    starts = jnp.asarray([[0, 0, 1, 1, 0]])
+    np.testing.assert_array_equal(
+        masks.block_attention_mask(pad, starts),
+        masks.block_attention_mask(pad, jnp.broadcast_to(starts, pad.shape)),
+    )
 
 
 def test_block_mask_factors_equal_the_dense_mask_and_slice_like_it():

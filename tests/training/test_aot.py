@@ -9,6 +9,7 @@ unless F1_REQUIRE_TPU_COMPILER is set (CI sets it, so they cannot silently skip 
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -94,6 +95,102 @@ def test_a_step_that_does_not_fit_says_by_how_much_and_which_levers():
     for lever in ("remat_policy=full", "grad_accum_steps", "mesh.shape=(1,-1,1)", "mu_dtype=bf"):
         assert lever in message, lever
     assert aot.check_fits({**report, "hbm_total_gib": 15.9}, config) is None
+
+
+# The form of libtpu's error when a step exceeds the HBM the compiler can use (0.0.42, stage 2
+# on v5e-256 with FSDP over all 256 chips at 11 per chip), shortened to the parts `aot` reads.
+COMPILER_OOM = """RESOURCE_EXHAUSTED: E1000: CompileTimeHbmOom: XLA:TPU compile permanent error. \
+Ran out of memory in memory space hbm. Used 15.76G of 15.75G hbm. Exceeded hbm capacity by 14.02M.
+
+Total hbm usage >= 16.01G:
+    reserved        258.12M
+    program          10.57G
+    arguments         5.20G
+
+Output size 5.18G; shares 5.18G with arguments.
+
+Program hbm requirement 10.57G:
+    global           28.30M
+    HLO temp         10.53G (61.4% utilization: Unpadded (6.45G) Padded (10.50G))
+
+  Largest program allocations in hbm:
+
+  1. Size: 3.50G
+     Operator: op_name="jit(step)/jvp(F1)/F1.encode_frames/encoder/conv_in/conv_general_dilated"
+     Shape: f32[55,256,256,160]{3,0,2,1:T(8,128)}
+     Allocation type: HLO temp
+     ==========================
+
+  2. Size: 17.88M
+     Shape: s32[2816,1556]{1,0:T(8,128)}
+     XLA label: constant literal
+"""
+
+
+def test_the_compilers_out_of_memory_error_is_a_step_that_does_not_fit(monkeypatch):
+    """When the TPU compiler itself stops (CompileTimeHbmOom) instead of returning a plan, `aot`
+    reports the step as not fitting, by how much and what is largest, with the levers."""
+    memory = aot.compiler_oom(COMPILER_OOM)
+    assert memory["argument"] == pytest.approx(5.20 * 2**30)
+    assert memory["temp"] == pytest.approx(10.57 * 2**30)
+    assert memory["output"] == memory["alias"] == pytest.approx(5.18 * 2**30)
+    oom = memory["compiler_oom"]
+    assert (oom["used_gib"], oom["usable_gib"]) == (15.76, 15.75)
+    assert oom["over_gib"] == pytest.approx(14.02 / 1024, abs=1e-3)
+    assert oom["largest_allocations"] == [
+        "3.50G f32[55,256,256,160]{3,0,2,1:T(8,128)} at "
+        "jit(step)/jvp(F1)/F1.encode_frames/encoder/conv_in/conv_general_dilated"
+    ]
+    assert aot.compiler_oom("RESOURCE_EXHAUSTED: something else") is None
+    config = base_config()
+    report = {
+        "hbm_total_gib": 15.59,  # arguments + program: under 16 GiB, yet the compiler stopped
+        "hbm_capacity_gib": 16.0,
+        "fits": False,
+        "compiler_oom": oom,
+        "chip": "TPU v5 lite",
+        "adam_mu_gib": 0.4,
+        "per_chip_batch": 11,
+        "mesh": {"data": 1, "fsdp": 256, "tensor": 1},
+        "num_slices": 1,
+    }
+    message = aot.check_fits(report, config)
+    assert "The TPU compiler stopped: the step needs 15.76 GiB per chip, 14 MiB more" in message
+    assert "Largest: 3.50G f32[55,256,256,160]" in message
+    for lever in ("frame_codes=true", "attention=splash", "grad_accum_steps", "mu_dtype"):
+        assert lever in message, lever
+
+    oom_error = jax.errors.JaxRuntimeError(COMPILER_OOM)
+    monkeypatch.setattr(setup, "lower_train_step", lambda *args: _Raises(oom_error))
+    monkeypatch.setattr(setup, "train_setup", lambda config, mesh: _FakeSetup(config))
+    monkeypatch.setattr(sharding, "sharding_fallbacks", lambda *args: [])
+    monkeypatch.setattr(topology.Topology, "devices", lambda self, n: jax.devices()[:1])
+    config.model.size, config.data.batch_size, config.mesh.shape = "debug", 11, (1, -1, 1)
+    report = aot.compile_for_topology(config, topology.parse("v5e:2x2"), 1)
+    assert not report["fits"] and report["compiler_oom"] == oom
+    assert report["hbm_total_gib"] == pytest.approx(5.20 + 10.57, abs=0.01)
+    assert "DOES NOT FIT" in aot.describe(report)
+    assert "the TPU compiler stopped: 15.76 GiB needed" in aot.describe(report)
+    monkeypatch.setattr(setup, "lower_train_step", lambda *args: _Raises(RuntimeError("other")))
+    with pytest.raises(RuntimeError, match="other"):
+        aot.compile_for_topology(config, topology.parse("v5e:2x2"), 1)
+
+
+class _Raises:
+    def __init__(self, error):
+        self.error = error
+
+    def compile(self):
+        raise self.error
+
+
+class _FakeSetup:
+    """What `compile_for_topology` reads of `setup.train_setup` (no model is built)."""
+
+    def __init__(self, config):
+        self.model_config = model_config_from(config.model)
+        self.boxed_params = self.labels = self.rules = None
+        self.abstract_state = type("State", (), {"params": None})()
 
 
 def test_an_indivisible_parameter_axis_moves_or_is_replicated_and_is_named():
@@ -197,30 +294,40 @@ def test_the_cli_errors_before_compiling():
 
 
 @needs_libtpu
-def test_the_debug_recipe_compiles_for_a_v5e_slice():
-    """The launcher's step for 4 chips of v5e, compiled by libtpu on this CPU machine (at 2
-    examples per chip, the smallest batch the recipe's data-parallel mesh takes evenly)."""
+def test_the_debug_recipe_compiles_for_a_v5e_slice(tmp_path):
+    """The launcher's step for 4 chips of v5e, compiled by libtpu on this CPU machine, at 3
+    examples per chip (a global batch of 12: no dimension of the debug model is 12, so a
+    constant of the global batch's size is recognisable in the program)."""
+    hlo = tmp_path / "step.hlo"
     out = _aot(
         "--config=debug",
         "--topology=v5litepod-4",
         "--step_time=0.01",
-        "--config.data.batch_size=8",
+        "--config.data.batch_size=12",
+        f"--hlo_out={hlo}",
     )
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["topology"] == "v5e:2x2" and report["chips"] == 4
     assert report["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1}  # the recipe's (-1, 1, 1)
-    assert report["per_chip_batch"] == 2 and report["fits"]
+    assert report["per_chip_batch"] == 3 and report["fits"]
     assert 0 < report["hbm_argument_gib"] <= report["hbm_total_gib"] < report["hbm_capacity_gib"]
     config = base_config()
     config.model.size, config.model.chunk_size = "debug", 4
     config.data.max_token_len, config.data.cameras = 16, ("primary", "wrist")
     model_config = model_config_from(config.model)
-    expected = flops.step_flops(model_config, observation_spec(model_config, config.data), 8)
+    expected = flops.step_flops(model_config, observation_spec(model_config, config.data), 12)
     assert report["model_flops_per_step"] == pytest.approx(expected, rel=1e-12)
     assert report["recomputed_flops_per_step"] == 0  # the debug recipe: remat "none"
     assert report["mfu"] == pytest.approx(expected / (0.01 * 4 * 197e12), rel=1e-9)
     assert "fits" in out.stdout and "HBM per chip" in out.stdout
+    # The compiled program holds no constant the size of the global batch: the TPU compiler
+    # folds a [B, ...] copy of something the same for every example (the sequence's block
+    # layout was one: 18 MiB on every chip at stage 2's batch) into a literal on every chip.
+    program = hlo.read_text()
+    assert "ENTRY" in program
+    constants = re.findall(r"= (\w+\[[0-9,]*\])\S* constant\(", program)
+    assert constants and not [c for c in constants if re.match(r"\w+\[12,", c)], constants
 
 
 def test_the_report_suggests_keeping_more_when_full_remat_leaves_room():
