@@ -78,18 +78,19 @@ def test_a_batch_the_data_parallel_size_does_not_divide_names_the_sizes_that_do(
         aot.check_batch(2880, 64, 4)
 
 
+# What `check_fits` reads of a report, for a v5e chip.
+V5E_REPORT = {
+    "hbm_capacity_gib": 16.0,
+    "chip": "TPU v5 lite",
+    "mesh": {"data": 16, "fsdp": 16, "tensor": 1},
+    "num_slices": 1,
+}
+
+
 def test_a_step_that_does_not_fit_says_by_how_much_and_which_levers():
     config = base_config()
     config.model.remat_policy = "dots"
-    report = {
-        "hbm_total_gib": 20.5,
-        "hbm_capacity_gib": 16.0,
-        "chip": "TPU v5 lite",
-        "adam_mu_gib": 1.25,
-        "per_chip_batch": 8,
-        "mesh": {"data": 16, "fsdp": 16, "tensor": 1},
-        "num_slices": 1,
-    }
+    report = {**V5E_REPORT, "hbm_total_gib": 20.5, "adam_mu_gib": 1.25, "per_chip_batch": 8}
     message = aot.check_fits(report, config)
     assert "4.50 GiB more than the 16.0 GiB" in message
     for lever in ("remat_policy=full", "grad_accum_steps", "mesh.shape=(1,-1,1)", "mu_dtype=bf"):
@@ -144,15 +145,13 @@ def test_the_compilers_out_of_memory_error_is_a_step_that_does_not_fit(monkeypat
     assert aot.compiler_oom("RESOURCE_EXHAUSTED: something else") is None
     config = base_config()
     report = {
+        **V5E_REPORT,
         "hbm_total_gib": 15.59,  # arguments + program: under 16 GiB, yet the compiler stopped
-        "hbm_capacity_gib": 16.0,
         "fits": False,
         "compiler_oom": oom,
-        "chip": "TPU v5 lite",
         "adam_mu_gib": 0.4,
         "per_chip_batch": 11,
         "mesh": {"data": 1, "fsdp": 256, "tensor": 1},
-        "num_slices": 1,
     }
     message = aot.check_fits(report, config)
     assert "The TPU compiler stopped: the step needs 15.76 GiB per chip, 14 MiB more" in message
