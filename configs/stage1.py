@@ -13,6 +13,15 @@ The three-stage chain, each stage starting from the previous one's workdir (its 
     python -m f1_jax.launch --config=stage3_libero --workdir=gs://BUCKET/f1/libero \
         --config.init.params_path=gs://BUCKET/f1/stage2
     python -m conversion export --run gs://BUCKET/f1/libero --output f1_libero/
+
+On TPU pods (per-chip memory as compiled by `python -m f1_jax.aot`; BENCHMARKS.md has the table):
+only the generation expert trains, so its optimizer state is small. v5p-128 takes the recipe as
+it is (20 examples per chip). On 256 chips data 16 x fsdp 16 keeps every parameter sharded
+(v5e-256: 5 per chip, 4.6 GiB of 16):
+
+    --config.mesh.shape="(16,16,1)"
+    --config.mesh.num_slices=2 --config.mesh.shape="(32,16,1)" --config.data.batch_size=1536
+        # two v5e-256 slices (1280 does not split over 512 chips)
 """
 
 from configs.base import base_config, stage2_mixture

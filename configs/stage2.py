@@ -12,6 +12,15 @@ The three-stage chain, each stage starting from the previous one's workdir (its 
     python -m f1_jax.launch --config=stage3_libero --workdir=gs://BUCKET/f1/libero \
         --config.init.params_path=gs://BUCKET/f1/stage2
     python -m conversion export --run gs://BUCKET/f1/libero --output f1_libero/
+
+On TPU pods (per-chip memory as compiled by `python -m f1_jax.aot`; BENCHMARKS.md has the table):
+v5p-128 takes the recipe as it is (45 examples per chip: 26.9 GiB of 95). 256 chips need a batch
+that 256 divides, and data 16 x fsdp 16 keeps every parameter sharded (v5e-256: 10.4 GiB of 16;
+with `--config.model.remat_policy=save_qkv`, which recomputes 8 % less, 14.4 GiB):
+
+    --config.data.batch_size=2816 --config.mesh.shape="(16,16,1)"
+    --config.mesh.num_slices=2 --config.mesh.shape="(32,16,1)" --config.data.batch_size=3072
+        # two v5e-256 slices
 """
 
 from configs.base import base_config, stage2_mixture
