@@ -17,7 +17,7 @@ F1_DIR --output ckpt/f1` then `--config.init.params_path=ckpt/f1`.
 
 The batch of 128 needs far less than a pod (per-chip memory as compiled by `python -m f1_jax.aot`,
 BENCHMARKS.md): v5p-128 as it is, 2 examples per chip, 4.4 GiB of 95; a 256-chip slice takes
-`--config.data.batch_size=256 --config.mesh.shape="(16,16,1)"` (4.9 GiB of a v5e's 16). For a
+`--config.data.batch_size=256 --config.mesh.shape="(16,16,1)"` (5.3 GiB of a v5e's 16). For a
 small slice or one GPU see configs/finetune.py's memory plan.
 """
 
