@@ -274,11 +274,10 @@ def compile_for_topology(
         "sharding_fallbacks": fallbacks,
         "compile_s": round(compile_s, 1),
     }
-    report["fits"] = "compiler_oom" not in memory and (
-        report["hbm_total_gib"] <= report["hbm_capacity_gib"]
-    )
-    if "compiler_oom" in memory:
-        report["compiler_oom"] = memory["compiler_oom"]
+    oom = memory.get("compiler_oom")
+    report["fits"] = oom is None and report["hbm_total_gib"] <= report["hbm_capacity_gib"]
+    if oom:
+        report["compiler_oom"] = oom
     if step_time:
         report["step_time_s"] = step_time
         report["mfu"] = step_flops / (step_time * len(devices) * topo.chip.peak_bf16_flops)
